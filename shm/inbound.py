@@ -1,0 +1,206 @@
+"""Inbound ring mechanism: producers claim, write and commit records; the writer consumes.
+
+Claiming is a compare-and-swap on ``tail`` rather than a blind atomic add: with an add, a
+producer that finds the ring full has already moved ``tail`` and cannot give the space back,
+so a full ring could only be met by waiting. With CAS a full ring is refused up front
+(BACK_PRESSURED) and the producer decides how long to wait. Uncontended it is one atomic op.
+
+Producer protocol (all inside one kernel call):
+    pos = try_claim(...)            # CAS tail; header gets -length and pid
+    write payload
+    commit(...)                     # type, count, then length released (+length)
+    wake the writer if it sleeps    # full fence, then check writer_sleeping
+
+Writer protocol: read length at head with an acquire load; > 0 means the record is complete.
+After processing, zero the consumed bytes (so the next lap sees 0 = not written) and release
+``head``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from shm.atomics import (
+    compare_exchange,
+    fence_full,
+    fetch_add,
+    futex_wait,
+    futex_wake,
+    load_acquire,
+    store_release,
+)
+from shm.layout import inbound as L
+from shm.layout import tables as T
+
+BACK_PRESSURED = -1
+"""try_claim: the ring has no room now. Retry later (the writer frees space as it consumes),
+or give up after a timeout and report backpressure."""
+
+NOT_ACCEPTING = -2
+"""The shard writer is not consuming (starting, stopped, or its WAL cannot be written); see
+the ring's refuse_reason. Retry later or report the reason."""
+
+TOO_LARGE = -3
+"""The record is larger than max_record: split the batch."""
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _align(n):
+    return (n + L.REC_ALIGN - 1) & ~(L.REC_ALIGN - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def try_claim(hdr64, hdr32, data32, length, pid):
+    """Claim ``length`` bytes (64-aligned). Returns the record's position or a code < 0."""
+    if load_acquire(hdr32, L.ACCEPTING_I32) != 1:
+        return NOT_ACCEPTING
+    capacity = hdr64[L.CAPACITY_I64]
+    if length > hdr64[L.MAX_RECORD_I64]:
+        return TOO_LARGE
+    mask = capacity - 1
+    while True:
+        head = load_acquire(hdr64, L.HEAD_I64)
+        tail = load_acquire(hdr64, L.TAIL_I64)
+        idx = tail & mask
+        to_end = capacity - idx
+        padding = to_end if length > to_end else 0
+        if tail + padding + length - head > capacity:
+            return BACK_PRESSURED
+        if compare_exchange(hdr64, L.TAIL_I64, tail, tail + padding + length) == tail:
+            if padding:
+                w = idx >> 2
+                data32[w + 1] = L.TYPE_PADDING
+                data32[w + 2] = pid
+                store_release(data32, w, np.int32(padding))
+                tail += padding
+            w = (tail & mask) >> 2
+            data32[w + 2] = pid
+            store_release(data32, w, np.int32(-length))
+            return tail
+
+
+@numba.njit(cache=True, nogil=True)
+def commit(hdr32, data32, pos, mask, length, rtype, count):
+    """Publish a written record, then wake the writer if it is asleep."""
+    w = (pos & mask) >> 2
+    data32[w + 1] = rtype
+    data32[w + 3] = count
+    store_release(data32, w, np.int32(length))
+    # Dekker pair with the writer: it sets writer_sleeping, fences, re-checks the ring; we
+    # store the record, fence, check writer_sleeping. One of us must see the other.
+    fence_full()
+    if load_acquire(hdr32, L.WRITER_SLEEPING_I32) != 0:
+        fetch_add(hdr32, L.WAKE_WORD_I32, np.int32(1))
+        futex_wake(hdr32, L.WAKE_WORD_I32, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_payload(data8, off, n, rows, ts, sym8, ven8, v0, v1, v2, v3, nvals):
+    """Copy rows (all of them, or the ``rows`` subset when its length > 0) column by column.
+
+    Names move as two 8-byte words each; every column offset is 8-aligned by construction.
+    """
+    o_sym = off + 8 * n
+    o_ven = o_sym + T.NAME_BYTES * n
+    o_val = o_ven + T.NAME_BYTES * n
+    ts_out = data8[off : o_sym].view(np.int64)
+    sym_out = data8[o_sym : o_ven].view(np.uint64)
+    ven_out = data8[o_ven : o_val].view(np.uint64)
+    sym_in = sym8.view(np.uint64)
+    ven_in = ven8.view(np.uint64)
+    use_rows = rows.shape[0] > 0
+    for j in range(n):
+        r = rows[j] if use_rows else j
+        ts_out[j] = ts[r]
+        sym_out[2 * j] = sym_in[2 * r]
+        sym_out[2 * j + 1] = sym_in[2 * r + 1]
+        ven_out[2 * j] = ven_in[2 * r]
+        ven_out[2 * j + 1] = ven_in[2 * r + 1]
+    for c in range(nvals):
+        src = v0 if c == 0 else (v1 if c == 1 else (v2 if c == 2 else v3))
+        out = data8[o_val + 8 * n * c : o_val + 8 * n * (c + 1)].view(np.float64)
+        if use_rows:
+            for j in range(n):
+                out[j] = src[rows[j]]
+        else:
+            out[:] = src[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def write_batch(hdr64, hdr32, data8, data32, pid, rtype, rows, n, ts, sym8, ven8,
+                v0, v1, v2, v3, nvals):
+    """Claim, fill and commit one record of ``n`` rows. Returns the position or a code < 0."""
+    row_bytes = 8 + 2 * T.NAME_BYTES + 8 * nvals
+    length = _align(L.REC_HEADER_BYTES + row_bytes * n)
+    pos = try_claim(hdr64, hdr32, data32, length, pid)
+    if pos < 0:
+        return pos
+    mask = hdr64[L.CAPACITY_I64] - 1
+    _write_payload(data8, (pos & mask) + L.REC_HEADER_BYTES, n, rows, ts, sym8, ven8,
+                   v0, v1, v2, v3, nvals)
+    commit(hdr32, data32, pos, mask, length, rtype, n)
+    return pos
+
+
+KEY_S0, KEY_S1, KEY_E0, KEY_E1, KEY_PID, KEY_TYPE, KEY_NVALS = range(7)
+KEY_WORDS = 8
+
+
+@numba.njit(cache=True, nogil=True)
+def write_one(hdr64, data8, key, ts, v0, v1, v2, v3):
+    """Claim, fill and commit a one-row record.
+
+    ``key`` (int64[KEY_WORDS]) carries what is fixed per (symbol, venue): the names as two
+    little-endian words each, the producer pid, the record type and the value count. Fewer
+    arguments keep the Python -> numba call cheap on this per-tick path.
+    """
+    hdr32 = hdr64.view(np.int32)
+    data32 = data8.view(np.int32)
+    nvals = key[KEY_NVALS]
+    length = _align(L.REC_HEADER_BYTES + 8 + 2 * T.NAME_BYTES + 8 * nvals)
+    pos = try_claim(hdr64, hdr32, data32, length, np.int32(key[KEY_PID]))
+    if pos < 0:
+        return pos
+    mask = hdr64[L.CAPACITY_I64] - 1
+    o = (pos & mask) + L.REC_HEADER_BYTES
+    w = data8[o : o + 40].view(np.int64)
+    w[0] = ts
+    w[1] = key[KEY_S0]
+    w[2] = key[KEY_S1]
+    w[3] = key[KEY_E0]
+    w[4] = key[KEY_E1]
+    f = data8[o + 40 : o + 40 + 8 * nvals].view(np.float64)
+    f[0] = v0
+    f[1] = v1
+    if nvals > 2:
+        f[2] = v2
+        f[3] = v3
+    commit(hdr32, data32, pos, mask, length, np.int32(key[KEY_TYPE]), 1)
+    return pos
+
+
+@numba.njit(cache=True, nogil=True)
+def writer_wait(hdr64, hdr32, pos, timeout_ns):
+    """Writer idle: sleep on the wake word until a producer commits past ``pos`` or timeout.
+
+    Sets writer_sleeping, fences, re-checks the tail (the other half of the Dekker pair in
+    ``commit``), and only then sleeps, so a commit can never slip between check and sleep
+    unnoticed. Returns 1 if input is (probably) there, 0 on timeout.
+    """
+    word = load_acquire(hdr32, L.WAKE_WORD_I32)
+    store_release(hdr32, L.WRITER_SLEEPING_I32, np.int32(1))
+    fence_full()
+    if load_acquire(hdr64, L.TAIL_I64) > pos:
+        store_release(hdr32, L.WRITER_SLEEPING_I32, np.int32(0))
+        return 1
+    r = futex_wait(hdr32, L.WAKE_WORD_I32, word, timeout_ns)
+    store_release(hdr32, L.WRITER_SLEEPING_I32, np.int32(0))
+    return 1 if r == 0 else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def set_accepting(hdr32, accepting, reason):
+    """Open or close the ring to producers (release store, so reason is seen first)."""
+    hdr32[L.REFUSE_REASON_I32] = reason
+    store_release(hdr32, L.ACCEPTING_I32, np.int32(accepting))

@@ -1,0 +1,124 @@
+"""Fixtures: real databases started with the real CLI, cleaned up even when a test fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shm.segment import db_prefix, list_segments, unlink_quiet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wayy_cmd(*args: str) -> list[str]:
+    """The `wayy` CLI run with this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-m", "wayy.cli", *args]
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run(wayy_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+class RunningDb:
+    """A `wayy start` process in the foreground, its path and its stderr log."""
+
+    def __init__(self, path: str, proc: subprocess.Popen, log_path: str) -> None:
+        self.path = path
+        self.proc = proc
+        self.log_path = log_path
+
+    def status(self) -> dict:
+        from wayy.status import read_status
+
+        return read_status(self.path)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_db(path: str, *args: str, timeout: float = 60.0) -> RunningDb:
+    """Start `wayy start --db path ...` and wait until every writer accepts ticks."""
+    from wayy.errors import NotRunning
+    from wayy.status import read_status
+
+    os.makedirs(path, exist_ok=True)
+    log_path = os.path.join(path, "test-start.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(wayy_cmd("start", "--db", path, *args), stdout=log, stderr=log,
+                            cwd=REPO, start_new_session=True)
+    log.close()
+    db = RunningDb(path, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"wayy start exited with {proc.returncode}:\n{db.log()}")
+        try:
+            st = read_status(path)
+            if all(s["state"] == "running" for s in st["shards"]):
+                return db
+        except NotRunning:
+            pass
+        time.sleep(0.05)
+    db.stop()
+    raise RuntimeError(f"wayy start not ready after {timeout}s:\n{db.log()}")
+
+
+def cleanup_db(db: RunningDb) -> None:
+    """Stop the database and remove anything it may have left (asserted by the tests)."""
+    db.stop()
+    for name in list_segments(db_prefix(db.path)):
+        unlink_quiet(name)
+
+
+@pytest.fixture
+def db_factory(tmp_path):
+    """Start databases on demand; every one is stopped and its segments removed at the end."""
+    started: list[RunningDb] = []
+
+    def make(*args: str, name: str = "db") -> RunningDb:
+        db = start_db(str(tmp_path / name), *args)
+        started.append(db)
+        return db
+
+    yield make
+    for db in started:
+        cleanup_db(db)
+
+
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory):
+    """One 4-shard database with no feed, shared by a module's read-mostly tests."""
+    path = str(tmp_path_factory.mktemp("shared") / "db")
+    db = start_db(path, "--shards", "4", "--feed", "none", "--capacity", "262144",
+                  "--ring-bytes", str(4 * 2**20))
+    yield db
+    cleanup_db(db)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the monotonic deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

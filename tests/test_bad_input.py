@@ -1,0 +1,220 @@
+"""Bad input: producers raise clear errors; writers reject, count by reason, keep running."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import posix_ipc
+import pytest
+
+import wayy
+from shm import inbound
+from shm.layout import inbound as L
+from shm.layout import tables as T
+from shm.segment import db_prefix
+from shm.shard import InboundRing, segment_name
+from tests.conftest import run_cli, wait_for
+
+T0 = 1_700_000_000_000_000_000
+GOOD = {"symbol": "GOOD", "price": 10.0, "size": 5.0}
+
+
+@pytest.fixture(scope="module")
+def producer(shared_db):
+    p = wayy.Producer(shared_db.path)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ({"price": math.nan}, "price"),
+    ({"price": math.inf}, "price"),
+    ({"price": -1.0}, "price"),
+    ({"price": 0.0}, "price"),
+    ({"size": 0}, "size"),
+    ({"size": -5}, "size"),
+    ({"size": math.nan}, "size"),
+    ({"ts": 100}, "timestamp"),  # 1970
+    ({"ts": 631_152_000_000_000_000 - 1}, "timestamp"),  # just before 1990
+    ({"ts": 2**62}, "timestamp"),  # far future
+    ({"ts": 1.7e18}, "timestamp"),  # float, not int nanoseconds
+])
+def test_producer_rejects_bad_trade_values(producer, fields, reason):
+    with pytest.raises(wayy.InvalidTick) as ei:
+        producer.publish("trades", **{**GOOD, **fields})
+    assert ei.value.reason == reason
+
+
+@pytest.mark.parametrize("symbol", ["", "A" * 17, "AA PL", "AAPL*", "AA?L", "A[1]", "AAPL:NYSE",
+                                    "A\\B", "A/B", "ÄPFEL", "a\tb", "x\n"])
+def test_producer_rejects_bad_symbols(producer, symbol):
+    with pytest.raises(wayy.InvalidName):
+        producer.publish("trades", **{**GOOD, "symbol": symbol})
+    with pytest.raises(wayy.InvalidName):
+        producer.publish_batch("trades", {"symbol": [symbol], "price": [1.0], "size": [1.0]})
+
+
+@pytest.mark.parametrize("venue", ["NY SE", "N*", "V" * 17, "é"])
+def test_producer_rejects_bad_venues(producer, venue):
+    with pytest.raises(wayy.InvalidName):
+        producer.publish("trades", **{**GOOD, "venue": venue})
+
+
+def test_producer_rejects_bad_quotes(producer):
+    q = {"symbol": "Q", "bid": 10.0, "ask": 10.5, "bid_size": 1, "ask_size": 1}
+    with pytest.raises(wayy.InvalidTick, match="bid 11.0 > ask"):
+        producer.publish("quotes", **{**q, "bid": 11.0})
+    with pytest.raises(wayy.InvalidTick):
+        producer.publish("quotes", **{**q, "ask_size": 0})
+    with pytest.raises(wayy.InvalidTick):
+        producer.publish("quotes", **{**q, "ask": math.nan})
+
+
+def test_unknown_tables_columns_and_shapes(producer):
+    with pytest.raises(wayy.UnknownTable, match="unknown table 'orders'"):
+        producer.publish("orders", **GOOD)
+    with pytest.raises(wayy.InvalidTick, match="unexpected keyword"):
+        producer.publish("trades", **GOOD, colour="red")
+    with pytest.raises(wayy.InvalidTick, match="missing"):
+        producer.publish("trades", symbol="X", price=1.0)
+    with pytest.raises(wayy.UnknownTable, match="colour"):
+        producer.publish_batch("trades", {**{k: [v] for k, v in GOOD.items()}, "colour": [1]})
+    with pytest.raises(wayy.UnknownTable, match="seq"):
+        producer.publish_batch("trades", {**{k: [v] for k, v in GOOD.items()}, "seq": [1]})
+    with pytest.raises(wayy.InvalidTick, match="unequal lengths"):
+        producer.publish_batch("trades", {"symbol": ["A", "B"], "price": [1.0], "size": [1, 2]})
+    with pytest.raises(wayy.InvalidTick, match="numeric"):
+        producer.publish_batch("trades", {"symbol": ["A"], "price": ["1.0"], "size": [1]})
+    with pytest.raises(wayy.InvalidTick, match="ts must be int64"):
+        producer.publish_batch("trades", {"symbol": ["A"], "price": [1.0], "size": [1],
+                                          "ts": [1.7e18]})
+    with pytest.raises(wayy.InvalidTick, match="row 1"):
+        producer.publish_batch("trades", {"symbol": ["A", "B"], "price": [1.0, -1.0],
+                                          "size": [1, 1]})
+    with pytest.raises(wayy.InvalidName, match="row 2"):
+        producer.publish_batch("trades", {"symbol": ["A", "B", "C D"], "price": [1.0] * 3,
+                                          "size": [1] * 3})
+    assert producer.publish_batch("trades", {"symbol": [], "price": [], "size": []}) == 0
+    with pytest.raises(wayy.UnknownTable):
+        wayy.attach(producer.path)["orders"]
+
+
+def test_writer_rejects_what_bypasses_the_producer(shared_db):
+    """Raw records straight onto the ring: each bad row is counted by reason, good ones land."""
+    prefix = db_prefix(shared_db.path)
+    sym = "RAW.X"
+    k = wayy.shard_of(sym, 4)
+    ring = InboundRing.attach(prefix, k)
+    before = shared_db.status()["shards"][k]["rejects"]
+    n = 8
+    ts = np.full(n, T0, np.int64)
+    ts[1] = 5  # timestamp
+    names = np.array([sym] * n, dtype="S16")
+    names[2] = b"BAD SYM"  # symbol
+    names[3] = b"*"  # symbol
+    venues = np.array([b""] * n, dtype="S16")
+    venues[4] = b"V:1"  # venue
+    price = np.full(n, 10.0)
+    price[5] = np.nan  # price
+    size = np.full(n, 2.0)
+    size[6] = -1  # size
+    pos = inbound.write_batch(ring.hdr64, ring.hdr32, ring.data8, ring.data32, os.getpid(),
+                              L.TYPE_TRADES, np.empty(0, np.int64), n, ts,
+                              names.view(np.uint8), venues.view(np.uint8), price, size, price,
+                              price, 2)
+    assert pos >= 0
+    # a crossed quote
+    qn = np.array([sym], dtype="S16")
+    pos = inbound.write_batch(ring.hdr64, ring.hdr32, ring.data8, ring.data32, os.getpid(),
+                              L.TYPE_QUOTES, np.empty(0, np.int64), 1, np.array([T0]),
+                              qn.view(np.uint8), np.zeros(16, np.uint8), np.array([11.0]),
+                              np.array([10.0]), np.array([1.0]), np.array([1.0]), 4)
+    assert pos >= 0
+
+    def counted():
+        r = shared_db.status()["shards"][k]["rejects"]
+        return all(r[name] - before[name] >= want for name, want in
+                   [("timestamp", 1), ("symbol", 2), ("venue", 1), ("price", 1), ("size", 1),
+                    ("crossed", 1)]) and r
+
+    wait_for(counted, what="rejects counted")
+    db = wayy.attach(shared_db.path)
+    wait_for(lambda: len(db["trades"].tail(10, symbol=sym)) == 2, what="good rows")
+    assert all(s["state"] == "running" for s in shared_db.status()["shards"])
+    ring.close()
+    db.close()
+
+
+def test_full_table_rejects_and_never_overwrites(db_factory):
+    db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
+    p = wayy.Producer(db_run.path)
+    n = 3000
+    p.publish_batch("trades", {"symbol": "FULL", "price": np.arange(1, n + 1, dtype=float),
+                               "size": np.ones(n), "ts": np.full(n, T0)})
+    wait_for(lambda: db_run.status()["totals"]["rejects"]["full"] == n - 2048, what="full")
+    db = wayy.attach(db_run.path)
+    r = db["trades"].between()
+    assert len(r) == 2048
+    np.testing.assert_array_equal(r["price"], np.arange(1, 2049, dtype=float))
+    p.close()
+    db.close()
+
+
+def test_cli_errors_are_one_line(db_factory, tmp_path):
+    db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
+    r = run_cli("start", "--db", db_run.path, "--feed", "none", "--capacity", "2048")
+    assert r.returncode == 1
+    assert "already running" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+    huge = str(tmp_path / "huge")
+    r = run_cli("start", "--db", huge, "--shards", "64", "--capacity", str(2**30 - 2**20),
+                "--feed", "none")
+    assert r.returncode == 1
+    assert "/dev/shm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    for args, text in [(["--shards", "0"], "--shards"), (["--capacity", "1000"], "capacity"),
+                       (["--ring-bytes", "1000"], "power of two"),
+                       (["--feed", "bogus"], "feed")]:
+        r = run_cli("start", "--db", str(tmp_path / "bad"), *args)
+        assert r.returncode != 0 and text in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+    r = run_cli("status", "--db", str(tmp_path / "nothing"))
+    assert r.returncode == 1 and "no database" in r.stderr
+    r = run_cli("status", "--db", str(tmp_path / "nothing"), "--json")
+    assert r.returncode == 1 and '"running": false' in r.stdout
+    r = run_cli("stop", "--db", str(tmp_path / "nothing"))
+    assert r.returncode == 1 and "no database" in r.stderr
+
+
+def test_segment_of_another_version_is_refused(db_factory):
+    db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
+    name = segment_name(db_prefix(db_run.path), 0, "data")
+    shm = posix_ipc.SharedMemory(name)
+    import mmap
+
+    mm = mmap.mmap(shm.fd, 4096)
+    shm.close_fd()
+    old = mm[8:12]
+    mm[8:12] = (99 << 16).to_bytes(4, "little")
+    try:
+        with pytest.raises(wayy.IncompatibleVersion, match="version 99.0"):
+            wayy.attach(db_run.path)
+    finally:
+        mm[8:12] = old
+        mm.close()
+
+
+def test_attach_when_not_running(tmp_path):
+    with pytest.raises(wayy.NotRunning):
+        wayy.attach(str(tmp_path / "none"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(wayy.NotRunning):
+        wayy.Producer(str(tmp_path / "empty"))
+
+
+def test_reject_names_cover_every_reason():
+    assert len(T.REJECT_NAMES) == T.N_REJECT_REASONS

@@ -1,0 +1,55 @@
+"""wayy: a real-time tick database for trading systems.
+
+    import wayy
+    db = wayy.attach("/data/markets")                 # map a running database read-only
+    db["trades"].tail(20, symbol="AAPL")              # last 20 AAPL trades, O(20)
+    db["quotes"].between(start_ts=t0, end_ts=t1)      # time range, merged across shards
+    wayy.Producer("/data/markets").publish("trades", symbol="AAPL", price=150.25, size=100)
+    wayy.ops.mavg(prices, 20)
+
+Start a database with ``wayy start --shards 8 --db /data/markets`` (see ``wayy --help``).
+"""
+
+from wayy import ops
+from wayy.db import Database, Result, Table, attach
+from wayy.errors import (
+    AlreadyRunning,
+    Backpressure,
+    CorruptData,
+    IncompatibleVersion,
+    InsufficientSpace,
+    InvalidInput,
+    InvalidName,
+    InvalidTick,
+    NotRunning,
+    UnknownTable,
+    WayyError,
+    WriterUnavailable,
+)
+from wayy.names import shard_of
+from wayy.producer import Producer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attach",
+    "Database",
+    "Table",
+    "Result",
+    "Producer",
+    "ops",
+    "shard_of",
+    "WayyError",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidTick",
+    "UnknownTable",
+    "NotRunning",
+    "AlreadyRunning",
+    "IncompatibleVersion",
+    "InsufficientSpace",
+    "Backpressure",
+    "WriterUnavailable",
+    "CorruptData",
+    "__version__",
+]

@@ -1,0 +1,265 @@
+"""Reading a running database: ``db = wayy.attach(path)``, ``db["trades"].tail(20, "AAPL")``.
+
+Every shard is mapped read-only. A query takes one commit snapshot per shard and reads only
+committed rows, so it sees whole batches, never waits for a writer, and a writer never waits
+for it. Results are copies (named numpy columns), safe to keep after the database moves on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from shm import query
+from shm.layout import tables as T
+from shm.shard import ShardData
+from wayy.errors import InvalidInput, UnknownTable, translate
+from wayy.manifest import Manifest, read_manifest
+from wayy.names import check_symbol, check_venue, shard_of
+
+
+class Result:
+    """Query result: equal-length named numpy columns in the table's column order."""
+
+    def __init__(self, table: str, columns: dict[str, np.ndarray]) -> None:
+        self.table = table
+        self.columns = columns
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise UnknownTable(f"no column {name!r} in {self.table}; columns are "
+                               f"{', '.join(self.columns)}") from None
+
+    def __len__(self) -> int:
+        return len(self.columns["ts"])
+
+    @property
+    def num_rows(self) -> int:
+        return len(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def keys(self):
+        return self.columns.keys()
+
+    def row(self, i: int) -> dict:
+        """Row ``i`` as a dict of Python scalars."""
+        return {k: v[i].item() for k, v in self.columns.items()}
+
+    def to_pandas(self):
+        """A pandas DataFrame (requires pandas); ``ts`` stays int64 nanoseconds."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
+    def __repr__(self) -> str:
+        return f"<wayy.Result {self.table}: {len(self)} rows, columns {list(self.columns)}>"
+
+
+class Database:
+    """A running database mapped read-only. Use :func:`attach`."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.path = manifest.path
+        self.nshards = manifest.shards
+        with translate(self.path):
+            self.shards = [ShardData.attach(manifest.prefix, k) for k in range(self.nshards)]
+        self._names: list[dict[str, np.ndarray | dict]] = [
+            {"sym": np.empty(0, "U16"), "ven": np.empty(0, "U16"), "sym_ids": {}, "ven_ids": {}}
+            for _ in range(self.nshards)
+        ]
+        self._tables = {name: Table(self, name) for name in T.TABLE_NAMES}
+        self._pid = os.getpid()
+
+    def __getitem__(self, table: str) -> "Table":
+        try:
+            return self._tables[table]
+        except (KeyError, TypeError):
+            raise UnknownTable(f"unknown table {table!r}; tables are: "
+                               f"{', '.join(T.TABLE_NAMES)}") from None
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return T.TABLE_NAMES
+
+    # --- names ----------------------------------------------------------------------------
+    def _refresh_names(self, k: int) -> dict:
+        cache = self._names[k]
+        d = self.shards[k]
+        ns, nv = d.n_symbols(), d.n_venues()
+        if ns != len(cache["sym"]):
+            cache["sym"] = d.sym_names[:ns].astype("U16")
+            cache["sym_ids"] = {s: i for i, s in enumerate(cache["sym"].tolist())}
+        if nv != len(cache["ven"]):
+            cache["ven"] = d.ven_names[:nv].astype("U16")
+            cache["ven_ids"] = {s: i for i, s in enumerate(cache["ven"].tolist())}
+        return cache
+
+    def symbol_id(self, symbol: str) -> tuple[int, int]:
+        """(shard, id) of a symbol; id -1 if the symbol has not ticked yet."""
+        check_symbol(symbol)
+        k = shard_of(symbol, self.nshards)
+        ids = self._names[k]["sym_ids"]
+        sid = ids.get(symbol)
+        if sid is None:
+            sid = self._refresh_names(k)["sym_ids"].get(symbol, -1)
+        return k, sid
+
+    def symbols(self) -> list[str]:
+        """Every symbol that has ticked, across shards, sorted."""
+        out: list[str] = []
+        for k in range(self.nshards):
+            out.extend(self._refresh_names(k)["sym"].tolist())
+        return sorted(out)
+
+    def close(self) -> None:
+        """Unmap every shard."""
+        for d in self.shards:
+            d.close()
+        self.shards = []
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<wayy.Database {self.path}: {self.nshards} shards>"
+
+
+class Table:
+    """One table across all shards: ``len``, ``tail``, ``between``."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+        self.id = T.TABLE_IDS[name]
+        self.columns = T.COLUMNS[self.id]
+
+    def __len__(self) -> int:
+        return sum(d.committed(self.id) for d in self.db.shards)
+
+    def __repr__(self) -> str:
+        return f"<wayy.Table {self.name}: {len(self)} rows>"
+
+    def _gather(self, k: int, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
+        d = self.db.shards[k]
+        cols = d.cols[self.id]
+        names = self.db._refresh_names(k)
+        out: dict[str, np.ndarray] = {}
+        for c in self.columns:
+            v = cols[c][rows]
+            if c == "symbol":
+                v = names["sym"][v]
+            elif c == "venue":
+                v = names["ven"][v]
+            out[c] = v.copy() if isinstance(rows, slice) else v
+        return out
+
+    def _empty(self) -> Result:
+        cols = {}
+        for c in self.columns:
+            d = self.db.shards[0].cols[self.id]
+            cols[c] = np.empty(0, "U16") if c in ("symbol", "venue") else d[c][:0].copy()
+        return Result(self.name, cols)
+
+    def tail(self, n: int = 20, symbol: str | None = None, venue: str | None = None) -> Result:
+        """The last ``n`` committed rows (oldest first), of one symbol if given.
+
+        With a symbol this follows the per-symbol index: O(n) whatever the table size. Without
+        one, the last ``n`` rows of every shard are merged by timestamp. ``venue`` filters
+        the rows found (it may then return fewer than ``n``).
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidInput(f"n must be a non-negative int, got {n!r}")
+        n = int(n)
+        if venue is not None:
+            check_venue(venue)
+        if symbol is not None:
+            k, sid = self.db.symbol_id(symbol)
+            if sid < 0 or n == 0:
+                return self._empty()
+            d = self.db.shards[k]
+            committed = d.committed(self.id)
+            out = np.empty(n, np.int64)
+            got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed, sid, n, out)
+            res = Result(self.name, self._gather(k, out[:got][::-1].copy()))
+        else:
+            parts = []
+            for k, d in enumerate(self.db.shards):
+                committed = d.committed(self.id)
+                lo = max(0, committed - n)
+                if committed > lo:
+                    parts.append(self._gather(k, slice(lo, committed)))
+            res = self._merge(parts)
+            if len(res) > n:
+                res = Result(self.name, {c: v[len(res) - n:] for c, v in res.columns.items()})
+        if venue is not None:
+            keep = res.columns["venue"] == venue
+            res = Result(self.name, {c: v[keep] for c, v in res.columns.items()})
+        return res
+
+    def between(self, start_ts: int | None = None, end_ts: int | None = None,
+                symbol: str | None = None) -> Result:
+        """Committed rows with start_ts <= ts < end_ts (either bound may be None), in
+        timestamp order, merged across shards; one symbol's rows if ``symbol`` is given."""
+        start = _ts_bound(start_ts, "start_ts", np.iinfo(np.int64).min)
+        end = _ts_bound(end_ts, "end_ts", np.iinfo(np.int64).max)
+        if symbol is not None:
+            k, sid = self.db.symbol_id(symbol)
+            if sid < 0:
+                return self._empty()
+            shards = [(k, sid)]
+        else:
+            shards = [(k, -1) for k in range(self.db.nshards)]
+        parts = []
+        for k, sid in shards:
+            d = self.db.shards[k]
+            committed = d.committed(self.id)
+            cols = d.cols[self.id]
+            rows = query.between_rows(cols["ts"], d.blk_min[self.id], d.blk_max[self.id],
+                                      committed, start, end, cols["symbol"], sid)
+            if len(rows) == 0:
+                continue
+            if query.is_contiguous(rows):
+                parts.append(self._gather(k, slice(int(rows[0]), int(rows[-1]) + 1)))
+            else:
+                parts.append(self._gather(k, rows))
+        return self._merge(parts)
+
+    def _merge(self, parts: list[dict[str, np.ndarray]]) -> Result:
+        if not parts:
+            return self._empty()
+        if len(parts) == 1:
+            cols = parts[0]
+        else:
+            cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
+        ts = cols["ts"]
+        if not query.is_sorted(ts):
+            order = np.lexsort((cols["seq"], ts))
+            cols = {c: v[order] for c, v in cols.items()}
+        return Result(self.name, cols)
+
+
+def _ts_bound(v, what: str, default: int) -> int:
+    if v is None:
+        return int(default)
+    if isinstance(v, np.datetime64):
+        return int(v.astype("datetime64[ns]").astype(np.int64))
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InvalidInput(f"{what} must be int nanoseconds since the epoch (or "
+                           f"numpy.datetime64), got {v!r}")
+    return int(v)
+
+
+def attach(path: str) -> Database:
+    """Map the running database at ``path`` read-only (NotRunning if it is not running)."""
+    with translate(path):
+        return Database(read_manifest(path))

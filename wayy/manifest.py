@@ -1,0 +1,111 @@
+"""The database directory: its manifest (what is running, with which parameters) and lock.
+
+    <db>/wayy.json   manifest, written atomically by the supervisor at start
+    <db>/wayy.lock   held with flock(LOCK_EX) by the running supervisor; its pid inside
+
+A database is running exactly when the lock is held: the kernel drops an flock when its
+holder dies, SIGKILL included, so a stale manifest is never mistaken for a live database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from shm.segment import db_prefix
+from wayy.errors import CorruptData, NotRunning
+
+MANIFEST_NAME = "wayy.json"
+LOCK_NAME = "wayy.lock"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """Parameters of a running database, as every attaching process needs them."""
+
+    path: str
+    prefix: str
+    shards: int
+    capacity: int
+    ring_capacity: int
+    max_symbols: int
+    max_venues: int
+    supervisor_pid: int
+    started_ns: int
+    redis_url: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def write(self) -> None:
+        """Write atomically (temporary name, fsync, rename)."""
+        final = os.path.join(self.path, MANIFEST_NAME)
+        tmp = final + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+
+
+def read_manifest(path: str) -> Manifest:
+    """The manifest of the database at ``path``; NotRunning if it is not running."""
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise NotRunning(f"no database at {path} (directory does not exist)", path=path)
+    running, _pid = lock_holder(real)
+    if not running:
+        raise NotRunning(f"no database is running at {path} (start it with: wayy start --db {path})",
+                         path=path)
+    try:
+        with open(os.path.join(real, MANIFEST_NAME)) as f:
+            data = json.load(f)
+    except FileNotFoundError as exc:
+        raise NotRunning(f"database at {path} is still starting (no manifest yet)",
+                         path=path) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is not valid JSON", path=path) from exc
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CorruptData(f"manifest format {data.get('format_version')} is not "
+                          f"{FORMAT_VERSION}", path=path)
+    data.pop("format_version")
+    m = Manifest(**data)
+    if m.prefix != db_prefix(real):
+        raise CorruptData(f"manifest at {path} names segments of another path", path=path)
+    return m
+
+
+def lock_holder(path: str) -> tuple[bool, int | None]:
+    """(running, pid): whether a supervisor holds the database lock, and its pid."""
+    lock = os.path.join(path, LOCK_NAME)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False, None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            except ValueError:
+                pid = None
+            return True, pid
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False, None
+    finally:
+        os.close(fd)
+
+
+def acquire_lock(path: str) -> int | None:
+    """Take the database lock for this process; returns its fd, or None if held elsewhere."""
+    fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

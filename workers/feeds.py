@@ -1,0 +1,515 @@
+"""Feeds: processes that put ticks into a running database.
+
+    --feed none                                   no feed
+    --feed synthetic                              synthetic market, defaults below
+    --feed synthetic:rate=5000,symbols=100,seed=1,quote_ratio=0.7,venues=NYSE+NASDAQ
+
+The synthetic feed models a plausible equity market, vectorised with numpy:
+
+- a universe whose first symbols are real large-cap tickers (AAPL, MSFT, AMZN, ...), then
+  generated ones (``SYM081``, ``SYM082``, ...); activity is Zipf-skewed, so the first
+  names tick far more often than the tail;
+- per symbol, a mid price that starts log-uniform in 10..1000 and follows a random walk in
+  log space (about 1 bp per tick), gently mean-reverting toward its start (an
+  Ornstein-Uhlenbeck walk whose stationary spread is ~20 %, hard-bounded to a factor of e)
+  so it never drifts to absurd values however long it runs;
+- quotes: bid/ask on the 0.01 grid around the mid, 1-5 ticks wide, sizes 100-5000 in round
+  lots; trades: at the bid, at the ask or inside the spread, sizes 1-1000;
+- ``ts`` = wall-clock nanoseconds (``time.time_ns``), spread evenly over the interval the
+  batch covers and non-decreasing per feed even if the wall clock steps back.
+
+The agent (:class:`SyntheticFeed`) keeps an exact average rate: each pass publishes the
+ticks due since start (``rate * elapsed``), at most 50 ms worth in one batch, and if it falls
+more than a second behind it skips ahead (counted as ``lagged_ticks``) rather than bursting.
+A synthetic feed never blocks: Backpressure or WriterUnavailable from the producer drops
+that batch (counted; warned at most once per 10 s).
+
+Run on its own: ``python -m workers.feeds --db PATH --feed SPEC``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shm.layout.tables import NAME_BYTES
+from wayy.errors import Backpressure, InvalidInput, InvalidName, WayyError, WriterUnavailable
+from wayy.names import check_symbol, check_venue
+
+log = logging.getLogger("wayy.feeds")
+
+KINDS = ("synthetic", "none")
+DEFAULT_RATE = 5000.0
+DEFAULT_SYMBOLS = 100
+DEFAULT_QUOTE_RATIO = 0.7
+DEFAULT_VENUES = ("NYSE", "NASDAQ", "ARCA", "BATS", "IEX")
+MAX_SYMBOLS = 5000
+MAX_RATE = 10_000_000.0  # ticks/s; beyond this one Python process cannot generate anyway
+
+SPEC_HELP = ("valid feeds: 'none', 'synthetic' or 'synthetic:OPT=V,...' with options "
+             "rate=TICKS_PER_S (> 0, default 5000), symbols=N (1..5000, default 100), "
+             "seed=INT (>= 0, default random), quote_ratio=R (0..1, default 0.7), "
+             "venues=V1+V2+... (default NYSE+NASDAQ+ARCA+BATS+IEX)")
+
+# Real large-cap US equities and ETFs, most active first; generated names follow.
+REAL_TICKERS = (
+    "AAPL", "MSFT", "AMZN", "GOOG", "META", "NVDA", "TSLA", "SPY", "QQQ", "JPM",
+    "V", "MA", "UNH", "XOM", "JNJ", "WMT", "PG", "HD", "CVX", "LLY",
+    "AVGO", "KO", "PEP", "COST", "MRK", "ABBV", "BAC", "ADBE", "CRM", "NFLX",
+    "AMD", "INTC", "CSCO", "ORCL", "TMO", "ACN", "MCD", "DIS", "ABT", "WFC",
+    "DHR", "TXN", "NKE", "VZ", "CMCSA", "PM", "NEE", "QCOM", "UPS", "LIN",
+    "HON", "BMY", "RTX", "AMGN", "T", "LOW", "SBUX", "IBM", "GS", "MS",
+    "CAT", "BA", "GE", "INTU", "AMAT", "ISRG", "BLK", "DE", "GOOGL", "BRK.B",
+    "IWM", "DIA", "PYPL", "UBER", "PLTR", "COIN", "MU", "SHOP", "C", "PFE",
+)
+
+TICK = 0.01  # price grid
+MIN_START_PRICE = 10.0
+MAX_START_PRICE = 1000.0
+VOL_BP_RANGE = (0.7, 1.5)  # per-tick log-price volatility, basis points, per symbol
+STATIONARY_SD = 0.2  # stationary std of log(price / start) of the mean-reverting walk
+LOG_BAND = 1.0  # hard bound: price stays within start / e .. start * e
+SPREAD_TICKS = np.array([1, 2, 3, 4, 5])
+SPREAD_P = np.array([0.40, 0.25, 0.15, 0.12, 0.08])
+ZIPF_S = 1.0  # symbol activity ~ 1 / rank ** ZIPF_S
+
+MAX_BATCH_S = 0.05  # one pass generates at most this much time's worth of ticks
+MAX_BATCH_ROWS = 250_000  # ... and never more rows than this
+MAX_LAG_S = 1.0  # further behind than this: skip ahead instead of catching up
+IDLE_SLEEP_S = 0.001
+WARN_EVERY_S = 10.0
+PUBLISH_TIMEOUT_S = 0.01  # how long run_feed's producer may wait for room before dropping
+
+
+# --- spec ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeedSpec:
+    """A parsed ``--feed`` option."""
+
+    kind: str = "synthetic"
+    rate: float = DEFAULT_RATE
+    symbols: int = DEFAULT_SYMBOLS
+    quote_ratio: float = DEFAULT_QUOTE_RATIO
+    seed: int | None = None
+    venues: tuple[str, ...] = field(default=DEFAULT_VENUES)
+
+    def to_string(self) -> str:
+        """The canonical ``--feed`` text; ``parse_feed_spec(s.to_string()) == s``."""
+        if self.kind == "none":
+            return "none"
+        opts = [f"rate={self.rate:g}", f"symbols={self.symbols}",
+                f"quote_ratio={self.quote_ratio:g}", f"venues={'+'.join(self.venues)}"]
+        if self.seed is not None:
+            opts.insert(2, f"seed={self.seed}")
+        return f"{self.kind}:" + ",".join(opts)
+
+    __str__ = to_string
+
+
+def _bad(spec: str, why: str) -> InvalidInput:
+    return InvalidInput(f"invalid --feed {spec!r}: {why}; {SPEC_HELP}")
+
+
+def _number(spec: str, key: str, text: str, kind: type):
+    try:
+        if kind is int:
+            v = int(text, 10)
+        else:
+            v = float(text)
+    except ValueError:
+        raise _bad(spec, f"{key}={text!r} is not {'an integer' if kind is int else 'a number'}") \
+            from None
+    if kind is float and not math.isfinite(v):
+        raise _bad(spec, f"{key}={text!r} is not a finite number")
+    return v
+
+
+def parse_feed_spec(spec: str) -> FeedSpec:
+    """Parse a ``--feed`` value; InvalidInput (one line, listing the options) if it is wrong."""
+    if not isinstance(spec, str):
+        raise _bad(str(spec), f"expected a string, got {type(spec).__name__}")
+    text = spec.strip()
+    kind, sep, rest = text.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise _bad(spec, f"unknown feed kind {kind!r}" if kind else "empty feed")
+    if kind == "none":
+        if sep:
+            raise _bad(spec, "feed 'none' takes no options")
+        return FeedSpec(kind="none")
+    opts: dict[str, object] = {}
+    if sep and not rest.strip():
+        raise _bad(spec, "no options after ':'")
+    for item in rest.split(",") if sep else ():
+        key, eq, val = item.partition("=")
+        key, val = key.strip().lower(), val.strip()
+        if not eq or not key or not val:
+            raise _bad(spec, f"option {item.strip()!r} is not KEY=VALUE")
+        if key in opts:
+            raise _bad(spec, f"option {key!r} given twice")
+        if key == "rate":
+            v = _number(spec, key, val, float)
+            if not 0 < v <= MAX_RATE:
+                raise _bad(spec, f"rate={val} must be > 0 and at most {MAX_RATE:.0f} ticks/s")
+        elif key == "symbols":
+            v = _number(spec, key, val, int)
+            if not 1 <= v <= MAX_SYMBOLS:
+                raise _bad(spec, f"symbols={val} must be between 1 and {MAX_SYMBOLS}")
+        elif key == "seed":
+            if val.lower() in ("random", "none"):
+                v = None
+            else:
+                v = _number(spec, key, val, int)
+                if v < 0:
+                    raise _bad(spec, f"seed={val} must be >= 0")
+        elif key == "quote_ratio":
+            v = _number(spec, key, val, float)
+            if not 0.0 <= v <= 1.0:
+                raise _bad(spec, f"quote_ratio={val} must be between 0 and 1")
+        elif key == "venues":
+            names = [n.strip() for n in val.split("+")]
+            for n in names:
+                if not n:
+                    raise _bad(spec, f"venues={val!r} has an empty venue name")
+                try:
+                    check_venue(n)
+                except InvalidName as exc:
+                    raise _bad(spec, str(exc)) from None
+            v = tuple(dict.fromkeys(names))  # de-duplicated, order kept
+        else:
+            raise _bad(spec, f"unknown option {key!r}")
+        opts[key] = v
+    return FeedSpec(kind="synthetic", **opts)  # type: ignore[arg-type]
+
+
+# --- universe and rate --------------------------------------------------------------------
+def universe(n: int) -> list[str]:
+    """The first ``n`` symbols: real tickers, then SYM081, SYM082, ... (1-based rank)."""
+    real = list(REAL_TICKERS[:n])
+    return real + [f"SYM{i:03d}" for i in range(len(real) + 1, n + 1)]
+
+
+def ticks_due(rate: float, elapsed_ns: int) -> int:
+    """Ticks a feed of ``rate`` ticks/s owes after ``elapsed_ns``: floor(rate * elapsed)."""
+    elapsed_ns = int(elapsed_ns)
+    if elapsed_ns <= 0:
+        return 0
+    if float(rate).is_integer():  # exact integer arithmetic for whole rates
+        return int(rate) * elapsed_ns // 1_000_000_000
+    return int(math.floor(rate * (elapsed_ns / 1e9) * (1 + 1e-12)))
+
+
+class RateSchedule:
+    """How many ticks are due at each pass, so the average rate is exact over time.
+
+    ``take(now_ns)`` returns the ticks to generate now: the ones due since ``start`` not yet
+    taken, at most ``max_batch_s`` worth (and ``MAX_BATCH_ROWS``). If more than ``max_lag_s``
+    worth is outstanding (the process was stopped or starved), the excess is skipped and
+    counted in ``lagged``, so a feed never bursts to catch up on the distant past.
+    """
+
+    def __init__(self, rate: float, start_ns: int, max_batch_s: float = MAX_BATCH_S,
+                 max_lag_s: float = MAX_LAG_S) -> None:
+        self.rate = float(rate)
+        self.start_ns = int(start_ns)
+        self.taken = 0
+        self.lagged = 0
+        self.cap = max(1, min(MAX_BATCH_ROWS, int(self.rate * max_batch_s)))
+        self.max_lag = max(self.cap, int(self.rate * max_lag_s))
+
+    def take(self, now_ns: int) -> int:
+        owed = ticks_due(self.rate, now_ns - self.start_ns) - self.taken
+        if owed <= 0:
+            return 0
+        if owed > self.max_lag:
+            skip = owed - self.max_lag
+            self.lagged += skip
+            self.taken += skip
+            owed = self.max_lag
+        n = min(owed, self.cap)
+        self.taken += n
+        return n
+
+    def next_due_ns(self) -> int:
+        """Wall (monotonic) time at which the next tick falls due."""
+        return self.start_ns + int(math.ceil((self.taken + 1) * 1e9 / self.rate))
+
+
+# --- generator ----------------------------------------------------------------------------
+def _names(values, what: str) -> np.ndarray:
+    out = np.array([v.encode("ascii") for v in values], dtype=f"S{NAME_BYTES}")
+    for v in values:
+        check_symbol(v, what)
+    return out
+
+
+class SyntheticGenerator:
+    """Generates batches of synthetic trades and quotes; needs no database.
+
+    ``generate(n)`` returns ``(trades_columns, quotes_columns)``: dicts of numpy arrays in
+    the shape ``Producer.publish_batch`` takes (``ts`` int64, ``symbol``/``venue`` as 16-byte
+    ASCII names, value columns float64). Rows of one call are in time order; each table's
+    columns hold its rows in that order.
+    """
+
+    def __init__(self, spec: FeedSpec, clock: Callable[[], int] = time.time_ns) -> None:
+        if spec.kind != "synthetic":
+            raise InvalidInput(f"SyntheticGenerator needs a synthetic feed spec, got {spec}")
+        self.spec = spec
+        self.clock = clock
+        self.rng = rng = np.random.default_rng(spec.seed)
+        self.symbol_names = universe(spec.symbols)
+        self.venue_names = list(spec.venues)
+        self.sym = _names(self.symbol_names, "symbol")
+        self.ven = _names(self.venue_names, "venue")
+        n = len(self.symbol_names)
+        w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** ZIPF_S
+        self.sym_cdf = np.cumsum(w / w.sum())
+        wv = 1.0 / np.arange(1, len(self.venue_names) + 1, dtype=np.float64)
+        self.ven_cdf = np.cumsum(wv / wv.sum())
+        self.mu = rng.uniform(math.log(MIN_START_PRICE), math.log(MAX_START_PRICE), n)
+        self.logp = self.mu.copy()
+        self.sigma = rng.uniform(*VOL_BP_RANGE, n) * 1e-4
+        # OU in tick time: x' = x + theta (mu - x) + sigma z; stationary sd = sigma/sqrt(2 theta)
+        self.keep = 1.0 - self.sigma**2 / (2.0 * STATIONARY_SD**2)
+        self.last_ts = int(clock())
+
+    def _pick(self, cdf: np.ndarray, n: int) -> np.ndarray:
+        idx = np.searchsorted(cdf, self.rng.random(n), side="right")
+        return np.minimum(idx, len(cdf) - 1)
+
+    def _walk(self, idx: np.ndarray) -> np.ndarray:
+        """Log mid price after each tick (symbol ``idx[j]`` moves at tick j); updates state."""
+        n = idx.shape[0]
+        nsym = self.mu.shape[0]
+        order = np.argsort(idx, kind="stable")
+        sidx = idx[order]
+        eps = self.rng.standard_normal(n) * self.sigma[sidx]
+        counts = np.bincount(idx, minlength=nsym)
+        starts = np.cumsum(counts) - counts
+        cs = np.cumsum(eps)
+        before = np.concatenate(([0.0], cs))[starts]  # sum of eps of earlier groups
+        noise = cs - before[sidx]  # cumulative noise within each symbol's ticks
+        k = np.arange(1, n + 1) - starts[sidx]  # 1-based tick count within the symbol
+        mu = self.mu[sidx]
+        path = mu + (self.logp[sidx] - mu) * self.keep[sidx] ** k + noise
+        np.clip(path, mu - LOG_BAND, mu + LOG_BAND, out=path)
+        has = counts > 0
+        self.logp[has] = path[(starts + counts - 1)[has]]
+        out = np.empty(n)
+        out[order] = path
+        return out
+
+    def _timestamps(self, n: int, now_ns: int | None) -> np.ndarray:
+        now = int(self.clock()) if now_ns is None else int(now_ns)
+        now = max(now, self.last_ts)  # non-decreasing per feed, whatever the wall clock does
+        delta = now - self.last_ts
+        off = (np.arange(1, n + 1, dtype=np.float64) * (delta / n)).astype(np.int64)
+        off[-1] = delta
+        np.minimum(off, delta, out=off)
+        self.last_ts = now
+        return now - delta + off
+
+    def generate(self, n: int, now_ns: int | None = None) -> tuple[dict, dict]:
+        """``n`` ticks (trades and quotes together) stamped up to ``now_ns`` (default: now)."""
+        n = int(n)
+        if n <= 0:
+            return self._empty("trades"), self._empty("quotes")
+        rng = self.rng
+        ts = self._timestamps(n, now_ns)
+        idx = self._pick(self.sym_cdf, n)
+        ven = self._pick(self.ven_cdf, n)
+        is_quote = rng.random(n) < self.spec.quote_ratio
+        mid_t = np.exp(self._walk(idx)) / TICK  # mid in ticks
+        spread = rng.choice(SPREAD_TICKS, size=n, p=SPREAD_P)
+        bid_t = np.maximum(np.floor(mid_t - spread / 2.0), 1.0)
+        ask_t = bid_t + spread
+
+        q = np.flatnonzero(is_quote)
+        t = np.flatnonzero(~is_quote)
+        nq, nt = q.shape[0], t.shape[0]
+        quotes = {
+            "ts": ts[q],
+            "symbol": self.sym[idx[q]],
+            "venue": self.ven[ven[q]],
+            "bid": bid_t[q] / 100.0,
+            "ask": ask_t[q] / 100.0,
+            "bid_size": np.minimum(rng.geometric(0.25, nq), 50).astype(np.float64) * 100.0,
+            "ask_size": np.minimum(rng.geometric(0.25, nq), 50).astype(np.float64) * 100.0,
+        }
+        # trades: 45 % at the bid, 45 % at the ask, 10 % inside (or at) the spread
+        u = rng.random(nt)
+        inside = rng.integers(0, spread[t] + 1)
+        px_t = np.where(u < 0.45, bid_t[t], np.where(u < 0.9, ask_t[t], bid_t[t] + inside))
+        odd = rng.random(nt) < 0.4
+        size = np.where(odd, rng.integers(1, 100, nt), rng.integers(1, 11, nt) * 100)
+        trades = {
+            "ts": ts[t],
+            "symbol": self.sym[idx[t]],
+            "venue": self.ven[ven[t]],
+            "price": px_t / 100.0,
+            "size": size.astype(np.float64),
+        }
+        return trades, quotes
+
+    @staticmethod
+    def _empty(table: str) -> dict:
+        cols = ("price", "size") if table == "trades" else ("bid", "ask", "bid_size", "ask_size")
+        out = {"ts": np.empty(0, np.int64), "symbol": np.empty(0, f"S{NAME_BYTES}"),
+               "venue": np.empty(0, f"S{NAME_BYTES}")}
+        out.update({c: np.empty(0, np.float64) for c in cols})
+        return out
+
+    def prices(self) -> dict[str, float]:
+        """Current mid price of every symbol."""
+        return dict(zip(self.symbol_names, np.exp(self.logp).tolist()))
+
+
+# --- agent --------------------------------------------------------------------------------
+class SyntheticFeed:
+    """Agent publishing a synthetic market through ``producer`` (anything with
+    ``publish_batch(table, columns)``) at the spec's average rate."""
+
+    def __init__(self, producer, spec: FeedSpec,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns,
+                 clock: Callable[[], int] = time.time_ns,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.name = "feed-synthetic"
+        self.producer = producer
+        self.spec = spec
+        self.gen = SyntheticGenerator(spec, clock=clock)
+        self._mono = monotonic_ns
+        self._sleep = sleep
+        self.schedule = RateSchedule(spec.rate, monotonic_ns())
+        self.ticks_sent = 0
+        self.trades_sent = 0
+        self.quotes_sent = 0
+        self.batches = 0
+        self.drops = 0
+        self.dropped_ticks = 0
+        self._warned_at: float | None = None
+        self._drops_unwarned = 0
+
+    @property
+    def lagged_ticks(self) -> int:
+        return self.schedule.lagged
+
+    def counters(self) -> dict[str, int]:
+        return {"ticks_sent": self.ticks_sent, "trades_sent": self.trades_sent,
+                "quotes_sent": self.quotes_sent, "batches": self.batches, "drops": self.drops,
+                "dropped_ticks": self.dropped_ticks, "lagged_ticks": self.lagged_ticks}
+
+    # --- agent protocol ---
+    def on_start(self) -> None:
+        self.schedule = RateSchedule(self.spec.rate, self._mono())
+        self.gen.last_ts = max(self.gen.last_ts, int(self.gen.clock()))
+        log.info("feed %s: %d symbols (%s ...), %g ticks/s, quote ratio %g, venues %s",
+                 self.spec.kind, self.spec.symbols, ", ".join(self.gen.symbol_names[:5]),
+                 self.spec.rate, self.spec.quote_ratio, "+".join(self.spec.venues))
+
+    def do_work(self) -> int:
+        n = self.schedule.take(self._mono())
+        if n == 0:
+            return 0
+        trades, quotes = self.gen.generate(n)
+        sent = 0
+        for table, cols in (("quotes", quotes), ("trades", trades)):
+            rows = cols["ts"].shape[0]
+            if rows == 0:
+                continue
+            try:
+                self.producer.publish_batch(table, cols)
+            except (Backpressure, WriterUnavailable) as exc:
+                self._dropped(table, rows, exc)
+                continue
+            self.batches += 1
+            sent += rows
+            if table == "trades":
+                self.trades_sent += rows
+            else:
+                self.quotes_sent += rows
+        self.ticks_sent += sent
+        return sent
+
+    def idle(self, work: int) -> None:
+        if work == 0:
+            self._sleep(IDLE_SLEEP_S)
+
+    def on_close(self) -> None:
+        log.info("feed %s stopped: %s", self.spec.kind,
+                 ", ".join(f"{k} {v}" for k, v in self.counters().items()))
+
+    # --- drops ---
+    def _dropped(self, table: str, rows: int, exc: WayyError) -> None:
+        """Count a dropped batch; warn at most once per WARN_EVERY_S.
+
+        A batch spanning several shards may have reached some of them before the one that
+        refused; the whole batch is counted as dropped.
+        """
+        self.drops += 1
+        self.dropped_ticks += rows
+        self._drops_unwarned += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
+            log.warning("feed %s: dropped %d batch(es) (%d %s ticks in the last one; %d "
+                        "dropped in all): %s", self.spec.kind, self._drops_unwarned, rows,
+                        table, self.dropped_ticks, exc)
+            self._warned_at = now
+            self._drops_unwarned = 0
+
+
+# --- process ------------------------------------------------------------------------------
+def make_agent(producer, spec: FeedSpec):
+    """The agent for ``spec`` publishing through ``producer``; None for the 'none' feed."""
+    if spec.kind == "none":
+        return None
+    if spec.kind == "synthetic":
+        return SyntheticFeed(producer, spec)
+    raise InvalidInput(f"unknown feed kind {spec.kind!r}; {SPEC_HELP}")
+
+
+def run_feed(db_path: str, spec: FeedSpec, *, publish_timeout: float = PUBLISH_TIMEOUT_S) -> None:
+    """Run the feed ``spec`` into the database at ``db_path`` until SIGTERM/SIGINT.
+
+    The 'none' feed returns at once. NotRunning if no database is running there.
+    """
+    if spec.kind == "none":
+        log.info("feed none: nothing to publish")
+        return
+    from wayy.producer import Producer
+    from workers.agent import Runner
+
+    with Producer(db_path, timeout=publish_timeout) as producer:
+        runner = Runner(make_agent(producer, spec))
+        runner.install_signals()
+        runner.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workers.feeds",
+                                 description="Publish a feed into a running database.",
+                                 epilog=SPEC_HELP)
+    ap.add_argument("--db", required=True, help="database directory")
+    ap.add_argument("--feed", default="synthetic", help="feed spec (default: synthetic)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        spec = parse_feed_spec(args.feed)
+        run_feed(args.db, spec)
+    except WayyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The shard writer: the only process that writes a shard's columns.
+
+One pass (``do_work``): drain committed records from the inbound ring (validate, intern
+names, append columns, link the per-symbol index), commit the new rows with one release
+store, then hand the consumed ring space back to producers. Rejected rows are counted by
+reason in the control segment; nothing a producer writes can crash the writer.
+
+Started by the supervisor (forked, so numba kernels are already loaded) or on its own:
+``python -m workers.writer --db PATH --shard K``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+
+from shm import inbound, ingest
+from shm.layout import control as C
+from shm.layout import inbound as L
+from shm.layout import shard as S
+from shm.layout import tables as T
+from shm.shard import Control, InboundRing, ShardData
+from workers.agent import Runner
+
+log = logging.getLogger("wayy.writer")
+
+MAX_BATCHES_PER_PASS = 256
+MAX_BYTES_PER_PASS = 8 * 2**20
+IDLE_SPIN_PASSES = 50
+IDLE_WAIT_NS = 100_000_000  # heartbeat resolution while idle
+STALL_DEAD_CHECK_S = 0.2  # a claim unfinished this long: is its producer alive?
+STALL_ZERO_HEADER_S = 5.0  # a claim with no header at all this long: pad over it
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+class ShardWriter:
+    """Agent that owns shard ``shard`` of the database with segment prefix ``prefix``."""
+
+    def __init__(self, prefix: str, shard: int) -> None:
+        self.name = f"writer-{shard}"
+        self.prefix = prefix
+        self.shard = shard
+        self.state = np.zeros(ingest.N_STATE, np.int64)
+        self.batches = np.zeros((MAX_BATCHES_PER_PASS, ingest.B_WORDS), np.int64)
+        self._idle_passes = 0
+        self._stall_pos = -1
+        self._stall_since = 0.0
+        self._rate_t = time.monotonic()
+        self._rate_rows = 0
+
+    # --- agent ----------------------------------------------------------------------------
+    def on_start(self) -> None:
+        """Map the shard, recover the committed state, and open the ring to producers."""
+        self.data = ShardData.attach(self.prefix, self.shard, readonly=False)
+        self.ring = InboundRing.attach(self.prefix, self.shard)
+        self.ctl = Control.attach(self.prefix, self.shard, readonly=False)
+        d = self.data
+        self.seg8 = d.seg.buf
+        snap = d.snapshot()
+        st = self.state
+        st[ingest.S_TRADES] = snap[S.COMMIT_TRADES]
+        st[ingest.S_QUOTES] = snap[S.COMMIT_QUOTES]
+        st[ingest.S_NEXT_SEQ] = snap[S.COMMIT_NEXT_SEQ]
+        st[ingest.S_IN_POS] = snap[S.COMMIT_IN_POS]
+        st[ingest.S_BATCHES] = snap[S.COMMIT_BATCHES]
+        st[ingest.S_NSYM] = d.n_symbols()
+        st[ingest.S_NVEN] = d.n_venues()
+        self.htab_s = np.zeros(_pow2_at_least(2 * d.max_symbols), np.int32)
+        self.htab_v = np.zeros(_pow2_at_least(2 * d.max_venues), np.int32)
+        ingest.rebuild_htab(d.sym_names.view(np.uint8), int(st[ingest.S_NSYM]), self.htab_s)
+        ingest.rebuild_htab(d.ven_names.view(np.uint8), int(st[ingest.S_NVEN]), self.htab_v)
+        # a previous writer of this shard may have died mid-pass: drop what it left uncommitted
+        ingest.repair_after_crash(self.seg8, d.off, d.hdr64, st)
+        ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
+        c = self.ctl.counters
+        c[C.C_WRITER_PID] = os.getpid()
+        c[C.C_WRITER_START_NS] = time.time_ns()
+        c[C.C_HEARTBEAT_NS] = time.time_ns()
+        c[C.C_ROWS_TRADES] = st[ingest.S_TRADES]
+        c[C.C_ROWS_QUOTES] = st[ingest.S_QUOTES]
+        self.ring.hdr32[L.WRITER_PID_I32] = os.getpid()
+        c[C.C_STATE] = C.STATE_RUNNING
+        inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
+        log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
+                 os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
+
+    def do_work(self) -> int:
+        """Drain, commit, release. Returns the number of records consumed (0 = idle)."""
+        st = self.state
+        d = self.data
+        ring = self.ring
+        start_pos = int(st[ingest.S_IN_POS])
+        now = time.time_ns()
+        nb = ingest.drain(self.seg8, d.off, d.hdr32, ring.hdr64, ring.data8, ring.data32,
+                          self.htab_s, self.htab_v, st, self.ctl.rejects, self.batches, now,
+                          MAX_BYTES_PER_PASS)
+        consumed = int(st[ingest.S_IN_POS]) - start_pos
+        if consumed:
+            self._apply(nb, now)
+        if st[ingest.S_STALL_POS] >= 0 and consumed == 0:
+            self._check_stall(int(st[ingest.S_STALL_POS]))
+        else:
+            self._stall_pos = -1
+        return consumed
+
+    def _apply(self, nb: int, now: int) -> None:
+        """Everything between drain and the next pass: commit, then release the ring."""
+        st = self.state
+        ingest.commit(self.data.hdr64, st, now)
+        ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
+        c = self.ctl.counters
+        c[C.C_ROWS_TRADES] = st[ingest.S_TRADES]
+        c[C.C_ROWS_QUOTES] = st[ingest.S_QUOTES]
+        c[C.C_BATCHES] += nb
+        c[C.C_HEARTBEAT_NS] = now
+
+    def idle(self, work: int) -> None:
+        """Spin briefly after work (more may be coming), then sleep on the ring's futex."""
+        now = time.monotonic()
+        if now - self._rate_t >= 1.0:
+            rows = int(self.state[ingest.S_TRADES] + self.state[ingest.S_QUOTES])
+            c = self.ctl.counters
+            c[C.C_RATE] = int((rows - self._rate_rows) / (now - self._rate_t))
+            c[C.C_HEARTBEAT_NS] = time.time_ns()
+            self._rate_rows = rows
+            self._rate_t = now
+        if work:
+            self._idle_passes = 0
+            return
+        self._idle_passes += 1
+        if self._idle_passes < IDLE_SPIN_PASSES or self._stall_pos >= 0:
+            return
+        self.ctl.counters[C.C_IDLE_LOOPS] += 1
+        inbound.writer_wait(self.ring.hdr64, self.ring.hdr32, self.state[ingest.S_IN_POS],
+                            IDLE_WAIT_NS)
+
+    def _check_stall(self, pos: int) -> None:
+        """A record is claimed but not committed: wait, then pad over it if its producer died."""
+        now = time.monotonic()
+        if pos != self._stall_pos:
+            self._stall_pos = pos
+            self._stall_since = now
+            return
+        waited = now - self._stall_since
+        if waited < STALL_DEAD_CHECK_S:
+            time.sleep(50e-6)
+            return
+        w = (pos & (self.ring.capacity - 1)) >> 2
+        length = int(self.ring.data32[w])
+        pid = int(self.ring.data32[w + 2])
+        if length < 0 and pid > 0 and _alive(pid) and waited < 60.0:
+            time.sleep(1e-3)
+            return
+        if length == 0 and waited < STALL_ZERO_HEADER_S:
+            time.sleep(1e-3)
+            return
+        padded = ingest.pad_stalled(self.ring.data32, self.ring.hdr64, pos)
+        self.ctl.rejects[T.REJECT_DEAD_PRODUCER] += 1
+        log.warning("shard %d: padded over %d bytes claimed by dead producer %d", self.shard,
+                    padded, pid)
+        self._stall_pos = -1
+
+    def on_close(self) -> None:
+        """Close the ring to producers and mark the shard stopped."""
+        inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_STOPPED)
+        self.ctl.counters[C.C_STATE] = C.STATE_STOPPED
+        log.info("shard %d writer %d stopped", self.shard, os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel the writer uses, before going live."""
+    from shm.segment import Segment  # noqa: F401  (import cost paid here too)
+
+    ring = np.zeros(L.DATA_OFFSET // 8, np.int64)
+    ring[L.CAPACITY_I64] = 1024
+    ring[L.MAX_RECORD_I64] = 256
+    data8 = np.zeros(1024, np.uint8)
+    off = S.region_offsets(S.BLOCK_ROWS, 4, 4)
+    seg8 = np.zeros(int(off[S.OFF_END]), np.uint8)
+    hdr64 = seg8[: S.HEADER_BYTES].view(np.int64)
+    hdr64[S.CAPACITY_I64] = S.BLOCK_ROWS
+    hdr32 = hdr64.view(np.int32)
+    hdr32[S.MAX_SYMBOLS_I32] = 4
+    hdr32[S.MAX_VENUES_I32] = 4
+    seg8[off[S.OFF_LAST_TRADE] : off[S.OFF_LAST_QUOTE] + 8 * 4].view(np.int64)[:] = -1
+    st = np.zeros(ingest.N_STATE, np.int64)
+    htab = np.zeros(8, np.int32)
+    rejects = np.zeros(T.N_REJECT_REASONS, np.int64)
+    batches = np.zeros((1, ingest.B_WORDS), np.int64)
+    ingest.drain(seg8, off, hdr32, ring, data8, data8.view(np.int32), htab, htab, st, rejects,
+                 batches, 0, 0)
+    ingest.commit(hdr64, st, 0)
+    ingest.release_inbound(ring, data8, 0)
+    ingest.rebuild_htab(seg8, 0, htab)
+    ingest.repair_after_crash(seg8, off, hdr64, st)
+    ingest.pad_stalled(data8.view(np.int32), ring, 0)
+    inbound.set_accepting(ring.view(np.int32), 0, 0)
+    inbound.writer_wait(ring, ring.view(np.int32), 1 << 40, 0)
+
+
+def run(prefix: str, shard: int) -> None:
+    """Run a shard writer in this process until SIGTERM/SIGINT."""
+    runner = Runner(ShardWriter(prefix, shard))
+    runner.install_signals()
+    runner.run()
+
+
+def main() -> None:
+    from wayy.manifest import read_manifest
+
+    ap = argparse.ArgumentParser(description="Run one shard writer of a running database.")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--shard", type=int, required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    m = read_manifest(args.db)
+    run(m.prefix, args.shard)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,12 +10,14 @@ Prints one JSON line. A database with one shard is created for the run (segments
   single   ``Producer.publish("trades", symbol=, venue=, price=, size=)`` one tick at a
            time (ts = now), timed the same way.
   peers    the same rows appended with plain numpy into preallocated arrays: batch columns
-           copied slice by slice (``numpy_append_rows_per_s``), and one row at a time from
-           Python (``numpy_append_one_per_s``) -- what a process that keeps ticks in its own
-           arrays would pay.
+           copied slice by slice into fresh arrays (``numpy_append_rows_per_s``: their pages
+           are touched for the first time, as a database's new columns are) and again into
+           the same, now mapped, arrays (``numpy_append_warm_rows_per_s``); and one row at a
+           time from Python (``numpy_append_one_per_s``) -- what a process that keeps ticks
+           in its own arrays would pay. No checks, no IPC, no durability: an upper bound.
   parts    where the time goes, on a second database with no writer running: the producer
-           alone filling a ring (``producer_only_rows_per_s``), then the writer's pass alone
-           draining it (``writer_only_rows_per_s``), both in this process.
+           alone filling a big ring (``producer_only_*``), then the writer's passes alone
+           draining it (``writer_only_*``), both in this process, for batches and ticks.
 
 Every phase checks that the committed rows equal the rows sent and that no row was
 rejected; the benchmark exits non-zero otherwise.
@@ -41,7 +43,8 @@ from shm import inbound
 from shm.layout import inbound as L
 from shm.layout import tables as T
 from shm.segment import db_prefix, list_segments, unlink_quiet
-from shm.shard import Control, InboundRing, ShardData
+from shm.change_ring import ChangeRingWriter
+from shm.shard import Control, InboundRing, ShardData, segment_name
 
 BATCH = 1000
 N_SYMBOLS = 500
@@ -92,7 +95,8 @@ def _single_shard_db(path: str, capacity: int, ring_bytes: int = L.DEFAULT_CAPAC
     segs = []
     try:
         segs = [ShardData.create(prefix, 0, 1, capacity), InboundRing.create(prefix, 0, ring_bytes),
-                Control.create(prefix, 0)]
+                Control.create(prefix, 0),
+                ChangeRingWriter.create(segment_name(prefix, 0, "changes"), 65536)]
         Manifest(path, prefix, 1, capacity, ring_bytes, segs[0].max_symbols,
                  segs[0].max_venues, os.getpid(), time.time_ns()).write()
         if writer:
@@ -112,6 +116,9 @@ def _single_shard_db(path: str, capacity: int, ring_bytes: int = L.DEFAULT_CAPAC
             ring = segs[1]
             deadline = time.monotonic() + 30.0
             while not ring.accepting()[0]:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pid = 0
+                    raise RuntimeError("shard writer exited before accepting ticks")
                 if time.monotonic() > deadline:
                     raise RuntimeError("shard writer did not start accepting within 30 s")
                 time.sleep(0.001)
@@ -207,14 +214,19 @@ def bench_numpy(batches: list, batch_rows: int, single: int) -> dict:
     n = n_batches * BATCH
     big = {k: np.empty(n, v.dtype) for k, v in b0.items()}
     items = list(big.items())
-    start = time.perf_counter()
-    o = 0
-    for i in range(n_batches):
-        b = batches[i % nb]
-        for k, arr in items:
-            arr[o : o + BATCH] = b[k]
-        o += BATCH
-    t_batch = time.perf_counter() - start
+
+    def append() -> float:
+        start = time.perf_counter()
+        o = 0
+        for i in range(n_batches):
+            b = batches[i % nb]
+            for k, arr in items:
+                arr[o : o + BATCH] = b[k]
+            o += BATCH
+        return time.perf_counter() - start
+
+    t_batch = append()  # fresh arrays: first-touch page faults, as the database's columns
+    t_warm = append()  # the same arrays again: pages already mapped
 
     ticks = list(zip(b0["symbol"].tolist(), b0["venue"].tolist(), b0["price"].tolist(),
                      b0["size"].tolist()))
@@ -235,45 +247,74 @@ def bench_numpy(batches: list, batch_rows: int, single: int) -> dict:
         sz_a[i] = sz
     t_one = time.perf_counter() - start
     return {"numpy_append_rows_per_s": round(n / t_batch),
+            "numpy_append_warm_rows_per_s": round(n / t_warm),
             "numpy_append_one_per_s": round(single / t_one)}
 
 
-def bench_parts(path: str, batches: list, capacity: int) -> dict:
-    """Producer alone into a big ring (no writer), then the writer's pass alone draining it."""
+def bench_parts(path: str, batches: list, capacity: int, single: int) -> dict:
+    """Where the time goes: the producer alone filling a big ring (no writer running), then
+    the writer's passes alone draining it, in this process; for batches, then single ticks."""
     from wayy.producer import Producer
     from workers.writer import ShardWriter
 
     ring_bytes = 128 * 2**20
     row_bytes = T.INBOUND_ROW_BYTES[T.TRADES]
     n_batches = int(ring_bytes * 0.9) // L.record_bytes(row_bytes, BATCH)
-    with _single_shard_db(path, capacity, ring_bytes, writer=False) as prefix:
-        ring = InboundRing.attach(prefix, 0)
-        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
-        ring.data8[:] = 0  # fault the ring in: the end-to-end run reuses warm ring pages too
-        p = Producer(path)
-        p.publish_batch("trades", batches[0])
-        nb = len(batches)
-        publish_batch = p.publish_batch
-        start = time.perf_counter()
-        for i in range(1, n_batches):
-            publish_batch("trades", batches[i % nb])
-        t_prod = time.perf_counter() - start
-        rows = n_batches * BATCH
-
-        w = ShardWriter(prefix, 0)
-        w.on_start()
-        start = time.perf_counter()
-        while w.do_work():
-            pass
-        t_writer = time.perf_counter() - start
-        data = ShardData.attach(prefix, 0)
-        check(prefix, data, rows, "parts")
-        data.close()
-        w.on_close()
-        p.close()
-        ring.close()
-    return {"producer_only_rows_per_s": round((rows - BATCH) / t_prod),
-            "writer_only_rows_per_s": round(rows / t_writer)}
+    n_ticks = min(single, int(ring_bytes * 0.9) // L.record_bytes(row_bytes, 1))
+    b0 = batches[0]
+    ticks = list(zip(b0["symbol"].tolist(), b0["venue"].tolist(), b0["price"].tolist(),
+                     b0["size"].tolist()))
+    out = {}
+    for kind in ("batch", "single"):
+        with _single_shard_db(path, capacity, ring_bytes, writer=False) as prefix:
+            ring = InboundRing.attach(prefix, 0)
+            inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
+            p = Producer(path)
+            # fault the ring into the producer's own mapping (page tables are per mapping):
+            # the end-to-end run laps a small ring whose pages are mapped after the first lap
+            p._rings[0].data8[:] = 0
+            p.publish_batch("trades", batches[0])
+            for s, v, px, sz in ticks:
+                p.publish("trades", symbol=s, venue=v, price=px, size=sz)
+            first = BATCH + len(ticks)
+            if kind == "batch":
+                nb = len(batches)
+                publish_batch = p.publish_batch
+                start = time.perf_counter()
+                for i in range(n_batches):
+                    publish_batch("trades", batches[i % nb])
+                t_prod = time.perf_counter() - start
+                rows = n_batches * BATCH
+            else:
+                publish = p.publish
+                nt = len(ticks)
+                start = time.perf_counter()
+                for i in range(n_ticks):
+                    s, v, px, sz = ticks[i % nt]
+                    publish("trades", symbol=s, venue=v, price=px, size=sz)
+                t_prod = time.perf_counter() - start
+                rows = n_ticks
+            w = ShardWriter(prefix, 0)
+            w.on_start()
+            while w.do_work():  # the warm-up rows
+                if int(w.state[T.TRADES]) >= first:
+                    break
+            while int(w.state[T.TRADES]) < first:
+                w.do_work()
+            start = time.perf_counter()
+            while w.do_work():
+                pass
+            t_writer = time.perf_counter() - start
+            data = ShardData.attach(prefix, 0)
+            check(prefix, data, first + rows, f"parts {kind}")
+            data.close()
+            w.on_close()
+            p.close()
+            ring.close()
+        unit = "rows" if kind == "batch" else "ticks"
+        out[f"producer_only_{kind}_{unit}_per_s"] = round(rows / t_prod)
+        out[f"writer_only_{kind}_{unit}_per_s"] = round(rows / t_writer)
+    return out
 
 
 def main() -> None:
@@ -299,9 +340,12 @@ def main() -> None:
                                        args.single, args.capacity, args.ring_bytes))
         result.update(bench_numpy(batches, args.batch_rows, args.single))
         if not args.no_parts:
-            result.update(bench_parts(os.path.join(d, "parts"), batches, args.capacity))
+            result.update(bench_parts(os.path.join(d, "parts"), batches, args.capacity,
+                                      args.single))
     result["ratio_batch_vs_numpy_append"] = round(
         result["batch_rows_per_s"] / result["numpy_append_rows_per_s"], 4)
+    result["ratio_batch_vs_numpy_append_warm"] = round(
+        result["batch_rows_per_s"] / result["numpy_append_warm_rows_per_s"], 4)
     result["ratio_single_vs_numpy_append"] = round(
         result["single_ticks_per_s"] / result["numpy_append_rows_per_s"], 4)
     result["ratio_single_vs_numpy_append_one"] = round(

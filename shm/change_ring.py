@@ -34,6 +34,7 @@ checks the bytes at the layout's offsets, so a stale cache after a layout change
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 
@@ -65,6 +66,9 @@ __all__ = [
     "read",
     "read_many",
     "wait_once",
+    "wait_any",
+    "waiter_enter",
+    "waiter_leave",
     "close_ring",
     "load_tail",
     "is_closed",
@@ -220,6 +224,12 @@ def close_ring(hdr, wctl):
     _wake_all(wctl)
 
 
+@numba.njit(cache=True, nogil=True)
+def _reopen(hdr):
+    """Clear ``writer_closed`` for a writer that continues a closed ring (attach)."""
+    store_release(hdr, L.WRITER_CLOSED_I64, np.int64(0))
+
+
 # --- reader kernels -------------------------------------------------------------------------
 
 
@@ -315,6 +325,28 @@ def wait_once(hdr, wctl, pos, timeout_ns):
     return st
 
 
+@numba.njit(cache=True, nogil=True)
+def waiter_enter(hdr, wctl, pos):
+    """First half of a wait on several rings: returns the futex word to sleep on, or -1.
+
+    Reads the word, registers as a waiter, then (full fence) checks the ring: -1 means
+    position ``pos`` is already published or the ring is closed (do not sleep; call
+    ``waiter_leave`` all the same). The same Dekker pair as ``wait_once``.
+    """
+    word = load_acquire(wctl, L.FUTEX_WORD_I32)
+    fetch_add(wctl, L.WAITERS_I32, np.int32(1))
+    fence_full()
+    if _ready(hdr, pos) != NOT_READY:
+        return np.int64(-1)
+    return np.int64(word)
+
+
+@numba.njit(cache=True, nogil=True)
+def waiter_leave(wctl):
+    """Undo ``waiter_enter``."""
+    fetch_add(wctl, L.WAITERS_I32, np.int32(-1))
+
+
 # --- Python faces ---------------------------------------------------------------------------
 
 
@@ -354,6 +386,7 @@ class _Mapped:
         self.capacity = int(seg.i64[L.CAPACITY_I64])
         self._hdr = seg.i64
         self._slots = seg.view(L.SLOTS_OFFSET, np.int64, self.capacity * _RECORD_WORDS)
+        self._words = seg.view(0, np.int64, L.HEADER_I64 + self.capacity * _RECORD_WORDS)
         self._wctl = wseg.i32
         self._owner_pid = os.getpid()
         # None once closed, so one comparison on the hot path covers both misuse cases.
@@ -384,6 +417,13 @@ class _Mapped:
         return self._slots
 
     @property
+    def words(self) -> np.ndarray:
+        """int64 view of header page and slots together (``words[:L.HEADER_I64]`` is ``hdr``,
+        the rest ``slots``): one argument instead of two for kernels that take both."""
+        self._check()
+        return self._words
+
+    @property
     def wctl(self) -> np.ndarray:
         """int32 view of the wait-control page (read-write for readers too)."""
         self._check()
@@ -406,7 +446,7 @@ class _Mapped:
 
     def _unmap(self) -> None:
         # Our numpy views pin the mmaps; drop them first so the mappings really close.
-        self._hdr = self._slots = self._wctl = None  # type: ignore[assignment]
+        self._hdr = self._slots = self._wctl = self._words = None  # type: ignore[assignment]
         self._seg.close()
         self._wseg.close()
         self._pid = None
@@ -453,6 +493,33 @@ class ChangeRingWriter(_Mapped):
                 unlink_quiet(name)
             raise
         return cls(name, seg, wseg)
+
+    @classmethod
+    def attach(cls, name: str) -> "ChangeRingWriter":
+        """Map the existing ring ``name`` read-write to continue publishing into it.
+
+        For a writer process that did not create the ring (the supervisor creates it) and for
+        a restarted writer: publishing continues at the ring's ``tail``, so readers see one
+        unbroken ring. A slot a killed writer left half written (odd seqlock word, tail not
+        advanced) is simply written again at the same position. A ring a previous writer
+        closed is reopened (``writer_closed`` back to 0) before this returns.
+
+        Only one writer may be attached at a time: the caller (the shard writer, one process
+        per shard) guarantees it. Raises SegmentMissing, or LayoutMismatch naming both
+        versions / the bad size, like ``ChangeRingReader.attach``.
+        """
+        seg = Segment.attach(name, L.MAGIC, L.VERSION_MAJOR, readonly=False, what="change ring")
+        try:
+            L.check_segment_size(int(seg.i64[L.CAPACITY_I64]), seg.size)
+            wseg = Segment.attach(wait_name(name), L.WAIT_MAGIC, L.VERSION_MAJOR,
+                                  readonly=False, what="change ring wait control")
+        except BaseException:
+            seg.close()
+            raise
+        self = cls(name, seg, wseg)
+        if is_closed(self._hdr):
+            _reopen(self._hdr)
+        return self
 
     def publish(self, first_seq: int, count: int, table_id: int, first_row: int,
                 ts_first: int, ts_last: int, sym_mask: int) -> int:
@@ -544,6 +611,87 @@ class ChangeRingReader(_Mapped):
         self._unmap()
 
 
+
+# --- waiting on several rings at once ------------------------------------------------------
+
+_SYS_FUTEX_WAITV = 449  # Linux 5.16+, same number on x86-64 and arm64
+_FUTEX2_SIZE_U32 = 0x02  # shared (no FUTEX2_PRIVATE): the wakers are other processes
+_ETIMEDOUT, _EAGAIN, _EINTR, _ENOSYS = 110, 11, 4, 38
+
+
+class _FutexWaitv(ctypes.Structure):
+    _fields_ = [("val", ctypes.c_uint64), ("uaddr", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_have_waitv: bool | None = None  # unknown until the first call
+
+
+def wait_any(readers: "list[ChangeRingReader]", positions, timeout_ns: int) -> int:
+    """Block until any ring ``readers[i]`` publishes position ``positions[i]`` (or closes).
+
+    Returns OK (something to read on at least one ring: poll them all) or NOT_READY (the
+    timeout passed, or a signal arrived: Python then runs its handlers). One sleep at most.
+
+    Sleeps on every ring's futex word at once with ``futex_waitv`` (Linux 5.16+). Where that
+    syscall is missing it sleeps on the first ring only, for at most 1 ms at a time, so the
+    others are still seen within a millisecond.
+    """
+    global _have_waitv
+    n = len(readers)
+    if n == 1 or _have_waitv is False:
+        r = readers[0]
+        t = timeout_ns if n == 1 else min(timeout_ns, 1_000_000)
+        st = int(wait_once(r.hdr, r.wctl, int(positions[0]), t))
+        if st == NOT_READY and n > 1:
+            for r, p in zip(readers, positions):
+                if int(_ready(r.hdr, int(p))) != NOT_READY:
+                    return OK
+        return OK if st != NOT_READY else NOT_READY
+    entered = []
+    try:
+        waiters = (_FutexWaitv * n)()
+        sleep = True
+        for i, (r, p) in enumerate(zip(readers, positions)):
+            word = int(waiter_enter(r.hdr, r.wctl, int(p)))
+            entered.append(r)
+            if word < 0:
+                sleep = False
+                break
+            waiters[i].val = word & 0xFFFFFFFF
+            waiters[i].uaddr = r.wctl.ctypes.data + L.FUTEX_WORD_OFFSET
+            waiters[i].flags = _FUTEX2_SIZE_U32
+        if not sleep:
+            return OK
+        if timeout_ns <= 0:
+            return NOT_READY
+        deadline = time.clock_gettime_ns(time.CLOCK_MONOTONIC) + timeout_ns
+        ts = _Timespec(deadline // 1_000_000_000, deadline % 1_000_000_000)
+        rc = _libc.syscall(ctypes.c_long(_SYS_FUTEX_WAITV), waiters, ctypes.c_uint(n),
+                           ctypes.c_uint(0), ctypes.byref(ts), ctypes.c_int(time.CLOCK_MONOTONIC))
+        if rc < 0:
+            err = ctypes.get_errno()
+            if err == _ENOSYS:
+                _have_waitv = False
+            elif err == _EAGAIN:  # a word moved between our read and the sleep: published
+                return OK
+        else:
+            _have_waitv = True
+        for r, p in zip(readers, positions):
+            if int(_ready(r.hdr, int(p))) != NOT_READY:
+                return OK
+        return NOT_READY
+    finally:
+        for r in entered:
+            waiter_leave(r.wctl)
+
+
 def warm_up() -> None:
     """Compile (or load from cache) every kernel signature the two classes use.
 
@@ -564,8 +712,12 @@ def warm_up() -> None:
         read(h, s, 0, out)
         read_many(h, s, 0, out2d, 2)
         wait_once(h, wctl, 0, 0)
+        waiter_enter(h, wctl, 0)
+        waiter_leave(wctl)
+        _ready(h, 0)
         load_tail(h)
         is_closed(h)
     close_ring(hdr, wctl)
+    _reopen(hdr)
     sym_mask_of(np.zeros(1, np.int32))
     sym_mask_of(np.zeros(1, np.int64))

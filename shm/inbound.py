@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from shm.atomics import (
     compare_exchange,
@@ -44,15 +48,31 @@ the ring's refuse_reason. Retry later or report the reason."""
 TOO_LARGE = -3
 """The record is larger than max_record: split the batch."""
 
+INVALID = -4
+"""write_trade / write_quote (and checking callers of write_batch): a value or timestamp is
+out of range; nothing was written. The caller finds out which, and raises."""
+
+
+def entry_point(fn, *args):
+    """``fn``'s compiled entry point for exactly the types of ``args``, without calling it.
+
+    Calling the entry point skips numba's per-call type dispatch, which costs as much as a
+    short kernel itself (0.1-0.2 us per argument). Only pass arguments of the same types
+    afterwards (the entry point does not check array dtypes). Falls back to ``fn``.
+    """
+    try:
+        return fn.compile(tuple(fn.typeof_pyval(a) for a in args))
+    except Exception:  # noqa: BLE001  (any numba internals change: keep the dispatcher)
+        return fn
+
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _align(n):
     return (n + L.REC_ALIGN - 1) & ~(L.REC_ALIGN - 1)
 
 
-@numba.njit(cache=True, nogil=True)
-def try_claim(hdr64, hdr32, data32, length, pid):
-    """Claim ``length`` bytes (64-aligned). Returns the record's position or a code < 0."""
+@numba.njit(cache=True, nogil=True, inline="always")
+def _claim(hdr64, hdr32, data32, length, pid):
     if load_acquire(hdr32, L.ACCEPTING_I32) != 1:
         return NOT_ACCEPTING
     capacity = hdr64[L.CAPACITY_I64]
@@ -81,8 +101,13 @@ def try_claim(hdr64, hdr32, data32, length, pid):
 
 
 @numba.njit(cache=True, nogil=True)
-def commit(hdr32, data32, pos, mask, length, rtype, count):
-    """Publish a written record, then wake the writer if it is asleep."""
+def try_claim(hdr64, hdr32, data32, length, pid):
+    """Claim ``length`` bytes (64-aligned). Returns the record's position or a code < 0."""
+    return _claim(hdr64, hdr32, data32, length, pid)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _commit(hdr32, data32, pos, mask, length, rtype, count):
     w = (pos & mask) >> 2
     data32[w + 1] = rtype
     data32[w + 3] = count
@@ -91,8 +116,19 @@ def commit(hdr32, data32, pos, mask, length, rtype, count):
     # store the record, fence, check writer_sleeping. One of us must see the other.
     fence_full()
     if load_acquire(hdr32, L.WRITER_SLEEPING_I32) != 0:
-        fetch_add(hdr32, L.WAKE_WORD_I32, np.int32(1))
-        futex_wake(hdr32, L.WAKE_WORD_I32, 1)
+        # Only the producer that clears the flag wakes the writer: until the writer runs
+        # again, every other commit would otherwise make a futex system call of its own.
+        # The others need none: the writer, once woken, drains to the tail, and checks the
+        # tail again before it next sleeps.
+        if compare_exchange(hdr32, L.WRITER_SLEEPING_I32, np.int32(1), np.int32(0)) == 1:
+            fetch_add(hdr32, L.WAKE_WORD_I32, np.int32(1))
+            futex_wake(hdr32, L.WAKE_WORD_I32, 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def commit(hdr32, data32, pos, mask, length, rtype, count):
+    """Publish a written record, then wake the writer if it is asleep."""
+    _commit(hdr32, data32, pos, mask, length, rtype, count)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -109,22 +145,26 @@ def _write_payload(data8, off, n, rows, ts, sym8, ven8, v0, v1, v2, v3, nvals):
     ven_out = data8[o_ven : o_val].view(np.uint64)
     sym_in = sym8.view(np.uint64)
     ven_in = ven8.view(np.uint64)
-    use_rows = rows.shape[0] > 0
-    for j in range(n):
-        r = rows[j] if use_rows else j
-        ts_out[j] = ts[r]
-        sym_out[2 * j] = sym_in[2 * r]
-        sym_out[2 * j + 1] = sym_in[2 * r + 1]
-        ven_out[2 * j] = ven_in[2 * r]
-        ven_out[2 * j + 1] = ven_in[2 * r + 1]
-    for c in range(nvals):
-        src = v0 if c == 0 else (v1 if c == 1 else (v2 if c == 2 else v3))
-        out = data8[o_val + 8 * n * c : o_val + 8 * n * (c + 1)].view(np.float64)
-        if use_rows:
+    if rows.shape[0] > 0:
+        for j in range(n):
+            r = rows[j]
+            ts_out[j] = ts[r]
+            sym_out[2 * j] = sym_in[2 * r]
+            sym_out[2 * j + 1] = sym_in[2 * r + 1]
+            ven_out[2 * j] = ven_in[2 * r]
+            ven_out[2 * j + 1] = ven_in[2 * r + 1]
+        for c in range(nvals):
+            src = v0 if c == 0 else (v1 if c == 1 else (v2 if c == 2 else v3))
+            out = data8[o_val + 8 * n * c : o_val + 8 * n * (c + 1)].view(np.float64)
             for j in range(n):
                 out[j] = src[rows[j]]
-        else:
-            out[:] = src[:n]
+    else:
+        ts_out[:] = ts[:n]
+        sym_out[:] = sym_in[: 2 * n]
+        ven_out[:] = ven_in[: 2 * n]
+        for c in range(nvals):
+            src = v0 if c == 0 else (v1 if c == 1 else (v2 if c == 2 else v3))
+            data8[o_val + 8 * n * c : o_val + 8 * n * (c + 1)].view(np.float64)[:] = src[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -133,13 +173,13 @@ def write_batch(hdr64, hdr32, data8, data32, pid, rtype, rows, n, ts, sym8, ven8
     """Claim, fill and commit one record of ``n`` rows. Returns the position or a code < 0."""
     row_bytes = 8 + 2 * T.NAME_BYTES + 8 * nvals
     length = _align(L.REC_HEADER_BYTES + row_bytes * n)
-    pos = try_claim(hdr64, hdr32, data32, length, pid)
+    pos = _claim(hdr64, hdr32, data32, length, pid)
     if pos < 0:
         return pos
     mask = hdr64[L.CAPACITY_I64] - 1
     _write_payload(data8, (pos & mask) + L.REC_HEADER_BYTES, n, rows, ts, sym8, ven8,
                    v0, v1, v2, v3, nvals)
-    commit(hdr32, data32, pos, mask, length, rtype, n)
+    _commit(hdr32, data32, pos, mask, length, rtype, n)
     return pos
 
 
@@ -147,7 +187,57 @@ KEY_S0, KEY_S1, KEY_E0, KEY_E1, KEY_PID, KEY_TYPE, KEY_NVALS = range(7)
 KEY_WORDS = 8
 
 
-@numba.njit(cache=True, nogil=True)
+@intrinsic
+def _realtime_ns(typingctx):
+    """clock_gettime(CLOCK_REALTIME) into a stack timespec: no heap array, so the per-tick
+    kernels need no NRT (atomics.clock_realtime_ns allocates its timespec)."""
+    sig = types.int64()
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        ts = cgutils.alloca_once(builder, ir.ArrayType(i64, 2))
+        ptr_t = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(i32, [i32, ptr_t])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "clock_gettime")
+        builder.call(fn, [ir.Constant(i32, 0), builder.bitcast(ts, ptr_t)])
+        zero = ir.Constant(i32, 0)
+        sec = builder.load(builder.gep(ts, [zero, zero]))
+        nsec = builder.load(builder.gep(ts, [zero, ir.Constant(i32, 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _one_row(hdr64, data8, key, ts, v0, v1, v2, v3, nvals):
+    hdr32 = hdr64.view(np.int32)
+    data32 = data8.view(np.int32)
+    length = _align(L.REC_HEADER_BYTES + 8 + 2 * T.NAME_BYTES + 8 * nvals)
+    pos = _claim(hdr64, hdr32, data32, length, np.int32(key[KEY_PID]))
+    if pos < 0:
+        return pos
+    mask = hdr64[L.CAPACITY_I64] - 1
+    w = ((pos & mask) + L.REC_HEADER_BYTES) >> 3
+    data64 = data8.view(np.int64)
+    data64[w] = ts
+    data64[w + 1] = key[KEY_S0]
+    data64[w + 2] = key[KEY_S1]
+    data64[w + 3] = key[KEY_E0]
+    data64[w + 4] = key[KEY_E1]
+    f = data8.view(np.float64)
+    f[w + 5] = v0
+    f[w + 6] = v1
+    if nvals > 2:
+        f[w + 7] = v2
+        f[w + 8] = v3
+    _commit(hdr32, data32, pos, mask, length, np.int32(key[KEY_TYPE]), 1)
+    return pos
+
+
+# The per-tick kernels allocate nothing, so they are compiled without numba's reference
+# counting (_nrt=False): otherwise every array view and call costs atomic increments.
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def write_one(hdr64, data8, key, ts, v0, v1, v2, v3):
     """Claim, fill and commit a one-row record.
 
@@ -155,29 +245,43 @@ def write_one(hdr64, data8, key, ts, v0, v1, v2, v3):
     little-endian words each, the producer pid, the record type and the value count. Fewer
     arguments keep the Python -> numba call cheap on this per-tick path.
     """
-    hdr32 = hdr64.view(np.int32)
-    data32 = data8.view(np.int32)
-    nvals = key[KEY_NVALS]
-    length = _align(L.REC_HEADER_BYTES + 8 + 2 * T.NAME_BYTES + 8 * nvals)
-    pos = try_claim(hdr64, hdr32, data32, length, np.int32(key[KEY_PID]))
-    if pos < 0:
-        return pos
-    mask = hdr64[L.CAPACITY_I64] - 1
-    o = (pos & mask) + L.REC_HEADER_BYTES
-    w = data8[o : o + 40].view(np.int64)
-    w[0] = ts
-    w[1] = key[KEY_S0]
-    w[2] = key[KEY_S1]
-    w[3] = key[KEY_E0]
-    w[4] = key[KEY_E1]
-    f = data8[o + 40 : o + 40 + 8 * nvals].view(np.float64)
-    f[0] = v0
-    f[1] = v1
-    if nvals > 2:
-        f[2] = v2
-        f[3] = v3
-    commit(hdr32, data32, pos, mask, length, np.int32(key[KEY_TYPE]), 1)
-    return pos
+    return _one_row(hdr64, data8, key, ts, v0, v1, v2, v3, key[KEY_NVALS])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pos_finite(x):
+    return x > 0.0 and x < np.inf
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tick_ts(ts):
+    """0 means now; anything else must be after 1990 and at most a day ahead (else -1)."""
+    now = _realtime_ns()
+    if ts == 0:
+        return now
+    if ts < T.MIN_TS_NS or ts > now + T.MAX_FUTURE_NS:
+        return np.int64(-1)
+    return ts
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def write_trade(hdr64, data8, key, ts, price, size):
+    """One trade, checked: ts (0 = now), price and size finite and > 0, else INVALID and
+    nothing written. Otherwise as write_one. The per-tick path of Producer.publish."""
+    ts = _tick_ts(ts)
+    if ts < 0 or not (_pos_finite(price) and _pos_finite(size)):
+        return INVALID
+    return _one_row(hdr64, data8, key, ts, price, size, 0.0, 0.0, 2)
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def write_quote(hdr64, data8, key, ts, bid, ask, bid_size, ask_size):
+    """One quote, checked like write_trade (and bid <= ask)."""
+    ts = _tick_ts(ts)
+    if ts < 0 or not (_pos_finite(bid) and _pos_finite(ask) and _pos_finite(bid_size)
+                      and _pos_finite(ask_size)) or bid > ask:
+        return INVALID
+    return _one_row(hdr64, data8, key, ts, bid, ask, bid_size, ask_size, 4)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -15,10 +15,13 @@ snapshot right after ``commit``.
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
 
-from shm.atomics import load_acquire, store_release
+from shm import change_ring
+from shm.atomics import _syscall4, clock_monotonic_ns, futex_wait, load_acquire, store_release
 from shm.layout import inbound as L
 from shm.layout import shard as S
 from shm.layout import tables as T
@@ -55,6 +58,39 @@ def _hash(w0, w1, mask):
     return np.int64(h & np.uint64(mask))
 
 
+# allowed name characters [A-Za-z0-9._-]: a 256-entry table (a compile-time constant in
+# kernels) so a character costs one load instead of six comparisons
+NAME_CHARS = np.zeros(256, np.uint8)
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-":
+    NAME_CHARS[_c] = 1
+del _c
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _valid_word(w, ended):
+    """Check the 8 bytes of one little-endian name word. Returns (ok, ended)."""
+    for k in range(8):
+        c = (w >> np.uint64(8 * k)) & np.uint64(0xFF)
+        if c == 0:
+            ended = True
+        elif ended or NAME_CHARS[c] == 0:
+            return False, ended
+    return True, ended
+
+
+@numba.njit(cache=True, nogil=True)
+def valid_words(w0, w1, allow_empty):
+    """The 16-byte name held in two little-endian uint64 words: ASCII [A-Za-z0-9._-],
+    NUL-padded (no character after a NUL); empty only when allow_empty."""
+    if w0 == 0:
+        return allow_empty and w1 == 0
+    ok, ended = _valid_word(w0, False)
+    if not ok:
+        return False
+    ok, ended = _valid_word(w1, ended)
+    return ok
+
+
 @numba.njit(cache=True, nogil=True)
 def valid_name(b, o, allow_empty):
     """ASCII [A-Za-z0-9._-], NUL-padded; empty only when allow_empty."""
@@ -68,22 +104,20 @@ def valid_name(b, o, allow_empty):
         c = b[o + k]
         if c == 0:
             ended = True
-        elif ended:
-            return False
-        elif not (
-            (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 46 or c == 95 or c == 45
-        ):
+        elif ended or NAME_CHARS[c] == 0:
             return False
     return True
 
 
 @numba.njit(cache=True, nogil=True)
-def _intern(names8, htab, n_names, max_names, rec8, o, allow_empty, count_i32, count_idx):
-    """Id of the 16-byte name at rec8[o:], interning it if new. -1 invalid, -2 table full."""
-    key = rec8[o : o + 16].view(np.uint64)
-    w0 = key[0]
-    w1 = key[1]
-    names64 = names8.view(np.uint64)
+def _intern(names64, htab, n, max_names, w0, w1, allow_empty, count_i32, count_idx):
+    """Id of the name (w0, w1), interning it as id ``n`` if new.
+
+    Returns the id, or -1 invalid name, -2 table full; an id equal to ``n`` means the name
+    was added (the caller advances its count). The row loop in _drain_run probes the table
+    itself (a call per row, or numba inlining a function that takes arrays, costs reference
+    count traffic on every row) and only calls this for names it did not find.
+    """
     mask = htab.shape[0] - 1
     h = _hash(w0, w1, mask)
     while True:
@@ -92,20 +126,18 @@ def _intern(names8, htab, n_names, max_names, rec8, o, allow_empty, count_i32, c
             break
         i = e - 1
         if names64[2 * i] == w0 and names64[2 * i + 1] == w1:
-            return i
+            return np.int64(i)
         h = (h + 1) & mask
-    if not valid_name(rec8, o, allow_empty):
-        return -1
-    n = n_names[0]
+    if not valid_words(w0, w1, allow_empty):
+        return np.int64(-1)
     if n >= max_names:
-        return -2
+        return np.int64(-2)
     names64[2 * n] = w0
     names64[2 * n + 1] = w1
     htab[h] = n + 1
-    n_names[0] = n + 1
     # readers map names by id; the name must be visible before any committed row uses it
     store_release(count_i32, count_idx, np.int32(n + 1))
-    return n
+    return np.int64(n)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,6 +153,11 @@ def rebuild_htab(names8, n, htab):
         htab[h] = i + 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pos_finite(x):
+    return x > 0.0 and x < np.inf
+
+
 @numba.njit(cache=True, nogil=True)
 def row_reason(table, ts, a, b, c, d, now_ns):
     """Reject reason for one row (REJECT_OK if valid). Trades: a=price, b=size; quotes:
@@ -129,18 +166,225 @@ def row_reason(table, ts, a, b, c, d, now_ns):
     if ts < T.MIN_TS_NS or ts > now_ns + T.MAX_FUTURE_NS:
         return T.REJECT_TS
     if table == T.TRADES:
-        if not (a > 0.0 and a < np.inf):
+        if not _pos_finite(a):
             return T.REJECT_PRICE
-        if not (b > 0.0 and b < np.inf):
+        if not _pos_finite(b):
             return T.REJECT_SIZE
         return T.REJECT_OK
-    if not (a > 0.0 and a < np.inf and b > 0.0 and b < np.inf):
+    if not (_pos_finite(a) and _pos_finite(b)):
         return T.REJECT_PRICE
-    if not (c > 0.0 and c < np.inf and d > 0.0 and d < np.inf):
+    if not (_pos_finite(c) and _pos_finite(d)):
         return T.REJECT_SIZE
     if a > b:
         return T.REJECT_CROSSED
     return T.REJECT_OK
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _i64(seg8, o, n):
+    return seg8[o : o + 8 * n].view(np.int64)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _i32(seg8, o, n):
+    return seg8[o : o + 4 * n].view(np.int32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _f64(seg8, o, n):
+    return seg8[o : o + 8 * n].view(np.float64)
+
+
+# words of the per-pass scratch array ``st`` that drain shares with _drain_run
+R_ROW = 0  # next row of the table being appended
+R_SEQ = 1  # next seq
+R_NSYM = 2  # symbols interned
+R_NVEN = 3  # venues interned
+R_SYM0 = 4  # one-entry cache of the last symbol: its two words and its id (-1 = empty)
+R_SYM1 = 5
+R_SID = 6
+R_VEN0 = 7  # the same for the last venue
+R_VEN1 = 8
+R_VID = 9
+R_NB = 10  # batches produced this pass
+R_WORDS = 12
+
+
+@numba.njit(cache=True, nogil=True)
+def _drain_run(table, nvals, ring8, ring32, pos, tail, end, mask, max_record, now_ns,
+               capacity, c_ts, c_sym, c_ven, o0, o1, o2, o3, c_seq, c_prev, b_min, b_max, last,
+               sym64, htab_s, max_sym, ven64, htab_v, max_ven, hdr32, st, rejects, batches):
+    """Append consecutive well-formed records of ``table`` from ``pos``; return the position
+    of the first record it did not take (another table's, padding, unfinished, malformed:
+    drain decides about those).
+
+    One call per run of records rather than per record: every call of a kernel that takes
+    arrays costs two atomic reference-count updates per array, which a stream of one-row
+    records would otherwise pay per row. Name lookups are written out in the row loop for
+    the same reason; only new names go through _intern.
+    """
+    rtype = table + 1
+    row_bytes = 40 + 8 * nvals
+    row = st[R_ROW]
+    seq = st[R_SEQ]
+    nsym = st[R_NSYM]
+    nven = st[R_NVEN]
+    cs0 = np.uint64(st[R_SYM0])
+    cs1 = np.uint64(st[R_SYM1])
+    csid = st[R_SID]
+    cv0 = np.uint64(st[R_VEN0])
+    cv1 = np.uint64(st[R_VEN1])
+    cvid = st[R_VID]
+    nb = st[R_NB]
+    max_ts = now_ns + T.MAX_FUTURE_NS
+    smask = htab_s.shape[0] - 1
+    vmask = htab_v.shape[0] - 1
+    while pos < tail and pos < end and nb < batches.shape[0]:
+        w = (pos & mask) >> 2
+        length = load_acquire(ring32, w)
+        if length <= 0 or ring32[w + 1] != rtype or length % L.REC_ALIGN != 0:
+            break
+        count = ring32[w + 3]
+        if length > max_record or count < 0 or L.REC_HEADER_BYTES + count * row_bytes > length:
+            break
+        if row + count > capacity:
+            # the table cannot take the whole batch: reject it whole (a batch is visible
+            # all at once or not at all), never part of it
+            rejects[T.REJECT_FULL] += count
+            pos += length
+            continue
+        base = (pos & mask) + L.REC_HEADER_BYTES
+        r_ts = ring8[base : base + 8 * count].view(np.int64)
+        o_sym = base + 8 * count
+        o_ven = o_sym + T.NAME_BYTES * count
+        o_val = o_ven + T.NAME_BYTES * count
+        r_sym = ring8[o_sym : o_ven].view(np.uint64)
+        r_ven = ring8[o_ven : o_val].view(np.uint64)
+        vals = ring8[o_val : o_val + 8 * nvals * count].view(np.float64)
+        first_row = row
+        first_seq = seq
+        ts_first = np.int64(0)
+        ts_last = np.int64(0)
+        sym_mask = np.uint64(0)
+        for j in range(count):
+            ts = r_ts[j]
+            a = vals[j]
+            b = vals[count + j]
+            if nvals == 2:
+                c = 1.0
+                d = 1.0
+            else:
+                c = vals[2 * count + j]
+                d = vals[3 * count + j]
+            # row_reason, written out for the all-valid case
+            if (ts < T.MIN_TS_NS or ts > max_ts or not _pos_finite(a) or not _pos_finite(b)
+                    or not _pos_finite(c) or not _pos_finite(d) or (nvals == 4 and a > b)):
+                rejects[row_reason(table, ts, a, b, c, d, now_ns)] += 1
+                continue
+            s0 = r_sym[2 * j]
+            s1 = r_sym[2 * j + 1]
+            if csid >= 0 and s0 == cs0 and s1 == cs1:
+                sid = csid
+            else:
+                sid = np.int64(-3)
+                h = _hash(s0, s1, smask)
+                while True:
+                    e = np.int64(htab_s[h])
+                    if e == 0:
+                        break
+                    if sym64[2 * e - 2] == s0 and sym64[2 * e - 1] == s1:
+                        sid = e - 1
+                        break
+                    h = (h + 1) & smask
+                if sid == -3:
+                    sid = _intern(sym64, htab_s, nsym, max_sym, s0, s1, False, hdr32,
+                                  S.N_SYMBOLS_I32)
+                    if sid < 0:
+                        rejects[T.REJECT_SYMBOL if sid == -1 else T.REJECT_SYMBOLS_FULL] += 1
+                        continue
+                    if sid == nsym:
+                        nsym += 1
+                cs0 = s0
+                cs1 = s1
+                csid = sid
+            e0 = r_ven[2 * j]
+            e1 = r_ven[2 * j + 1]
+            if cvid >= 0 and e0 == cv0 and e1 == cv1:
+                vid = cvid
+            else:
+                vid = np.int64(-3)
+                h = _hash(e0, e1, vmask)
+                while True:
+                    e = np.int64(htab_v[h])
+                    if e == 0:
+                        break
+                    if ven64[2 * e - 2] == e0 and ven64[2 * e - 1] == e1:
+                        vid = e - 1
+                        break
+                    h = (h + 1) & vmask
+                if vid == -3:
+                    vid = _intern(ven64, htab_v, nven, max_ven, e0, e1, True, hdr32,
+                                  S.N_VENUES_I32)
+                    if vid < 0:
+                        rejects[T.REJECT_VENUE if vid == -1 else T.REJECT_SYMBOLS_FULL] += 1
+                        continue
+                    if vid == nven:
+                        nven += 1
+                cv0 = e0
+                cv1 = e1
+                cvid = vid
+            c_ts[row] = ts
+            c_sym[row] = sid
+            c_ven[row] = vid
+            o0[row] = a
+            o1[row] = b
+            if nvals == 4:
+                o2[row] = c
+                o3[row] = d
+            c_seq[row] = seq
+            c_prev[row] = last[sid]
+            # prev is in place before last[] points at the row: a reader following last[]
+            # (acquire) always finds a complete link
+            store_release(last, sid, row)
+            blk = row // S.BLOCK_ROWS
+            if row % S.BLOCK_ROWS == 0:
+                b_min[blk] = ts
+                b_max[blk] = ts
+            else:
+                if ts < b_min[blk]:
+                    b_min[blk] = ts
+                if ts > b_max[blk]:
+                    b_max[blk] = ts
+            if row == first_row:
+                ts_first = ts
+            ts_last = ts
+            sym_mask |= np.uint64(1) << np.uint64(sid & 63)
+            row += 1
+            seq += 1
+        added = row - first_row
+        if added > 0:
+            bo = batches[nb]
+            bo[B_FIRST_SEQ] = first_seq
+            bo[B_COUNT] = added
+            bo[B_TABLE] = table
+            bo[B_FIRST_ROW] = first_row
+            bo[B_TS_FIRST] = ts_first
+            bo[B_TS_LAST] = ts_last
+            bo[B_SYM_MASK] = np.int64(sym_mask)
+            nb += 1
+        pos += length
+    st[R_ROW] = row
+    st[R_SEQ] = seq
+    st[R_NSYM] = nsym
+    st[R_NVEN] = nven
+    st[R_SYM0] = np.int64(cs0)
+    st[R_SYM1] = np.int64(cs1)
+    st[R_SID] = csid
+    st[R_VEN0] = np.int64(cv0)
+    st[R_VEN1] = np.int64(cv1)
+    st[R_VID] = cvid
+    st[R_NB] = nb
+    return pos
 
 
 @numba.njit(cache=True, nogil=True)
@@ -158,15 +402,48 @@ def drain(seg8, off, hdr32, ring64, ring8, ring32, htab_s, htab_v, state, reject
     pos = state[S_IN_POS]
     end = pos + max_bytes
     state[S_STALL_POS] = -1
-    nb = 0
+    if pos >= tail:
+        return 0
     capacity = np.int64(hdr32.view(np.int64)[S.CAPACITY_I64])
     max_sym = hdr32[S.MAX_SYMBOLS_I32]
     max_ven = hdr32[S.MAX_VENUES_I32]
-    sym_names = seg8[off[S.OFF_SYM_NAMES] : off[S.OFF_SYM_NAMES] + T.NAME_BYTES * max_sym]
-    ven_names = seg8[off[S.OFF_VEN_NAMES] : off[S.OFF_VEN_NAMES] + T.NAME_BYTES * max_ven]
-    nsym = state[S_NSYM : S_NSYM + 1]
-    nven = state[S_NVEN : S_NVEN + 1]
-    while pos < tail and pos < end and nb < batches.shape[0]:
+    sym64 = seg8[off[S.OFF_SYM_NAMES] : off[S.OFF_SYM_NAMES] + T.NAME_BYTES * max_sym].view(
+        np.uint64)
+    ven64 = seg8[off[S.OFF_VEN_NAMES] : off[S.OFF_VEN_NAMES] + T.NAME_BYTES * max_ven].view(
+        np.uint64)
+    nblk = capacity // S.BLOCK_ROWS
+    # every column view once per pass, not per record or per row
+    tb = S.OFF_TABLES
+    t_ts = _i64(seg8, off[tb + S.COL_TS], capacity)
+    t_sym = _i32(seg8, off[tb + S.COL_SYMBOL], capacity)
+    t_ven = _i32(seg8, off[tb + S.COL_VENUE], capacity)
+    t_v0 = _f64(seg8, off[tb + S.COL_VALUES], capacity)
+    t_v1 = _f64(seg8, off[tb + S.COL_VALUES + 1], capacity)
+    t_seq = _i64(seg8, off[tb + S.COL_SEQ], capacity)
+    t_prev = _i64(seg8, off[tb + S.COL_PREV], capacity)
+    t_bmin = _i64(seg8, off[tb + S.COL_BLK_MIN], nblk)
+    t_bmax = _i64(seg8, off[tb + S.COL_BLK_MAX], nblk)
+    t_last = _i64(seg8, off[S.OFF_LAST_TRADE], max_sym)
+    qb = S.OFF_TABLES + S.OFF_TABLE_STRIDE
+    q_ts = _i64(seg8, off[qb + S.COL_TS], capacity)
+    q_sym = _i32(seg8, off[qb + S.COL_SYMBOL], capacity)
+    q_ven = _i32(seg8, off[qb + S.COL_VENUE], capacity)
+    q_v0 = _f64(seg8, off[qb + S.COL_VALUES], capacity)
+    q_v1 = _f64(seg8, off[qb + S.COL_VALUES + 1], capacity)
+    q_v2 = _f64(seg8, off[qb + S.COL_VALUES + 2], capacity)
+    q_v3 = _f64(seg8, off[qb + S.COL_VALUES + 3], capacity)
+    q_seq = _i64(seg8, off[qb + S.COL_SEQ], capacity)
+    q_prev = _i64(seg8, off[qb + S.COL_PREV], capacity)
+    q_bmin = _i64(seg8, off[qb + S.COL_BLK_MIN], nblk)
+    q_bmax = _i64(seg8, off[qb + S.COL_BLK_MAX], nblk)
+    q_last = _i64(seg8, off[S.OFF_LAST_QUOTE], max_sym)
+    st = np.zeros(R_WORDS, np.int64)
+    st[R_SEQ] = state[S_NEXT_SEQ]
+    st[R_NSYM] = state[S_NSYM]
+    st[R_NVEN] = state[S_NVEN]
+    st[R_SID] = -1
+    st[R_VID] = -1
+    while pos < tail and pos < end and st[R_NB] < batches.shape[0]:
         w = (pos & mask) >> 2
         length = load_acquire(ring32, w)
         if length <= 0:
@@ -193,95 +470,24 @@ def drain(seg8, off, hdr32, ring64, ring8, ring32, htab_s, htab_v, state, reject
             rejects[T.REJECT_MALFORMED] += 1
             pos += length
             continue
-        base = (pos & mask) + L.REC_HEADER_BYTES
-        r_ts = ring8[base : base + 8 * count].view(np.int64)
-        o_sym = base + 8 * count
-        o_ven = o_sym + T.NAME_BYTES * count
-        o_val = o_ven + T.NAME_BYTES * count
-        vals = ring8[o_val : o_val + 8 * nvals * count].view(np.float64)
-
-        tb = S.OFF_TABLES + table * S.OFF_TABLE_STRIDE
-        c_ts = seg8[off[tb + S.COL_TS] : off[tb + S.COL_TS] + 8 * capacity].view(np.int64)
-        c_sym = seg8[off[tb + S.COL_SYMBOL] : off[tb + S.COL_SYMBOL] + 4 * capacity].view(np.int32)
-        c_ven = seg8[off[tb + S.COL_VENUE] : off[tb + S.COL_VENUE] + 4 * capacity].view(np.int32)
-        c_seq = seg8[off[tb + S.COL_SEQ] : off[tb + S.COL_SEQ] + 8 * capacity].view(np.int64)
-        c_prev = seg8[off[tb + S.COL_PREV] : off[tb + S.COL_PREV] + 8 * capacity].view(np.int64)
-        nblk = capacity // S.BLOCK_ROWS
-        b_min = seg8[off[tb + S.COL_BLK_MIN] : off[tb + S.COL_BLK_MIN] + 8 * nblk].view(np.int64)
-        b_max = seg8[off[tb + S.COL_BLK_MAX] : off[tb + S.COL_BLK_MAX] + 8 * nblk].view(np.int64)
-        lo = S.OFF_LAST_TRADE if table == T.TRADES else S.OFF_LAST_QUOTE
-        last = seg8[off[lo] : off[lo] + 8 * max_sym].view(np.int64)
-
-        first_row = state[table]
-        first_seq = state[S_NEXT_SEQ]
-        ts_first = np.int64(0)
-        ts_last = np.int64(0)
-        sym_mask = np.uint64(0)
-        for j in range(count):
-            ts = r_ts[j]
-            if nvals == 2:
-                reason = row_reason(table, ts, vals[j], vals[count + j], 1.0, 1.0, now_ns)
-            else:
-                reason = row_reason(table, ts, vals[j], vals[count + j], vals[2 * count + j],
-                                    vals[3 * count + j], now_ns)
-            if reason != T.REJECT_OK:
-                rejects[reason] += 1
-                continue
-            row = state[table]
-            if row >= capacity:
-                rejects[T.REJECT_FULL] += 1
-                continue
-            sid = _intern(sym_names, htab_s, nsym, max_sym, ring8, o_sym + j * T.NAME_BYTES,
-                          False, hdr32, S.N_SYMBOLS_I32)
-            if sid < 0:
-                rejects[T.REJECT_SYMBOL if sid == -1 else T.REJECT_SYMBOLS_FULL] += 1
-                continue
-            vid = _intern(ven_names, htab_v, nven, max_ven, ring8, o_ven + j * T.NAME_BYTES,
-                          True, hdr32, S.N_VENUES_I32)
-            if vid < 0:
-                rejects[T.REJECT_VENUE if vid == -1 else T.REJECT_SYMBOLS_FULL] += 1
-                continue
-            c_ts[row] = ts
-            c_sym[row] = sid
-            c_ven[row] = vid
-            for c in range(nvals):
-                col = seg8[off[tb + S.COL_VALUES + c] : off[tb + S.COL_VALUES + c] + 8 * capacity]
-                col.view(np.float64)[row] = vals[c * count + j]
-            seq = state[S_NEXT_SEQ]
-            c_seq[row] = seq
-            c_prev[row] = last[sid]
-            # prev is in place before last[] points at the row: a reader following last[]
-            # (acquire) always finds a complete link
-            store_release(last, sid, row)
-            blk = row // S.BLOCK_ROWS
-            if row % S.BLOCK_ROWS == 0:
-                b_min[blk] = ts
-                b_max[blk] = ts
-            else:
-                if ts < b_min[blk]:
-                    b_min[blk] = ts
-                if ts > b_max[blk]:
-                    b_max[blk] = ts
-            if state[table] == first_row:
-                ts_first = ts
-            ts_last = ts
-            sym_mask |= np.uint64(1) << np.uint64(sid & 63)
-            state[table] = row + 1
-            state[S_NEXT_SEQ] = seq + 1
-        added = state[table] - first_row
-        if added > 0:
-            bo = batches[nb]
-            bo[B_FIRST_SEQ] = first_seq
-            bo[B_COUNT] = added
-            bo[B_TABLE] = table
-            bo[B_FIRST_ROW] = first_row
-            bo[B_TS_FIRST] = ts_first
-            bo[B_TS_LAST] = ts_last
-            bo[B_SYM_MASK] = np.int64(sym_mask)
-            nb += 1
-        pos += length
+        # a well-formed record: append it and every following one of the same table
+        st[R_ROW] = state[table]
+        if table == T.TRADES:
+            pos = _drain_run(T.TRADES, 2, ring8, ring32, pos, tail, end, mask, max_record,
+                             now_ns, capacity, t_ts, t_sym, t_ven, t_v0, t_v1, t_v0, t_v1,
+                             t_seq, t_prev, t_bmin, t_bmax, t_last, sym64, htab_s, max_sym,
+                             ven64, htab_v, max_ven, hdr32, st, rejects, batches)
+        else:
+            pos = _drain_run(T.QUOTES, 4, ring8, ring32, pos, tail, end, mask, max_record,
+                             now_ns, capacity, q_ts, q_sym, q_ven, q_v0, q_v1, q_v2, q_v3,
+                             q_seq, q_prev, q_bmin, q_bmax, q_last, sym64, htab_s, max_sym,
+                             ven64, htab_v, max_ven, hdr32, st, rejects, batches)
+        state[table] = st[R_ROW]
+    state[S_NEXT_SEQ] = st[R_SEQ]
+    state[S_NSYM] = st[R_NSYM]
+    state[S_NVEN] = st[R_NVEN]
     state[S_IN_POS] = pos
-    return nb
+    return st[R_NB]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -389,3 +595,134 @@ def repair_after_crash(seg8, off, hdr64, state):
                 hi_ts = max(hi_ts, c_ts[r])
             b_min[blk] = lo_ts
             b_max[blk] = hi_ts
+
+
+# --- mapping column pages ahead of the writer ------------------------------------------------
+#
+# A first write to a page of a shared-memory segment costs a page fault (~4 us on a VM, ~50 ns
+# per trades row); madvise(MADV_POPULATE_WRITE) maps a whole range in one call, cheaper per
+# page, and leaves the contents alone. The writer runs prefault_loop on a helper thread (no
+# GIL held: a low-priority thread holding the GIL would stall the writer) and calls
+# prefault_rows itself for what one pass may write when the helper is behind.
+
+_SYS_MADVISE = {"x86_64": 28, "amd64": 28, "aarch64": 233, "arm64": 233}.get(
+    platform.machine().lower(), 28)
+MADV_POPULATE_WRITE = 23  # Linux 5.14+; older kernels refuse it and pages fault as before
+
+# words of the int64 prefault control array shared by the writer and its helper thread
+P_OK = 0  # 1 while madvise works; 0 after it failed once (then nobody tries again)
+P_DONE = 1  # P_DONE + t: rows of table t whose pages are mapped
+P_WORDS = 4
+P_MAX_COLUMNS = 5 + T.MAX_VALUE_COLUMNS  # ts, symbol, venue, seq, prev, value columns
+
+
+@numba.njit(cache=True, nogil=True)
+def populate(addr, nbytes, page):
+    """madvise(MADV_POPULATE_WRITE) over the pages of [addr, addr + nbytes). True if done."""
+    lo = addr & ~(page - 1)
+    hi = (addr + nbytes + page - 1) & ~(page - 1)
+    return _syscall4(_SYS_MADVISE, lo, hi - lo, MADV_POPULATE_WRITE, 0) == 0
+
+
+@numba.njit(cache=True, nogil=True)
+def prefault_rows(pf, cols, base, page, capacity, state, t, upto):
+    """Map the pages of rows [mapped, upto) of table ``t`` in every column. ``cols[t, k]``
+    is (byte offset, item size) of column k (size 0: none). Returns rows newly mapped."""
+    if pf[P_OK] == 0:
+        return 0
+    lo = max(pf[P_DONE + t], load_acquire(state, t))
+    hi = min(upto, capacity)
+    if lo >= hi:
+        return 0
+    for k in range(cols.shape[1]):
+        size = cols[t, k, 1]
+        if size > 0 and not populate(base + cols[t, k, 0] + lo * size, (hi - lo) * size, page):
+            pf[P_OK] = 0
+            return 0
+    if hi > pf[P_DONE + t]:  # both threads write this word: never move it back
+        pf[P_DONE + t] = hi
+    return hi - lo
+
+
+@numba.njit(cache=True, nogil=True)
+def prefault_pass(pf, cols, base, page, capacity, state, ahead):
+    """The writer, before a pass that may append ``ahead`` rows to either table."""
+    prefault_rows(pf, cols, base, page, capacity, state, T.TRADES,
+                  load_acquire(state, S_TRADES) + ahead)
+    prefault_rows(pf, cols, base, page, capacity, state, T.QUOTES,
+                  load_acquire(state, S_QUOTES) + ahead)
+
+
+@numba.njit(cache=True, nogil=True)
+def prefault_loop(pf, stop32, cols, base, page, capacity, state, ring_addr, ring_bytes,
+                  min_rows, max_rows, chunk_rows, window_ns):
+    """The helper thread: map the inbound ring, then keep every table's next rows mapped --
+    about ``window_ns`` of rows at the recent append rate, between min_rows and max_rows --
+    a chunk at a time, until stop32[0] becomes non-zero (futex-woken)."""
+    o = 0
+    while o < ring_bytes:
+        if load_acquire(stop32, 0) != 0:
+            return
+        n = min(1 << 20, ring_bytes - o)
+        if not populate(ring_addr + o, n, page):
+            pf[P_OK] = 0
+            return
+        o += n
+    last_t = clock_monotonic_ns()
+    last0 = load_acquire(state, S_TRADES)
+    last1 = load_acquire(state, S_QUOTES)
+    rate0 = 0.0  # rows per ns
+    rate1 = 0.0
+    while load_acquire(stop32, 0) == 0 and pf[P_OK] != 0:
+        now = clock_monotonic_ns()
+        if now - last_t >= 10_000_000:
+            r0 = load_acquire(state, S_TRADES)
+            r1 = load_acquire(state, S_QUOTES)
+            dt = now - last_t
+            rate0 = max(rate0 * 0.5, (r0 - last0) / dt)
+            rate1 = max(rate1 * 0.5, (r1 - last1) / dt)
+            last0 = r0
+            last1 = r1
+            last_t = now
+        busy = False
+        for t in range(2):
+            rate = rate0 if t == 0 else rate1
+            window = min(max_rows, max(min_rows, np.int64(rate * window_ns)))
+            rows = load_acquire(state, t)
+            lo = max(pf[P_DONE + t], rows)
+            target = min(rows + window, capacity)
+            if lo < target:
+                prefault_rows(pf, cols, base, page, capacity, state, t,
+                              min(target, lo + chunk_rows))
+                busy = True
+        if not busy:
+            futex_wait(stop32, 0, 0, 5_000_000)
+
+
+@numba.njit(cache=True, nogil=True)
+def publish_changes(hdr, slots, wctl, batches, nb):
+    """Announce ``nb`` committed batches on the change ring; returns records published.
+
+    Adjacent batches of the same table whose rows and seqs both continue each other are one
+    record: a stream of one-tick batches then costs one ring record per pass, not per tick.
+    """
+    if nb == 0:
+        return 0
+    out = 0
+    cur = batches[0].copy()
+    for i in range(1, nb + 1):
+        if i < nb:
+            b = batches[i]
+            if (b[B_TABLE] == cur[B_TABLE]
+                    and b[B_FIRST_SEQ] == cur[B_FIRST_SEQ] + cur[B_COUNT]
+                    and b[B_FIRST_ROW] == cur[B_FIRST_ROW] + cur[B_COUNT]):
+                cur[B_COUNT] += b[B_COUNT]
+                cur[B_TS_LAST] = b[B_TS_LAST]
+                cur[B_SYM_MASK] |= b[B_SYM_MASK]
+                continue
+        change_ring.publish(hdr, slots, wctl, cur[B_FIRST_SEQ], cur[B_COUNT], cur[B_TABLE],
+                            cur[B_FIRST_ROW], cur[B_TS_FIRST], cur[B_TS_LAST], cur[B_SYM_MASK])
+        out += 1
+        if i < nb:
+            cur[:] = batches[i]
+    return out

@@ -40,17 +40,11 @@ def between_rows(ts, blk_min, blk_max, committed, start, end, sym, sid):
     so near-sorted data costs O(blocks + matches).
     """
     nblk = (committed + S.BLOCK_ROWS - 1) // S.BLOCK_ROWS
-    count = 0
+    bound = 0
     for b in range(nblk):
-        if blk_max[b] < start or blk_min[b] >= end:
-            continue
-        lo = b * S.BLOCK_ROWS
-        hi = min(lo + S.BLOCK_ROWS, committed)
-        for r in range(lo, hi):
-            t = ts[r]
-            if t >= start and t < end and (sid < 0 or sym[r] == sid):
-                count += 1
-    out = np.empty(count, np.int64)
+        if blk_max[b] >= start and blk_min[b] < end:
+            bound += min(S.BLOCK_ROWS, committed - b * S.BLOCK_ROWS)
+    out = np.empty(bound, np.int64)
     k = 0
     for b in range(nblk):
         if blk_max[b] < start or blk_min[b] >= end:
@@ -62,7 +56,7 @@ def between_rows(ts, blk_min, blk_max, committed, start, end, sym, sid):
             if t >= start and t < end and (sid < 0 or sym[r] == sid):
                 out[k] = r
                 k += 1
-    return out
+    return out[:k]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -147,17 +147,25 @@ def test_writer_rejects_what_bypasses_the_producer(shared_db):
     db.close()
 
 
-def test_full_table_rejects_and_never_overwrites(db_factory):
+def test_full_table_rejects_whole_batches_and_never_overwrites(db_factory):
     db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
     p = wayy.Producer(db_run.path)
-    n = 3000
-    p.publish_batch("trades", {"symbol": "FULL", "price": np.arange(1, n + 1, dtype=float),
-                               "size": np.ones(n), "ts": np.full(n, T0)})
-    wait_for(lambda: db_run.status()["totals"]["rejects"]["full"] == n - 2048, what="full")
+
+    def batch(lo: int, n: int) -> None:
+        p.publish_batch("trades", {"symbol": "FULL", "price": np.arange(lo, lo + n, dtype=float),
+                                   "size": np.ones(n), "ts": np.full(n, T0)})
+
+    batch(1, 2000)
+    batch(2001, 100)  # does not fit whole: rejected whole, atomically
+    batch(3001, 48)  # fits exactly
+    batch(4001, 1)  # table full
+    wait_for(lambda: db_run.status()["totals"]["rejects"]["full"] == 101, what="full rejects")
     db = wayy.attach(db_run.path)
+    wait_for(lambda: len(db["trades"]) == 2048, what="rows")
     r = db["trades"].between()
-    assert len(r) == 2048
-    np.testing.assert_array_equal(r["price"], np.arange(1, 2049, dtype=float))
+    want = np.concatenate([np.arange(1, 2001), np.arange(3001, 3049)]).astype(float)
+    np.testing.assert_array_equal(r["price"], want)
+    assert db_run.status()["shards"][0]["state"] == "running"
     p.close()
     db.close()
 

@@ -6,11 +6,13 @@
     db["quotes"].between(start_ts=t0, end_ts=t1)      # time range, merged across shards
     wayy.Producer("/data/markets").publish("trades", symbol="AAPL", price=150.25, size=100)
     wayy.ops.mavg(prices, 20)
+    db.subscribe("ticks:AAPL", callback=on_tick); db.run()   # every new AAPL trade, live
 
 Start a database with ``wayy start --shards 8 --db /data/markets`` (see ``wayy --help``).
 """
 
-from wayy import ops
+from wayy import channels, ops, subscribe
+from wayy.channels import Channel, parse_channel
 from wayy.db import Database, Result, Table, attach
 from wayy.errors import (
     AlreadyRunning,
@@ -28,6 +30,7 @@ from wayy.errors import (
 )
 from wayy.names import shard_of
 from wayy.producer import Producer
+from wayy.subscribe import Batch, Overrun, Subscription, Tick
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,15 @@ __all__ = [
     "Producer",
     "ops",
     "shard_of",
+    "Subscription",
+    "Tick",
+    "Batch",
+    "Overrun",
+    "Channel",
+    "parse_channel",
+    # modules users reach into, like ops: wayy.channels (channel names), wayy.subscribe
+    "channels",
+    "subscribe",
     "WayyError",
     "InvalidInput",
     "InvalidName",

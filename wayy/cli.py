@@ -200,7 +200,7 @@ def stop(db: str, timeout: float) -> None:
               help="Print JSON; exit status 1 when the database is not running.")
 def status(db: str, as_json: bool) -> None:
     """Per shard: state, writer pid and uptime, symbols, rows per table, ingest rate,
-    rejects by reason."""
+    rejects by reason; then every live local subscriber: pid, channels, lag, overruns."""
     from wayy.status import read_status
 
     path = os.path.realpath(db)
@@ -233,6 +233,15 @@ def format_status(st: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in t["rejects"].items() if v) or "-"
     lines.append(f"{'total':>5} {'':<10} {'':>7} {'':>9} {t['symbols']:>8} {t['trades']:>12,} "
                  f"{t['quotes']:>12,} {t['rate']:>9,}  {rej}")
+    subs = st.get("subscribers") or []
+    lines.append(f"subscribers: {len(subs) or 'none'}")
+    if subs:
+        lines.append(f"{'pid':>7} {'mode':<5} {'idle':<7} {'delivered':>12} {'lag rows':>9} "
+                     f"{'lag s':>7} {'overruns':>8} {'errors':>6}  channels")
+        for s in subs:
+            lines.append(f"{s['pid']:>7} {s['mode']:<5} {s['idle']:<7} {s['delivered']:>12,} "
+                         f"{s['lag_rows']:>9,} {s['lag_s']:>7.3f} {s['overruns']:>8,} "
+                         f"{s['errors']:>6,}  {s['channels']}")
     return "\n".join(lines)
 
 

@@ -76,6 +76,9 @@ class Database:
         ]
         self._tables = {name: Table(self, name) for name in T.TABLE_NAMES}
         self._pid = os.getpid()
+        self._subscriptions: list = []
+        self._rings: dict = {}
+        self._reg = None
 
     def __getitem__(self, table: str) -> "Table":
         try:
@@ -94,10 +97,10 @@ class Database:
         d = self.shards[k]
         ns, nv = d.n_symbols(), d.n_venues()
         if ns != len(cache["sym"]):
-            cache["sym"] = d.sym_names[:ns].astype("U16")
+            cache["sym"] = _decode_names(d.sym_names[:ns])
             cache["sym_ids"] = {s: i for i, s in enumerate(cache["sym"].tolist())}
         if nv != len(cache["ven"]):
-            cache["ven"] = d.ven_names[:nv].astype("U16")
+            cache["ven"] = _decode_names(d.ven_names[:nv])
             cache["ven_ids"] = {s: i for i, s in enumerate(cache["ven"].tolist())}
         return cache
 
@@ -118,8 +121,87 @@ class Database:
             out.extend(self._refresh_names(k)["sym"].tolist())
         return sorted(out)
 
+    # --- subscriptions (wayy.subscribe) -----------------------------------------------------
+    def subscribe(self, table_or_channel, symbol: str | None = None, venue: str | None = None,
+                  callback=None, filter=None, batch_size: int | None = None,
+                  max_latency_ms: float | None = None, checkpoint=None, from_seq=None,
+                  from_ts=None, idle: str = "backoff", on_overrun=None, on_error=None,
+                  stop_on_error: bool = False, checkpoint_every: int | None = None,
+                  checkpoint_ms: float = 1000.0, on_checkpoint=None):
+        """Follow committed ticks as they arrive: see :mod:`wayy.subscribe`.
+
+        ``table_or_channel``: ``"trades"`` / ``"quotes"`` (with optional ``symbol``, ``venue``),
+        a channel (``"ticks:AAPL"``, ``"quotes:MSFT:NASDAQ"``) or a list of channels.
+        ``callback(item)`` gets a :class:`wayy.Tick` per row, or a :class:`wayy.Batch` when
+        ``batch_size`` / ``max_latency_ms`` are given; without a callback, ``poll()`` or
+        iterate. ``idle``: ``"backoff"`` (default), ``"spin"``, ``"yield"`` or ``"block"``.
+        Start points: live (default), ``from_seq`` (an int for every shard, or per shard),
+        ``from_ts``, or the cursors in ``checkpoint`` (a path, or a name stored under the
+        database directory) when it exists. Returns a :class:`wayy.Subscription`; its
+        ``hwm`` maps each followed shard to the seq at which live delivery began.
+        """
+        from wayy.subscribe import subscribe
+
+        return subscribe(self, table_or_channel, symbol=symbol, venue=venue, callback=callback,
+                         filter=filter, batch_size=batch_size, max_latency_ms=max_latency_ms,
+                         checkpoint=checkpoint, from_seq=from_seq, from_ts=from_ts, idle=idle,
+                         on_overrun=on_overrun, on_error=on_error, stop_on_error=stop_on_error,
+                         checkpoint_every=checkpoint_every, checkpoint_ms=checkpoint_ms,
+                         on_checkpoint=on_checkpoint)
+
+    def run(self, timeout: float | None = None) -> None:
+        """Run every active callback subscription in this thread until they all stop,
+        Ctrl-C / SIGTERM (which stop them cleanly: checkpoints written), or ``timeout``
+        seconds (then they stay active). A callback that stops with ``stop_on_error``
+        stops the others and its exception is raised here."""
+        from wayy.subscribe import _run
+
+        _run([s for s in self._subscriptions if s.active and s.callback is not None], timeout)
+
+    @property
+    def subscriptions(self) -> list:
+        """Active subscriptions made through this Database."""
+        return [s for s in self._subscriptions if s.active]
+
+    def _change_ring(self, k: int):
+        """The change ring of shard ``k``, mapped read-only once per Database."""
+        r = self._rings.get(k)
+        if r is None:
+            from shm.change_ring import ChangeRingReader
+            from shm.shard import segment_name
+
+            with translate(self.path):
+                r = self._rings[k] = ChangeRingReader.attach(
+                    segment_name(self.manifest.prefix, k, "changes"))
+        return r
+
+    def _registry(self):
+        if self._reg is None:
+            from shm.subscribers import Registry
+
+            with translate(self.path):
+                self._reg = Registry.open(self.manifest.prefix)
+        return self._reg
+
+    def _still_running(self) -> bool:
+        """True while the supervisor that this Database attached to still runs (a database
+        stopped and started again has new segments: this mapping would never see a tick)."""
+        from wayy.manifest import lock_holder
+
+        running, pid = lock_holder(self.path)
+        return running and (pid is None or pid == self.manifest.supervisor_pid)
+
     def close(self) -> None:
-        """Unmap every shard."""
+        """Stop every subscription (checkpoints written), then unmap everything."""
+        for sub in list(self._subscriptions):
+            sub.stop()
+        self._subscriptions = []
+        for r in self._rings.values():
+            r.close()
+        self._rings = {}
+        if self._reg is not None:
+            self._reg.close()
+            self._reg = None
         for d in self.shards:
             d.close()
         self.shards = []
@@ -243,9 +325,16 @@ class Table:
             cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
         ts = cols["ts"]
         if not query.is_sorted(ts):
-            order = np.lexsort((cols["seq"], ts))
+            # stable: equal timestamps keep shard-then-seq order; near-sorted input is cheap
+            order = np.argsort(ts, kind="stable")
             cols = {c: v[order] for c, v in cols.items()}
         return Result(self.name, cols)
+
+
+def _decode_names(raw: np.ndarray) -> np.ndarray:
+    """S16 names -> the narrowest 'U' array that holds them (results copy names per row)."""
+    width = max(1, int(np.char.str_len(raw).max())) if len(raw) else 1
+    return raw.astype(f"U{width}")
 
 
 def _ts_bound(v, what: str, default: int) -> int:

@@ -36,6 +36,8 @@ class Manifest:
     supervisor_pid: int
     started_ns: int
     redis_url: str | None = None
+    # records per shard change ring (one record per committed batch; a power of two)
+    change_ring_records: int = 65_536
     format_version: int = FORMAT_VERSION
 
     def write(self) -> None:

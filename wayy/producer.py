@@ -62,6 +62,47 @@ def _first_bad_row(table, ts, v0, v1, v2, v3, nvals, n, now_ns):
     return -1, 0
 
 
+@numba.njit(cache=True, nogil=True)
+def _all_valid(ts, v0, v1, v2, v3, nvals, n, now_ns):
+    """Whether every row passes row_reason: branch-free over the rows, so it vectorises
+    (_first_bad_row says which row and why, when this says no)."""
+    lo = T.MIN_TS_NS
+    hi = now_ns + T.MAX_FUTURE_NS
+    inf = np.inf
+    bad = False
+    for j in range(n):
+        a = v0[j]
+        b = v1[j]
+        t = ts[j]
+        bad |= (t < lo) | (t > hi) | ~(a > 0.0) | ~(a < inf) | ~(b > 0.0) | ~(b < inf)
+    if nvals == 4:
+        for j in range(n):
+            a = v0[j]
+            b = v1[j]
+            c = v2[j]
+            d = v3[j]
+            bad |= ~(c > 0.0) | ~(c < inf) | ~(d > 0.0) | ~(d < inf) | (a > b)
+    return not bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_and_write(hdr64, hdr32, data8, data32, pid, rtype, n, ts, sym8, ven8, v0, v1, v2,
+                     v3, nvals, now_ns):
+    """Check every row (_all_valid), then -- only if all are valid -- inbound.write_batch of
+    all of them, in one call. Returns the record position, a ring code < 0, or
+    inbound.INVALID (nothing written; _first_bad_row then says which row and why)."""
+    if not _all_valid(ts, v0, v1, v2, v3, nvals, n, now_ns):
+        return inbound.INVALID
+    return inbound.write_batch(hdr64, hdr32, data8, data32, pid, rtype, _EMPTY_ROWS, n, ts,
+                               sym8, ven8, v0, v1, v2, v3, nvals)
+
+
+_EMPTY_ROWS = np.empty(0, np.int64)  # a compile-time constant inside _check_and_write
+_MISSING = object()  # publish(): a field that was not given
+_FIELDS = ("symbol", "price", "size", "bid", "ask", "bid_size", "ask_size")
+_NO_VENUE = ""  # the default venue (CPython has one empty str, so `is` is exact)
+
+
 def table_id(table: str) -> int:
     """The id of a table name; UnknownTable for anything else."""
     try:
@@ -101,12 +142,77 @@ class Producer:
         self._pid = os.getpid()
         self._routes: dict[tuple[str, str], tuple] = {}
         self._one = {"trades": self._trade, "quotes": self._quote}
+        # per-tick fast path: (symbol, venue) -> (checked kernel entry, hdr64, data8, key, k)
+        self._fast_trades: dict[tuple[str, str], tuple] = {}
+        self._fast_quotes: dict[tuple[str, str], tuple] = {}
+        self._entries: dict[int, object] = {}
+        # rows per record by value-column count, per shard (max_record is fixed at creation)
+        self._per_record = [{nv: (ring.max_record - L.REC_HEADER_BYTES) // (40 + 8 * nv)
+                             for nv in (2, 4)} for ring in self._rings]
 
     # --- one tick -----------------------------------------------------------------------
-    def publish(self, table: str, **fields) -> None:
+    def publish(self, table: str, *, symbol=_MISSING, price=_MISSING, size=_MISSING,
+                bid=_MISSING, ask=_MISSING, bid_size=_MISSING, ask_size=_MISSING, venue="",
+                ts=None, **fields) -> None:
         """Publish one tick: ``publish("trades", symbol=, price=, size=, venue="", ts=now)``
         or ``publish("quotes", symbol=, bid=, ask=, bid_size=, ask_size=, venue="", ts=now)``.
         """
+        # Fast path: a (symbol, venue) seen before, plain values, nothing extra: one checked
+        # kernel call (it reads the clock for ts = now itself, and checks the values).
+        # Anything unusual, invalid or new goes to _publish_fields, which raises exactly
+        # what it always did.
+        if table == "trades":
+            if (not fields and bid is _MISSING and ask is _MISSING and bid_size is _MISSING
+                    and ask_size is _MISSING):
+                route = self._fast_trades.get((symbol, venue))
+                if route is not None:
+                    t = 0 if ts is None else (ts if type(ts) is int and ts > 0 else -1)
+                    if t >= 0:
+                        entry, hdr64, data8, key, k = route
+                        try:
+                            code = entry(hdr64, data8, key, t, price, size)
+                        except (TypeError, ValueError, OverflowError):
+                            code = inbound.INVALID
+                        if code >= 0:
+                            return
+                        if code != inbound.INVALID:
+                            self._retry_tick(k, code, entry, hdr64, data8, key, t, price, size)
+                            return
+        elif table == "quotes":
+            if not fields and price is _MISSING and size is _MISSING:
+                route = self._fast_quotes.get((symbol, venue))
+                if route is not None:
+                    t = 0 if ts is None else (ts if type(ts) is int and ts > 0 else -1)
+                    if t >= 0:
+                        entry, hdr64, data8, key, k = route
+                        try:
+                            code = entry(hdr64, data8, key, t, bid, ask, bid_size, ask_size)
+                        except (TypeError, ValueError, OverflowError):
+                            code = inbound.INVALID
+                        if code >= 0:
+                            return
+                        if code != inbound.INVALID:
+                            self._retry_tick(k, code, entry, hdr64, data8, key, t, bid, ask,
+                                             bid_size, ask_size)
+                            return
+        given = {}
+        for name, value in zip(_FIELDS, (symbol, price, size, bid, ask, bid_size, ask_size)):
+            if value is not _MISSING:
+                given[name] = value
+        if venue is not _NO_VENUE:
+            given["venue"] = venue
+        if ts is not None:
+            given["ts"] = ts
+        given.update(fields)
+        self._publish_fields(table, given)
+
+    def _retry_tick(self, k: int, code: int, entry, *args) -> None:
+        """The fast path met a full ring or a restarting writer: wait and retry (a closure
+        in publish itself would make every call pay for its cells)."""
+        self._wait_and_retry(k, lambda: entry(*args), code)
+
+    def _publish_fields(self, table: str, fields: dict) -> None:
+        """The general path of publish: every check in Python, with precise errors."""
         fn = self._one.get(table)
         if fn is None:
             table_id(table)
@@ -130,6 +236,18 @@ class Producer:
         route = (k, ring.hdr64, ring.data8, key)
         if len(self._routes) < 1_000_000:
             self._routes[(symbol, venue, rtype)] = route
+            trades = rtype == L.TYPE_TRADES
+            entry = self._entries.get(rtype)
+            if entry is None:
+                if trades:
+                    entry = inbound.entry_point(inbound.write_trade, ring.hdr64, ring.data8,
+                                                key, 1, 1.0, 1.0)
+                else:
+                    entry = inbound.entry_point(inbound.write_quote, ring.hdr64, ring.data8,
+                                                key, 1, 1.0, 1.0, 1.0, 1.0)
+                self._entries[rtype] = entry
+            fast = self._fast_trades if trades else self._fast_quotes
+            fast[(symbol, venue)] = (entry, ring.hdr64, ring.data8, key, k)
         return route
 
     def _trade(self, symbol, price, size, venue="", ts=None) -> None:
@@ -190,40 +308,56 @@ class Producer:
         Columns: ``symbol`` and the table's value columns are required; ``venue`` defaults
         to "" and ``ts`` to now. ``ts`` is int64 nanoseconds (or datetime64).
         """
-        t = table_id(table)
+        t = T.TABLE_IDS.get(table) if type(table) is str else None
+        if t is None:
+            t = table_id(table)
         if not isinstance(columns, Mapping):
             raise InvalidTick(f"publish_batch takes a dict of columns, got {type(columns).__name__}")
-        unknown = set(columns) - _ALLOWED[t]
-        if unknown:
+        keys = columns.keys()
+        if not keys <= _ALLOWED[t]:
+            unknown = set(columns) - _ALLOWED[t]
             raise UnknownTable(f"unknown column(s) {sorted(unknown)} for table {table}; "
                                f"columns are {sorted(_ALLOWED[t])} (seq is assigned by wayy)")
-        missing = _REQUIRED[t] - set(columns)
-        if missing:
+        if not keys >= _REQUIRED[t]:
+            missing = _REQUIRED[t] - set(columns)
             raise InvalidTick(f"{table}: missing column(s) {sorted(missing)}")
-        vals = [self._float_column(columns[c], c) for c in T.VALUE_COLUMNS[t]]
+        names = T.VALUE_COLUMNS[t]
+        vals = [self._float_column(columns[c], c) for c in names]
         n = len(vals[0])
         ts = self._ts_column(columns.get("ts"), n)
-        lengths = {c: len(v) for c, v in zip(T.VALUE_COLUMNS[t], vals)}
-        lengths["ts"] = len(ts)
         sym = to_name_array(columns["symbol"], "symbol", n)
-        lengths["symbol"] = len(sym)
         ven = to_name_array(columns.get("venue", ""), "venue", n)
-        lengths["venue"] = len(ven)
-        if len(set(lengths.values())) != 1:
+        if len(ts) != n or len(sym) != n or len(ven) != n or any(len(v) != n for v in vals):
+            lengths = {c: len(v) for c, v in zip(names, vals)}
+            lengths.update(ts=len(ts), symbol=len(sym), venue=len(ven))
             raise InvalidTick(f"{table}: columns have unequal lengths {lengths}")
         if n == 0:
             return 0
+        nvals = len(names)
         while len(vals) < T.MAX_VALUE_COLUMNS:
             vals.append(vals[0])
-        nvals = len(T.VALUE_COLUMNS[t])
+        # read-only views always: one kernel signature whatever the caller's arrays are
         sym8 = sym.view(np.uint8)
+        sym8.flags.writeable = False
         ven8 = ven.view(np.uint8)
+        ven8.flags.writeable = False
+        rtype = L.TYPE_TRADES if t == T.TRADES else L.TYPE_QUOTES
+        if self.nshards == 1 and n <= self._per_record[0][nvals]:
+            # the common case: one shard, one record -- check and write in one kernel call
+            ring = self._rings[0]
+            args = (ring.hdr64, ring.hdr32, ring.data8, ring.data32, self._pid, rtype, n, ts,
+                    sym8, ven8, vals[0], vals[1], vals[2], vals[3], nvals)
+            code = _check_and_write(*args, time.time_ns())
+            if code >= 0:
+                return n
+            if code != inbound.INVALID:
+                self._retry_batch(code, args)
+                return n
         row, reason = _first_bad_row(t, ts, vals[0], vals[1], vals[2], vals[3], nvals, n,
                                      time.time_ns())
         if row >= 0:
             raise InvalidTick(f"{table} row {row}: {_reason_text(reason, t)}", row=int(row),
                               reason=T.REJECT_NAMES[reason])
-        rtype = L.TYPE_TRADES if t == T.TRADES else L.TYPE_QUOTES
         if self.nshards == 1:
             self._write_rows(0, rtype, _NO_ROWS, n, ts, sym8, ven8, vals, nvals)
             return n
@@ -236,6 +370,9 @@ class Producer:
             if hi > lo:
                 self._write_rows(k, rtype, order[lo:hi], hi - lo, ts, sym8, ven8, vals, nvals)
         return n
+
+    def _retry_batch(self, code: int, args: tuple) -> None:
+        self._wait_and_retry(0, lambda: _check_and_write(*args, time.time_ns()), code)
 
     def max_batch_rows(self, table: str) -> int:
         """Rows that fit one inbound record: the largest batch that is visible atomically."""
@@ -303,7 +440,9 @@ class Producer:
                     f"not keeping up or not running (see: wayy status --db {self.path})",
                     shard=k, path=self.path)
             time.sleep(delay)
-            delay = min(delay * 2, 1e-3)
+            # the writer frees a full ring within microseconds of catching up: poll at a
+            # fine grain rather than back off to milliseconds of idle producer
+            delay = min(delay * 2, 200e-6)
             code = attempt()
             if code >= 0:
                 return
@@ -314,6 +453,8 @@ class Producer:
             ring.close()
         self._rings = []
         self._routes.clear()
+        self._fast_trades.clear()
+        self._fast_quotes.clear()
 
     def __enter__(self) -> "Producer":
         return self

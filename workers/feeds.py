@@ -19,8 +19,11 @@ The synthetic feed models a plausible equity market, vectorised with numpy:
   batch covers and non-decreasing per feed even if the wall clock steps back.
 
 The agent (:class:`SyntheticFeed`) keeps an exact average rate: each pass publishes the
-ticks due since start (``rate * elapsed``), at most 50 ms worth in one batch, and if it falls
-more than a second behind it skips ahead (counted as ``lagged_ticks``) rather than bursting.
+ticks due since start (``rate * elapsed``) with one ``publish_batch`` per table, at most
+50 ms worth at once; if it falls more than a second behind it skips ahead (counted as
+``lagged_ticks``) rather than bursting. Between passes it sleeps until the next tick is due
+(1 ms at least, 50 ms at most), so it never spins. Rows are generated ahead in blocks of
+~100 ms (``SyntheticGenerator.take``) so a pass costs a few numpy calls, not a hundred.
 A synthetic feed never blocks: Backpressure or WriterUnavailable from the producer drops
 that batch (counted; warned at most once per 10 s).
 
@@ -76,14 +79,17 @@ MAX_START_PRICE = 1000.0
 VOL_BP_RANGE = (0.7, 1.5)  # per-tick log-price volatility, basis points, per symbol
 STATIONARY_SD = 0.2  # stationary std of log(price / start) of the mean-reverting walk
 LOG_BAND = 1.0  # hard bound: price stays within start / e .. start * e
-SPREAD_TICKS = np.array([1, 2, 3, 4, 5])
-SPREAD_P = np.array([0.40, 0.25, 0.15, 0.12, 0.08])
+SPREAD_CDF = np.cumsum([0.40, 0.25, 0.15, 0.12, 0.08])  # spread of 1..5 ticks
+LOG_1M_LOT_P = math.log(1.0 - 0.25)  # quote size lots ~ geometric(0.25)
 ZIPF_S = 1.0  # symbol activity ~ 1 / rank ** ZIPF_S
 
 MAX_BATCH_S = 0.05  # one pass generates at most this much time's worth of ticks
 MAX_BATCH_ROWS = 250_000  # ... and never more rows than this
+BLOCK_S = 0.1  # the live feed generates ticks ahead in blocks of this much time ...
+MIN_BLOCK_ROWS = 1024  # ... but at least this many rows
 MAX_LAG_S = 1.0  # further behind than this: skip ahead instead of catching up
-IDLE_SLEEP_S = 0.001
+IDLE_SLEEP_S = 0.001  # least sleep between passes: batches of >= 1 ms of ticks
+MAX_IDLE_SLEEP_S = 0.05  # most: at low rates, sleep until the next tick falls due
 WARN_EVERY_S = 10.0
 PUBLISH_TIMEOUT_S = 0.01  # how long run_feed's producer may wait for room before dropping
 
@@ -221,12 +227,14 @@ class RateSchedule:
         self.start_ns = int(start_ns)
         self.taken = 0
         self.lagged = 0
+        self.backlog = 0  # ticks owed but left for the next pass by the last take()
         self.cap = max(1, min(MAX_BATCH_ROWS, int(self.rate * max_batch_s)))
         self.max_lag = max(self.cap, int(self.rate * max_lag_s))
 
     def take(self, now_ns: int) -> int:
         owed = ticks_due(self.rate, now_ns - self.start_ns) - self.taken
         if owed <= 0:
+            self.backlog = 0
             return 0
         if owed > self.max_lag:
             skip = owed - self.max_lag
@@ -235,6 +243,7 @@ class RateSchedule:
             owed = self.max_lag
         n = min(owed, self.cap)
         self.taken += n
+        self.backlog = owed - n
         return n
 
     def next_due_ns(self) -> int:
@@ -256,10 +265,12 @@ class SyntheticGenerator:
     ``generate(n)`` returns ``(trades_columns, quotes_columns)``: dicts of numpy arrays in
     the shape ``Producer.publish_batch`` takes (``ts`` int64, ``symbol``/``venue`` as 16-byte
     ASCII names, value columns float64). Rows of one call are in time order; each table's
-    columns hold its rows in that order.
+    columns hold its rows in that order. ``take(n)`` is the same for a live feed calling
+    with a few rows a millisecond: it slices rows from a block generated ahead.
     """
 
-    def __init__(self, spec: FeedSpec, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, spec: FeedSpec, clock: Callable[[], int] = time.time_ns,
+                 block_rows: int | None = None) -> None:
         if spec.kind != "synthetic":
             raise InvalidInput(f"SyntheticGenerator needs a synthetic feed spec, got {spec}")
         self.spec = spec
@@ -280,13 +291,19 @@ class SyntheticGenerator:
         # OU in tick time: x' = x + theta (mu - x) + sigma z; stationary sd = sigma/sqrt(2 theta)
         self.keep = 1.0 - self.sigma**2 / (2.0 * STATIONARY_SD**2)
         self.last_ts = int(clock())
-
-    def _pick(self, cdf: np.ndarray, n: int) -> np.ndarray:
-        idx = np.searchsorted(cdf, self.rng.random(n), side="right")
-        return np.minimum(idx, len(cdf) - 1)
+        self.block_rows = (int(block_rows) if block_rows else
+                           min(MAX_BATCH_ROWS, max(MIN_BLOCK_ROWS, int(spec.rate * BLOCK_S))))
+        self._block: tuple | None = None
+        self._block_n = 0
+        self._cursor = 0
 
     def _walk(self, idx: np.ndarray) -> np.ndarray:
-        """Log mid price after each tick (symbol ``idx[j]`` moves at tick j); updates state."""
+        """Log mid price after each tick (symbol ``idx[j]`` moves at tick j); updates state.
+
+        Grouped by symbol without a Python loop: the pull toward the anchor is exact per tick
+        (``keep ** k``), the noise is the within-batch cumulative sum (its own reversion is
+        applied from the next batch on -- immaterial, as theta is ~1e-7 per tick).
+        """
         n = idx.shape[0]
         nsym = self.mu.shape[0]
         order = np.argsort(idx, kind="stable")
@@ -300,64 +317,113 @@ class SyntheticGenerator:
         k = np.arange(1, n + 1) - starts[sidx]  # 1-based tick count within the symbol
         mu = self.mu[sidx]
         path = mu + (self.logp[sidx] - mu) * self.keep[sidx] ** k + noise
-        np.clip(path, mu - LOG_BAND, mu + LOG_BAND, out=path)
+        np.minimum(path, mu + LOG_BAND, out=path)
+        np.maximum(path, mu - LOG_BAND, out=path)
         has = counts > 0
         self.logp[has] = path[(starts + counts - 1)[has]]
         out = np.empty(n)
         out[order] = path
         return out
 
-    def _timestamps(self, n: int, now_ns: int | None) -> np.ndarray:
-        now = int(self.clock()) if now_ns is None else int(now_ns)
-        now = max(now, self.last_ts)  # non-decreasing per feed, whatever the wall clock does
-        delta = now - self.last_ts
-        off = (np.arange(1, n + 1, dtype=np.float64) * (delta / n)).astype(np.int64)
-        off[-1] = delta
-        np.minimum(off, delta, out=off)
-        self.last_ts = now
-        return now - delta + off
+    def _now(self, now_ns: int | None) -> tuple[int, int]:
+        """(start, delta): the interval (start, start + delta] the next ticks are stamped in.
 
-    def generate(self, n: int, now_ns: int | None = None) -> tuple[dict, dict]:
-        """``n`` ticks (trades and quotes together) stamped up to ``now_ns`` (default: now)."""
-        n = int(n)
-        if n <= 0:
-            return self._empty("trades"), self._empty("quotes")
-        rng = self.rng
-        ts = self._timestamps(n, now_ns)
-        idx = self._pick(self.sym_cdf, n)
-        ven = self._pick(self.ven_cdf, n)
-        is_quote = rng.random(n) < self.spec.quote_ratio
-        mid_t = np.exp(self._walk(idx)) / TICK  # mid in ticks
-        spread = rng.choice(SPREAD_TICKS, size=n, p=SPREAD_P)
+        It runs from the previous batch's stamp to now, never backwards, so ``ts`` is
+        non-decreasing per feed whatever the wall clock does.
+        """
+        now = int(self.clock()) if now_ns is None else int(now_ns)
+        now = max(now, self.last_ts)
+        last = self.last_ts
+        self.last_ts = now
+        return last, now - last
+
+    @staticmethod
+    def _stamp(pos: np.ndarray, first: int, n: int, last: int, delta: int) -> np.ndarray:
+        """ts of rows ``pos`` of a batch of ``n`` rows starting at row ``first``: spread
+        evenly over (last, last + delta], the batch's final row exactly at the end."""
+        off = ((pos - (first - 1)) * (delta / n)).astype(np.int64)
+        np.minimum(off, delta, out=off)
+        return off + last
+
+    def _rows(self, n: int) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+        """``n`` ticks without ``ts``: (trades, quotes, trade_rows, quote_rows), where the
+        last two give each trade's and quote's position among the ``n`` ticks."""
+        u = self.rng.random((8, n))  # every uniform draw of the batch in one call
+        nsym, nven = self.sym_cdf.shape[0], self.ven_cdf.shape[0]
+        idx = np.minimum(np.searchsorted(self.sym_cdf, u[0], side="right"), nsym - 1)
+        ven = np.minimum(np.searchsorted(self.ven_cdf, u[1], side="right"), nven - 1)
+        is_quote = u[2] < self.spec.quote_ratio
+        mid_t = np.exp(self._walk(idx)) / TICK  # mid price in ticks
+        spread = np.minimum(np.searchsorted(SPREAD_CDF, u[3], side="right"), 4) + 1.0
         bid_t = np.maximum(np.floor(mid_t - spread / 2.0), 1.0)
         ask_t = bid_t + spread
 
         q = np.flatnonzero(is_quote)
         t = np.flatnonzero(~is_quote)
-        nq, nt = q.shape[0], t.shape[0]
+        # quote sizes: round lots, geometric (p = 0.25) capped at 50 lots
+        lots = np.minimum(np.floor(np.log1p(-u[6:8, q]) / LOG_1M_LOT_P) + 1.0, 50.0)
         quotes = {
-            "ts": ts[q],
             "symbol": self.sym[idx[q]],
             "venue": self.ven[ven[q]],
             "bid": bid_t[q] / 100.0,
             "ask": ask_t[q] / 100.0,
-            "bid_size": np.minimum(rng.geometric(0.25, nq), 50).astype(np.float64) * 100.0,
-            "ask_size": np.minimum(rng.geometric(0.25, nq), 50).astype(np.float64) * 100.0,
+            "bid_size": lots[0] * 100.0,
+            "ask_size": lots[1] * 100.0,
         }
-        # trades: 45 % at the bid, 45 % at the ask, 10 % inside (or at) the spread
-        u = rng.random(nt)
-        inside = rng.integers(0, spread[t] + 1)
-        px_t = np.where(u < 0.45, bid_t[t], np.where(u < 0.9, ask_t[t], bid_t[t] + inside))
-        odd = rng.random(nt) < 0.4
-        size = np.where(odd, rng.integers(1, 100, nt), rng.integers(1, 11, nt) * 100)
+        # trades: 45 % at the bid, 45 % at the ask, 10 % anywhere from bid to ask
+        side, bt, st = u[4, t], bid_t[t], spread[t]
+        inside = bt + np.floor(u[5, t] * (st + 1.0))
+        px_t = np.where(side < 0.45, bt, np.where(side < 0.9, bt + st, inside))
+        # sizes: 40 % odd lots 1..99, else round lots 100..1000
+        v = u[7, t]
+        size = np.where(u[6, t] < 0.4, 1.0 + np.floor(v * 99.0), 100.0 + 100.0 * np.floor(v * 10.0))
         trades = {
-            "ts": ts[t],
             "symbol": self.sym[idx[t]],
             "venue": self.ven[ven[t]],
             "price": px_t / 100.0,
-            "size": size.astype(np.float64),
+            "size": size,
         }
+        return trades, quotes, t, q
+
+    def generate(self, n: int, now_ns: int | None = None) -> tuple[dict, dict]:
+        """``n`` fresh ticks (trades and quotes together), stamped over the time since the
+        previous batch up to ``now_ns`` (default: now). Returns (trades, quotes) columns."""
+        n = int(n)
+        if n <= 0:
+            return self._empty("trades"), self._empty("quotes")
+        trades, quotes, t, q = self._rows(n)
+        last, delta = self._now(now_ns)
+        trades["ts"] = self._stamp(t, 0, n, last, delta)
+        quotes["ts"] = self._stamp(q, 0, n, last, delta)
         return trades, quotes
+
+    def take(self, n: int, now_ns: int | None = None) -> tuple[dict, dict]:
+        """Like :meth:`generate`, but cheap for small ``n``: the next ``n`` rows of a block
+        generated ahead (``block_rows`` at a time), as slices of its columns plus fresh
+        ``ts``. What a live feed calls once a millisecond; numpy's fixed cost per call is
+        paid once per block instead of once per pass."""
+        n = int(n)
+        if n <= 0:
+            return self._empty("trades"), self._empty("quotes")
+        if self._block is None or self._cursor + n > self._block_n:
+            # a new block; rows left in the old one are skipped (the walk already moved on)
+            size = max(n, self.block_rows)
+            trades, quotes, t, q = self._rows(size)
+            cq = np.searchsorted(q, np.arange(size + 1))  # quotes among the first r rows
+            self._block = (trades, quotes, t, q, cq)
+            self._block_n = size
+            self._cursor = 0
+        trades, quotes, t, q, cq = self._block
+        a, b = self._cursor, self._cursor + n
+        self._cursor = b
+        qa, qb = int(cq[a]), int(cq[b])
+        ta, tb = a - qa, b - qb
+        last, delta = self._now(now_ns)
+        tr = {c: v[ta:tb] for c, v in trades.items()}
+        qu = {c: v[qa:qb] for c, v in quotes.items()}
+        tr["ts"] = self._stamp(t[ta:tb], a, n, last, delta)
+        qu["ts"] = self._stamp(q[qa:qb], a, n, last, delta)
+        return tr, qu
 
     @staticmethod
     def _empty(table: str) -> dict:
@@ -418,7 +484,7 @@ class SyntheticFeed:
         n = self.schedule.take(self._mono())
         if n == 0:
             return 0
-        trades, quotes = self.gen.generate(n)
+        trades, quotes = self.gen.take(n)
         sent = 0
         for table, cols in (("quotes", quotes), ("trades", trades)):
             rows = cols["ts"].shape[0]
@@ -439,8 +505,16 @@ class SyntheticFeed:
         return sent
 
     def idle(self, work: int) -> None:
-        if work == 0:
-            self._sleep(IDLE_SLEEP_S)
+        """Sleep until the next tick is due (at least 1 ms, at most 50 ms) -- never spin.
+
+        Only when the last pass was capped and more ticks are owed does it return at once.
+        The 1 ms floor keeps passes to about a thousand a second whatever the rate, each
+        publishing one batch per table.
+        """
+        if self.schedule.backlog > 0:
+            return
+        wait = (self.schedule.next_due_ns() - self._mono()) / 1e9
+        self._sleep(min(max(wait, IDLE_SLEEP_S), MAX_IDLE_SLEEP_S))
 
     def on_close(self) -> None:
         log.info("feed %s stopped: %s", self.spec.kind,

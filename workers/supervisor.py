@@ -27,7 +27,9 @@ from shm.layout import control as C
 from shm.layout import inbound as L
 from shm.layout import shard as S
 from shm.segment import check_fits, db_prefix, list_segments, unlink_quiet
-from shm.shard import Control, InboundRing, ShardData, shard_bytes
+from shm.change_ring import ChangeRingWriter
+from shm.layout import change_ring as CR
+from shm.shard import Control, InboundRing, ShardData, segment_name, shard_bytes
 from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyError, translate
 from wayy.manifest import MANIFEST_NAME, Manifest, acquire_lock
 
@@ -50,6 +52,7 @@ class Config:
     ring_capacity: int = L.DEFAULT_CAPACITY
     max_symbols: int = S.DEFAULT_MAX_SYMBOLS
     max_venues: int = S.DEFAULT_MAX_VENUES
+    change_ring_records: int = 65_536
     feeds: list = field(default_factory=list)  # workers.feeds.FeedSpec
 
     def check(self) -> None:
@@ -59,6 +62,7 @@ class Config:
         try:
             S.check_params(self.capacity, self.max_symbols, self.max_venues)
             L.check_capacity(self.ring_capacity)
+            CR.check_capacity(self.change_ring_records)
         except ShmError as exc:
             raise InvalidInput(str(exc)) from None
 
@@ -97,6 +101,7 @@ class Supervisor:
         self.running = True
         self.lock_fd: int | None = None
         self._segments: list = []
+        self.change_rings: list[ChangeRingWriter] = []
         self.pid = os.getpid()
 
     # --- start ----------------------------------------------------------------------------
@@ -125,8 +130,9 @@ class Supervisor:
         except FileNotFoundError:
             pass
         cfg = self.cfg
-        per_shard = shard_bytes(cfg.capacity, cfg.max_symbols, cfg.max_venues,
-                                cfg.ring_capacity)
+        per_shard = (shard_bytes(cfg.capacity, cfg.max_symbols, cfg.max_venues,
+                                 cfg.ring_capacity)
+                     + CR.segment_size(cfg.change_ring_records) + CR.WAIT_SEGMENT_BYTES)
         try:
             check_fits(per_shard * cfg.shards)
         except ShmError as exc:
@@ -138,6 +144,8 @@ class Supervisor:
                 self._segments.append(InboundRing.create(self.prefix, k, cfg.ring_capacity))
                 ctl = Control.create(self.prefix, k)
                 self._segments.append(ctl)
+                self.change_rings.append(ChangeRingWriter.create(
+                    segment_name(self.prefix, k, "changes"), cfg.change_ring_records))
         self.controls = [seg for seg in self._segments if isinstance(seg, Control)]
         self.rings = [seg for seg in self._segments if isinstance(seg, InboundRing)]
         from workers import writer
@@ -145,7 +153,8 @@ class Supervisor:
         writer.warm_up()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
                  ring_capacity=cfg.ring_capacity, max_symbols=cfg.max_symbols,
-                 max_venues=cfg.max_venues, supervisor_pid=os.getpid(),
+                 max_venues=cfg.max_venues, change_ring_records=cfg.change_ring_records,
+                 supervisor_pid=os.getpid(),
                  started_ns=time.time_ns()).write()
         for k in range(cfg.shards):
             self.children.append(Child(f"writer-{k}", self._writer_target(k), shard=k))
@@ -292,7 +301,8 @@ class Supervisor:
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
-        log.info("database at %s stopped", self.path)
+        if self._segments:
+            log.info("database at %s stopped", self.path)
 
     def _stop_group(self, group: list[Child]) -> None:
         for child in group:

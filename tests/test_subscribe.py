@@ -1,0 +1,966 @@
+"""Local subscribers.
+
+Part 1 runs the subscriber against shard segments and change rings that this process writes
+itself (``FakeDb``: columns, commit and publish exactly as the shard writer does them), so
+laps, seq gaps and crashes between commit and publish can be staged precisely. Part 2 runs real
+databases (`wayy start`), real subscriber processes and real signals.
+
+Acceptable outcomes are named in every test: each row delivered exactly once, in seq order
+per shard — never a duplicate, never a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import wayy
+from shm import ingest
+from shm import subscribers as K
+from shm.change_ring import ChangeRingReader, ChangeRingWriter, sym_mask_of
+from shm.layout import change_ring as CRL
+from shm.layout import shard as S
+from shm.layout import tables as T
+from shm.segment import db_prefix, list_segments, unlink_quiet
+from shm.shard import ShardData, segment_name
+from tests.conftest import REPO, run_cli
+from wayy.errors import CorruptData, InvalidInput, InvalidName, NotRunning
+from wayy.manifest import Manifest, acquire_lock
+from wayy.names import shard_of
+from wayy.status import read_subscribers
+from wayy.subscribe import Batch, Overrun, Tick, _payload_crc
+
+T0 = 1_700_000_000_000_000_000
+
+
+class FakeDb:
+    """Shard segments and change rings of a database, written by this process.
+
+    ``append`` does what the shard writer does for one accepted batch: intern names, write
+    the columns and the per-symbol links, commit (one release store), publish one change
+    record. ``publish=False`` stages a writer that died between commit and publish.
+    """
+
+    def __init__(self, path: str, nshards: int = 2, capacity: int = 1 << 16, ring: int = 64,
+                 max_symbols: int = 64, max_venues: int = 8) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = os.path.realpath(path)
+        self.prefix = db_prefix(self.path)
+        self.lock = acquire_lock(self.path)  # "running": subscribers check the lock
+        self.nshards = nshards
+        self.data = [ShardData.create(self.prefix, k, nshards, capacity, max_symbols,
+                                      max_venues) for k in range(nshards)]
+        self.rings = [ChangeRingWriter.create(segment_name(self.prefix, k, "changes"), ring)
+                      for k in range(nshards)]
+        self.state = [np.zeros(ingest.N_STATE, np.int64) for _ in range(nshards)]
+        for st in self.state:
+            st[ingest.S_NVEN] = 1  # venue 0 is ""
+        self.manifest = Manifest(path=self.path, prefix=self.prefix, shards=nshards,
+                                 capacity=capacity, ring_capacity=1 << 16,
+                                 max_symbols=max_symbols, max_venues=max_venues,
+                                 supervisor_pid=os.getpid(), started_ns=time.time_ns(),
+                                 change_ring_records=ring)
+        self.dbs: list = []
+
+    def attach(self) -> wayy.Database:
+        db = wayy.Database(self.manifest)
+        self.dbs.append(db)
+        return db
+
+    def _intern(self, k: int, names, symbols: bool) -> np.ndarray:
+        d, st = self.data[k], self.state[k]
+        arr = d.sym_names if symbols else d.ven_names
+        w = ingest.S_NSYM if symbols else ingest.S_NVEN
+        have = {bytes(arr[i]).rstrip(b"\0").decode(): i for i in range(int(st[w]))}
+        out = []
+        for nm in names:
+            i = have.get(nm)
+            if i is None:
+                i = int(st[w])
+                arr[i] = nm.encode()
+                have[nm] = i
+                st[w] += 1
+                d.hdr32[S.N_SYMBOLS_I32 if symbols else S.N_VENUES_I32] = st[w]
+            out.append(i)
+        return np.array(out, np.int32)
+
+    def append(self, table: str, symbols, values=None, venues=None, ts=None, k=None,
+               publish: bool = True) -> list[int]:
+        """One accepted batch; every symbol must be on shard ``k`` (default: the first's)."""
+        symbols = list(symbols)
+        n = len(symbols)
+        if k is None:
+            k = shard_of(symbols[0], self.nshards)
+        assert all(shard_of(s, self.nshards) == k for s in symbols)
+        d, st = self.data[k], self.state[k]
+        t = T.TABLE_IDS[table]
+        if values is None:
+            base = float(st[ingest.S_NEXT_SEQ]) + 1.0
+            values = [np.arange(n) + base] + [np.arange(n) + base + 0.5] * (
+                len(T.VALUE_COLUMNS[t]) - 1)
+        sid = self._intern(k, symbols, True)
+        vid = self._intern(k, venues if venues is not None else [""] * n, False)
+        r0, s0 = int(st[t]), int(st[ingest.S_NEXT_SEQ])
+        ts = np.full(n, T0 + s0) if ts is None else np.asarray(ts, np.int64)
+        cols = d.cols[t]
+        cols["ts"][r0:r0 + n] = ts
+        cols["symbol"][r0:r0 + n] = sid
+        cols["venue"][r0:r0 + n] = vid
+        for c, v in zip(T.VALUE_COLUMNS[t], values):
+            cols[c][r0:r0 + n] = v
+        cols["seq"][r0:r0 + n] = np.arange(s0, s0 + n)
+        for j in range(n):
+            r, b = r0 + j, (r0 + j) // S.BLOCK_ROWS
+            if r % S.BLOCK_ROWS == 0:
+                d.blk_min[t][b] = d.blk_max[t][b] = ts[j]
+            else:
+                d.blk_min[t][b] = min(d.blk_min[t][b], ts[j])
+                d.blk_max[t][b] = max(d.blk_max[t][b], ts[j])
+            d.prev[t][r] = d.last[t][sid[j]]
+            d.last[t][sid[j]] = r
+        st[t] += n
+        st[ingest.S_NEXT_SEQ] += n
+        ingest.commit(d.hdr64, st, time.time_ns())
+        if publish:
+            self.rings[k].publish(s0, n, t, r0, int(ts[0]), int(ts[-1]),
+                                  int(sym_mask_of(sid)))
+        return list(range(s0, s0 + n))
+
+    def close(self) -> None:
+        for db in self.dbs:
+            db.close()
+        for r in self.rings:
+            r.close()
+            r.unlink()
+        for d in self.data:
+            d.close()
+            d.seg.unlink()
+        for name in list_segments(self.prefix):
+            unlink_quiet(name)
+        os.close(self.lock)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm():
+    K.warm_up()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    made = []
+
+    def make(**kw) -> FakeDb:
+        f = FakeDb(str(tmp_path / f"fake{len(made)}"), **kw)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()
+        assert not list_segments(f.prefix)
+
+
+def _seqs(items) -> list[tuple[int, int]]:
+    return [(t.shard, t.seq) for t in items]
+
+
+# --- ticks ---------------------------------------------------------------------------------------
+
+def test_tick_fields_order_and_channel_filtering(fake):
+    f = fake(nshards=2)
+    db = f.attach()
+    aapl, goog = [], []
+    db.subscribe("ticks:AAPL", callback=aapl.append)
+    db.subscribe("quotes", symbol="GOOG", venue="NYSE", callback=goog.append)
+    every = db.subscribe(["trades", "quotes"])  # every row of both tables, polled
+    f.append("trades", ["AAPL", "MSFT", "AAPL"], venues=["NYSE", "IEX", "IEX"])
+    f.append("quotes", ["GOOG", "GOOG", "AAPL"], venues=["NYSE", "ARCA", "NYSE"])
+    f.append("trades", ["S2", "Y"])  # shard 0
+    db.run(timeout=0.2)
+    assert [(t.seq, t.venue, t.price) for t in aapl] == [(0, "NYSE", 1.0), (2, "IEX", 3.0)]
+    t = aapl[0]
+    assert t.symbol == t["symbol"] == "AAPL" and t.table == "trades" and t.shard == 1
+    assert t.timestamp == t.ts == t["ts"] == T0 and t.size == 1.5 and t.bid is None
+    assert t.to_dict() == {"timestamp": T0, "symbol": "AAPL", "venue": "NYSE", "price": 1.0,
+                           "size": 1.5, "seq": 0, "shard": 1, "table": "trades"}
+    assert [(q.seq, q.venue, q.bid, q.ask) for q in goog] == [(3, "NYSE", 4.0, 4.5)]
+    assert goog[0].price is None and set(goog[0].keys()) >= {"bid", "ask", "bid_size"}
+    with pytest.raises(KeyError, match="no field"):
+        t["nope"]
+    got = []
+    while (item := every.poll(0.05)) is not None:
+        got.append(item)
+    # per shard in seq order, across tables
+    assert [s for s in _seqs(got) if s[0] == 1] == [(1, i) for i in range(6)]
+    assert [s for s in _seqs(got) if s[0] == 0] == [(0, 0), (0, 1)]
+
+
+def test_subscribe_before_the_symbol_exists(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    got = []
+    db.subscribe("ticks:LATE:NYSE", callback=got.append)
+    db.subscribe("trades", venue="ARCA", callback=got.append)
+    f.append("trades", ["EARLY"])
+    db.run(timeout=0.05)
+    assert got == []
+    f.append("trades", ["LATE", "LATE", "EARLY"], venues=["IEX", "NYSE", "ARCA"])
+    db.run(timeout=0.1)
+    assert sorted((t.symbol, t.venue) for t in got) == [("EARLY", "ARCA"), ("LATE", "NYSE")]
+
+
+def test_live_starts_at_the_high_water_mark_with_no_gap_or_duplicate(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    f.append("trades", ["A"] * 5)
+    sub = db.subscribe("trades")
+    assert sub.hwm == {0: 5}
+    f.append("trades", ["A"] * 3)
+    got = [sub.poll(1.0).seq for _ in range(3)]
+    assert got == [5, 6, 7] and sub.poll(0.01) is None
+    # from_seq: history from the columns, then live, meeting exactly
+    hist = db.subscribe("trades", from_seq=2)
+    f.append("trades", ["A"] * 2)
+    got = [hist.poll(1.0).seq for _ in range(8)]
+    assert got == list(range(2, 10)) and hist.poll(0.01) is None
+
+
+def test_a_record_published_before_subscribe_but_after_the_tail_is_not_repeated(fake):
+    """The subscriber reads the ring tail, then the snapshot: a batch committed in between is
+    below the high-water mark and its record (at or after that tail) is skipped."""
+    f = fake(nshards=1)
+    db = f.attach()
+    f.append("trades", ["A"] * 2, publish=False)  # committed, its record still to come
+    sub = db.subscribe("trades")
+    f.rings[0].publish(0, 2, 0, 0, T0, T0, 1)  # the late record of rows below the mark
+    f.append("trades", ["A"])
+    assert sub.poll(1.0).seq == 2 and sub.poll(0.02) is None
+
+
+def test_lapped_subscriber_backfills_every_row_exactly_once(fake):
+    f = fake(nshards=1, ring=4)
+    db = f.attach()
+    told: list[Overrun] = []
+    sub = db.subscribe("ticks:A", on_overrun=told.append)
+    want = []
+    for i in range(50):
+        want += f.append("trades", ["A", "B"] if i % 3 else ["A"])
+        if i % 7 == 0:
+            want += [s for s in f.append("quotes", ["A"])]  # other table: not followed
+    got = []
+    while (t := sub.poll(0.05)) is not None:
+        got.append(t)
+    want_a = [t for t in range(len(want)) if
+              f.data[0].cols[0]["seq"].tolist().count(t)]
+    trades_a = [int(s) for s, sym in zip(f.data[0].cols[0]["seq"][:int(f.state[0][0])],
+                                         f.data[0].cols[0]["symbol"][:int(f.state[0][0])])
+                if sym == 0]
+    assert [t.seq for t in got] == trades_a
+    assert want_a  # sanity
+    st = sub.stats()
+    assert st["overruns"] >= 1 and told and told[0].shard == 0
+    assert told[0].from_seq == 0 and told[0].to_seq > 0
+    assert st["backfilled"] > 0 and st["lost"] == 0
+
+
+def test_seq_gap_from_a_writer_that_died_between_commit_and_publish(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    got = []
+    sub = db.subscribe("trades", callback=got.append)
+    f.append("trades", ["A"] * 2)
+    f.append("trades", ["A"] * 3, publish=False)  # committed, never announced
+    f.append("trades", ["A"])
+    db.run(timeout=0.1)
+    assert [t.seq for t in got] == list(range(6))
+    assert sub.stats()["gaps"] == 1
+
+
+def test_from_ts(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    f.append("trades", ["A"] * 4, ts=[T0 + 10, T0 + 20, T0 + 30, T0 + 40])
+    f.append("quotes", ["A"] * 2, ts=[T0 + 25, T0 + 50])
+    sub = db.subscribe(["trades", "quotes"], from_ts=T0 + 25)
+    got = [(t.table, t.timestamp) for t in iter(lambda: sub.poll(0.02), None)]
+    assert got == [("trades", T0 + 30), ("trades", T0 + 40), ("quotes", T0 + 25),
+                   ("quotes", T0 + 50)]
+    assert db.subscribe("trades", from_ts=np.datetime64(T0 + 35, "ns")).poll(0.02).price == 4.0
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+def test_batch_size_limit_and_zero_copy_views(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    batches: list[Batch] = []
+    db.subscribe("trades", callback=batches.append, batch_size=100, max_latency_ms=50)
+    for _ in range(7):
+        f.append("trades", ["A", "B"] * 50)
+    f.append("trades", ["A"] * 30)
+    db.run(timeout=0.02)
+    assert [len(b) for b in batches] == [100] * 7
+    b = batches[0]
+    assert b.zero_copy and not b["price"].flags.writeable and not b["price"].flags.owndata
+    assert list(b["symbol"][:3]) == ["A", "B", "A"] and b.first_seq == 0 and b.last_seq == 99
+    assert list(b["symbol_id"][:2]) == [0, 1]
+    ticks = list(b)
+    assert isinstance(ticks[0], Tick) and ticks[1].symbol == "B" and ticks[99].seq == 99
+    t_end = time.monotonic() + 0.2
+    while len(batches) < 8 and time.monotonic() < t_end:
+        db.run(timeout=0.01)
+    assert [len(x) for x in batches] == [100] * 7 + [30]
+    assert b.to_pandas()["price"].iloc[0] == 1.0
+
+
+def test_batch_max_latency_and_filtered_copies(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    seen = []
+
+    def on_batch(b):
+        seen.append((time.monotonic(), b))
+
+    db.subscribe("ticks:A", callback=on_batch, max_latency_ms=30)
+    t0 = time.monotonic()
+    f.append("trades", ["A", "B", "A"])
+    db.run(timeout=0.015)
+    assert seen == []  # younger than max_latency: still pending
+    db.run(timeout=0.5)
+    assert len(seen) == 1
+    at, b = seen[0]
+    assert 0.025 <= at - t0 < 0.3
+    assert list(b["seq"]) == [0, 2] and not b.zero_copy and b["price"].flags.owndata
+
+
+def test_batch_filter_mask(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("trades", batch_size=10, filter=lambda b: b["price"] > 5)
+    f.append("trades", ["A"] * 10)
+    b = sub.poll(1.0)
+    assert list(b["price"]) == [6.0, 7.0, 8.0, 9.0, 10.0]
+    assert sub.cursors()[0][0] == 10  # next trade; quotes are not followed
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def test_checkpoint_resume_no_gap_no_duplicate(fake, tmp_path):
+    f = fake(nshards=2)
+    path = str(tmp_path / "ck" / "s1.json")
+    syms = ["AAPL", "S2"]  # one per shard
+    db = f.attach()
+    got = []
+    sub = db.subscribe("trades", callback=got.append, checkpoint=path)
+    assert sub.state is None
+    for s in syms:
+        f.append("trades", [s] * 3)
+    db.run(timeout=0.05)
+    sub.stop()
+    doc = json.load(open(path))
+    assert doc["cursors"] == [[3, 3], [3, 3]] and doc["prefix"] == f.prefix
+    for s in syms:
+        f.append("trades", [s] * 2)
+    db2 = f.attach()
+    got2 = []
+    sub2 = db2.subscribe("trades", callback=got2.append, checkpoint=path)
+    db2.run(timeout=0.05)
+    assert sorted(_seqs(got)) == [(k, i) for k in (0, 1) for i in range(3)]
+    assert sorted(_seqs(got2)) == [(k, i) for k in (0, 1) for i in (3, 4)]
+    sub2.stop()
+
+
+def test_checkpoint_by_name_lives_under_the_database(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("trades", checkpoint="strat-1")
+    f.append("trades", ["A"])
+    assert sub.poll(1.0).seq == 0
+    sub.stop()
+    assert json.load(open(os.path.join(f.path, "checkpoints", "strat-1.json")))["cursors"] == \
+        [[1, 1]]
+    with pytest.raises(InvalidInput, match="checkpoint name"):
+        db.subscribe("trades", checkpoint="bad name!")
+
+
+def test_checkpoint_in_batch_mode_keeps_per_table_cursors(fake, tmp_path):
+    f = fake(nshards=1)
+    path = str(tmp_path / "b.json")
+    db = f.attach()
+    got = []
+    sub = db.subscribe(["trades", "quotes"], callback=lambda b: got.append(list(b["seq"])),
+                       batch_size=4, max_latency_ms=10_000, checkpoint=path)
+    f.append("trades", ["A"] * 4)   # seqs 0-3: a full trades batch
+    f.append("quotes", ["A"] * 2)   # 4-5: pending
+    f.append("trades", ["A"] * 1)   # 6: pending
+    db.run(timeout=0.05)
+    assert got == [[0, 1, 2, 3]]
+    assert sub.cursors() == [[6, 4]]  # next trade to deliver is 6, next quote 4
+    sub.save_checkpoint()
+    os.kill(os.getpid(), 0)
+    # a "crash": no stop, no flush; a new subscriber resumes from the checkpoint
+    sub._ckpt.close()
+    sub._active = False
+    got.clear()
+    sub2 = db.subscribe(["trades", "quotes"], callback=lambda b: got.append(list(b["seq"])),
+                        batch_size=4, max_latency_ms=1, checkpoint=path)
+    db.run(timeout=0.05)
+    assert sorted(got) == [[4, 5], [6]]
+    sub2.stop()
+
+
+def test_on_checkpoint_state_round_trips(fake, tmp_path):
+    f = fake(nshards=1)
+    path = str(tmp_path / "st.json")
+    db = f.attach()
+    count = [0]
+
+    def cb(t):
+        count[0] += 1
+
+    db.subscribe("trades", callback=cb, checkpoint=path, on_checkpoint=lambda: {"n": count[0]})
+    f.append("trades", ["A"] * 4)
+    db.run(timeout=0.05)
+    db.close()
+    db2 = f.attach()
+    sub = db2.subscribe("trades", checkpoint=path)
+    assert sub.state == {"n": 4}
+    with pytest.raises(InvalidInput, match="needs checkpoint"):
+        db2.subscribe("trades", on_checkpoint=dict)
+
+
+def test_bad_checkpoints_are_refused(fake, tmp_path):
+    f = fake(nshards=1)
+    db = f.attach()
+    p = str(tmp_path / "c.json")
+    held = db.subscribe("trades", checkpoint=p)
+    with pytest.raises(InvalidInput, match="in use by another subscriber"):
+        db.subscribe("trades", checkpoint=p)
+    held.stop()
+    for junk in (b"{not json", b"[]", b'{"wayy_checkpoint": 1}'):
+        open(p, "wb").write(junk)
+        with pytest.raises(CorruptData, match="corrupt"):
+            db.subscribe("trades", checkpoint=p)
+    # a good checkpoint with one flipped digit fails its checksum
+    held = db.subscribe("trades", checkpoint=p + "2")
+    f.append("trades", ["A"] * 12)
+    held.poll(1.0)
+    held.stop()
+    raw = open(p + "2").read().replace('"cursors":[[1,1]]', '"cursors":[[9,9]]')
+    open(p + "2", "w").write(raw)
+    with pytest.raises(CorruptData, match="checksum"):
+        db.subscribe("trades", checkpoint=p + "2")
+    # another database's checkpoint
+    other = fake(nshards=1)
+    odb = other.attach()
+    osub = odb.subscribe("trades", checkpoint=p + "3")
+    osub.stop()
+    with pytest.raises(InvalidInput, match="belongs to the database"):
+        db.subscribe("trades", checkpoint=p + "3")
+    # a checkpoint ahead of the database (recreated without history)
+    other.append("trades", ["A"] * 40)
+    osub = odb.subscribe("trades", checkpoint=p + "4", from_seq=0)
+    while osub.poll(0.02) is not None:
+        pass
+    osub.stop()
+    doc = json.load(open(p + "4"))
+    doc.update(db_path=f.path, prefix=f.prefix)
+    doc.pop("crc32")
+    doc["crc32"] = _payload_crc(doc)
+    json.dump(doc, open(p + "4", "w"))
+    with pytest.raises(InvalidInput, match="past the database's next seq"):
+        db.subscribe("trades", checkpoint=p + "4")
+
+
+# --- errors and faces ----------------------------------------------------------------------------
+
+def test_callback_errors_are_logged_counted_and_skipped(fake, caplog):
+    f = fake(nshards=1)
+    db = f.attach()
+    ok = []
+
+    def cb(t):
+        if t.seq % 2:
+            raise ValueError(f"bad {t.seq}")
+        ok.append(t.seq)
+
+    sub = db.subscribe("trades", callback=cb)
+    f.append("trades", ["A"] * 6)
+    with caplog.at_level(logging.ERROR, logger="wayy.subscribe"):
+        db.run(timeout=0.05)
+    assert ok == [0, 2, 4] and sub.stats()["errors"] == 3 and sub.active
+    assert "callback raised on Tick(" in caplog.text and "seq=1" in caplog.text
+    assert "ValueError: bad 1" in caplog.text
+
+
+def test_stop_on_error_raises_and_keeps_the_failing_tick_for_later(fake, tmp_path):
+    f = fake(nshards=1)
+    db = f.attach()
+    p = str(tmp_path / "e.json")
+    seen, errs = [], []
+
+    def cb(t):
+        if t.seq == 3:
+            raise RuntimeError("poison")
+        seen.append(t.seq)
+
+    sub = db.subscribe("trades", callback=cb, stop_on_error=True, checkpoint=p,
+                       on_error=lambda e, item: errs.append((str(e), item.seq)))
+    other = db.subscribe("trades", callback=lambda t: None)
+    f.append("trades", ["A"] * 6)
+    with pytest.raises(RuntimeError, match="poison"):
+        db.run(timeout=1)
+    assert seen == [0, 1, 2] and errs == [("poison", 3)] and not sub.active
+    assert not other.active  # run() stopped the rest cleanly
+    assert json.load(open(p))["cursors"] == [[3, 3]]  # seq 3 is delivered again on restart
+
+
+def test_bad_arguments(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    for kw, words in [
+        (dict(table_or_channel="ticks:A:B:C"), "expected ticks"),
+        (dict(table_or_channel="ohlc:A"), "ohlc"),
+        (dict(table_or_channel="bars"), "unknown table"),
+        (dict(table_or_channel=["ticks:A"], symbol="A"), "not a list"),
+        (dict(table_or_channel=[]), "no channels"),
+        (dict(table_or_channel="trades", idle="sleepy"), "idle must be"),
+        (dict(table_or_channel="trades", batch_size=0), "batch_size"),
+        (dict(table_or_channel="trades", batch_size=2.5), "batch_size"),
+        (dict(table_or_channel="trades", max_latency_ms=-1), "max_latency_ms"),
+        (dict(table_or_channel="trades", callback=3), "callback must be callable"),
+        (dict(table_or_channel="trades", from_seq=-1), "from_seq"),
+        (dict(table_or_channel="trades", from_seq={5: 0}), "shard 5"),
+        (dict(table_or_channel="trades", from_seq=0, from_ts=T0), "not both"),
+        (dict(table_or_channel="trades", from_ts="today"), "from_ts"),
+        (dict(table_or_channel="trades", from_seq=10**6), "past the database"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            db.subscribe(**kw)
+    assert issubclass(InvalidName, InvalidInput)
+    sub = db.subscribe("trades", callback=print)
+    with pytest.raises(InvalidInput, match="has a callback"):
+        sub.poll()
+    sub.stop()
+    with pytest.raises(InvalidInput, match="no active callback"):
+        db.run(timeout=0.01)
+    assert not db.subscriptions
+
+
+def test_not_running(tmp_path):
+    with pytest.raises(NotRunning):
+        wayy.attach(str(tmp_path / "nothing"))
+
+
+def test_iteration_context_manager_and_stop_inside_a_callback(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    f.append("trades", ["A"] * 5)
+    with db.subscribe("trades", from_seq=0) as sub:
+        got = []
+        for t in sub:
+            got.append(t.seq)
+            if t.seq == 3:
+                break
+    assert got == [0, 1, 2, 3] and not sub.active and sub.cursors() == [[4, 4]]
+    seen = []
+
+    def cb(t):
+        seen.append(t.seq)
+        if t.seq == 1:
+            cbsub.stop()
+
+    cbsub = db.subscribe("trades", callback=cb, from_seq=0)
+    db.run(timeout=1)
+    assert seen == [0, 1] and cbsub.cursors() == [[2, 2]] and not cbsub.active
+
+
+def test_run_stops_cleanly_on_sigint_and_writes_checkpoints(fake, tmp_path):
+    f = fake(nshards=1)
+    db = f.attach()
+    p = str(tmp_path / "i.json")
+    got = []
+    sub = db.subscribe("trades", callback=got.append, checkpoint=p, idle="block")
+    f.append("trades", ["A"] * 3)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    db.run()  # returns on SIGINT instead of raising KeyboardInterrupt
+    assert time.monotonic() - t0 < 5
+    assert len(got) == 3 and not sub.active and "SIGINT" in sub.stopped_reason
+    assert json.load(open(p))["cursors"] == [[3, 3]]
+
+
+@pytest.mark.parametrize("idle", ["spin", "yield", "backoff", "block"])
+def test_every_idle_strategy_wakes_for_new_rows_on_any_shard(fake, idle):
+    f = fake(nshards=2)
+    db = f.attach()
+    sub = db.subscribe("trades", idle=idle)
+    for sym in ("S2", "AAPL", "S2"):  # shard 0, 1, 0
+        threading.Timer(0.05, f.append, ("trades", [sym])).start()
+        t0 = time.monotonic()
+        t = sub.poll(5.0)
+        assert t is not None and t.symbol == sym
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_status_registry_shows_live_subscribers_and_forgets_stopped_ones(fake):
+    f = fake(nshards=2)
+    db = f.attach()
+    sub = db.subscribe(["ticks:AAPL", "quotes:S2:NYSE"], callback=lambda t: None)
+    f.append("trades", ["AAPL"] * 4)
+    heads = [(int(d.snapshot()[S.COMMIT_NEXT_SEQ]), T0) for d in f.data]
+    rows = read_subscribers(f.prefix, heads, time.time_ns())
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["pid"] == os.getpid() and r["channels"] == "ticks:AAPL, quotes:S2:NYSE"
+    assert r["mode"] == "tick" and r["idle"] == "backoff" and r["lag_rows"] == 4
+    db.run(timeout=0.1)
+    sub._housekeep(time.monotonic_ns())
+    r = read_subscribers(f.prefix, heads, time.time_ns())[0]
+    assert r["delivered"] == 4 and r["lag_rows"] == 0
+    sub.stop()
+    assert read_subscribers(f.prefix, heads, time.time_ns()) == []
+
+
+def test_change_ring_writer_attach_continues_the_ring(fake):
+    f = fake(nshards=1, ring=4)
+    name = segment_name(f.prefix, 0, "changes")
+    f.rings[0].publish(0, 1, 0, 0, T0, T0, 1)
+    f.rings[0].close()  # a writer that stopped cleanly
+    r = ChangeRingReader.attach(name)
+    assert r.writer_closed()
+    w = ChangeRingWriter.attach(name)  # its successor
+    assert not r.writer_closed() and w.tail() == 1
+    assert w.publish(1, 1, 0, 1, T0, T0, 1) == 1
+    out = np.zeros(8, np.int64)
+    assert r.read(1, out) == 0 and out[CRL.REC_FIRST_SEQ_I64] == 1
+    r.close()
+    f.rings[0] = w
+
+
+# --- part 2: real databases, real processes, real signals --------------------------------------
+
+_FORK = multiprocessing.get_context("fork")
+
+
+def _record_subscriber(path: str, out: str, expect, mode: str, idle: str, ready,
+                       timeout: float = 90.0) -> None:
+    """Subscribe to both tables; record (shard, table, seq, price) of every row delivered;
+    stop once ``expect.value`` (set by the parent when the producers are done) rows arrived.
+    ``mode``: tick or batch."""
+    db = wayy.attach(path)
+    got: list = []
+
+    def on_tick(t):
+        got.append((t.shard, 0 if t.table == "trades" else 1, t.seq,
+                    t.price if t.price is not None else t.bid))
+
+    def on_batch(b):
+        v = b["price"] if b.table == "trades" else b["bid"]
+        tid = 0 if b.table == "trades" else 1
+        got.extend(zip([b.shard] * len(b), [tid] * len(b), b["seq"].tolist(), v.tolist()))
+
+    if mode == "batch":
+        sub = db.subscribe(["trades", "quotes"], callback=on_batch, batch_size=500,
+                           max_latency_ms=5, idle=idle)
+    else:
+        sub = db.subscribe(["trades", "quotes"], callback=on_tick, idle=idle)
+    ready.set()
+    deadline = time.monotonic() + timeout
+    while not (expect.value and len(got) >= expect.value) and time.monotonic() < deadline:
+        db.run(timeout=0.05)
+    sub.stop()
+    np.save(out, np.array(got, dtype=np.float64).reshape(-1, 4))
+    st = sub.stats()
+    with open(out + ".json", "w") as f:
+        json.dump({"overruns": st["overruns"], "backfilled": st["backfilled"],
+                   "lost": st["lost"]}, f)
+    db.close()
+
+
+def _produce(path: str, seed: int, n_batches: int, ids_from: int) -> None:
+    """Batches of 1-300 rows over 40 symbols (both shards), both tables; every row carries a
+    unique id in price (trades) or bid (quotes)."""
+    rng = np.random.default_rng(seed)
+    p = wayy.Producer(path, timeout=30)
+    syms = np.array([f"P{i:02d}" for i in range(40)])
+    nid = ids_from
+    for _ in range(n_batches):
+        n = int(rng.integers(1, 300))
+        ids = nid + np.arange(n, dtype=np.float64)
+        nid += n
+        if rng.random() < 0.6:
+            p.publish_batch("trades", {"symbol": syms[rng.integers(0, 40, n)], "price": ids,
+                                       "size": np.ones(n)})
+        else:
+            p.publish_batch("quotes", {"symbol": syms[rng.integers(0, 40, n)], "bid": ids,
+                                       "ask": ids + 0.5, "bid_size": np.ones(n),
+                                       "ask_size": np.ones(n)})
+    p.close()
+    return nid
+
+
+def _check_exactly_once(rows: np.ndarray, ids: np.ndarray, nshards: int, what: str) -> None:
+    assert len(rows) == len(ids), f"{what}: {len(rows)} rows delivered, {len(ids)} ingested"
+    np.testing.assert_array_equal(np.sort(rows[:, 3]), np.sort(ids), err_msg=what)
+    for k in range(nshards):
+        seqs = rows[rows[:, 0] == k, 2]
+        # every committed seq of the shard, once; in seq order unless batches (per table)
+        assert len(np.unique(seqs)) == len(seqs), f"{what}: duplicate seq on shard {k}"
+        for t in (0, 1):
+            s = rows[(rows[:, 0] == k) & (rows[:, 1] == t), 2]
+            assert np.all(np.diff(s) > 0), f"{what}: shard {k} table {t} out of seq order"
+        np.testing.assert_array_equal(np.sort(seqs), np.arange(len(seqs)), err_msg=what)
+
+
+def test_subscriber_processes_each_get_every_row_once_in_order(db_factory, tmp_path):
+    dbr = db_factory("--shards", "2", "--feed", "none", "--capacity", "1048576")
+    setups = [("tick", "backoff"), ("batch", "block"), ("tick", "yield")]
+    n_batches = 400
+    expect = _FORK.RawValue("q", 0)
+    subs = []
+    for i, (mode, idle) in enumerate(setups):
+        ready = _FORK.Event()
+        out = str(tmp_path / f"sub{i}.npy")
+        p = _FORK.Process(target=_record_subscriber,
+                          args=(dbr.path, out, expect, mode, idle, ready))
+        p.start()
+        assert ready.wait(30)
+        subs.append((p, out))
+    prods = [_FORK.Process(target=_produce, args=(dbr.path, seed, n_batches, seed * 10**7))
+             for seed in (1, 2)]
+    for p in prods:
+        p.start()
+    for p in prods:
+        p.join(120)
+        assert p.exitcode == 0
+    db = wayy.attach(dbr.path)
+    ids = np.concatenate([db["trades"].between()["price"], db["quotes"].between()["bid"]])
+    db.close()
+    expect.value = len(ids)
+    assert dbr.status()["totals"]["rejects"] == {k: 0 for k in dbr.status()["totals"]["rejects"]}
+    for (p, out), (mode, idle) in zip(subs, setups):
+        p.join(90)
+        assert p.exitcode == 0, f"{mode}/{idle} subscriber exited {p.exitcode}"
+        _check_exactly_once(np.load(out), ids, 2, f"{mode}/{idle}")
+
+
+def _slow_subscriber(path: str, out: str, expect: int, ready) -> None:
+    db = wayy.attach(path)
+    got = []
+    told = []
+
+    def cb(t):
+        if not got:
+            time.sleep(1.0)  # fall a whole ring behind while the producer runs
+        got.append(t.seq)
+        if len(got) >= expect:
+            sub.stop()
+
+    sub = db.subscribe("trades", callback=cb, on_overrun=told.append)
+    ready.set()
+    db.run(timeout=90)
+    np.save(out, np.array(got, np.int64))
+    with open(out + ".json", "w") as f:
+        json.dump({"overruns": sub.stats()["overruns"], "told": len(told),
+                   "backfilled": sub.stats()["backfilled"]}, f)
+    db.close()
+
+
+def _single_ticks(path: str, n: int) -> None:
+    p = wayy.Producer(path, timeout=30)
+    for i in range(n):
+        p.publish("trades", symbol="SL", price=1.0 + i, size=1.0)
+    p.close()
+
+
+def test_slow_subscriber_is_lapped_backfills_and_gets_every_row_once(db_factory, tmp_path):
+    dbr = db_factory("--shards", "1", "--feed", "none")
+    db = wayy.attach(dbr.path)
+    cap = db._change_ring(0).capacity
+    n = cap + cap // 4  # one record per single-tick publish: more than the ring holds
+    ready = _FORK.Event()
+    out = str(tmp_path / "slow.npy")
+    sp = _FORK.Process(target=_slow_subscriber, args=(dbr.path, out, n, ready))
+    sp.start()
+    assert ready.wait(30)
+    prods = [_FORK.Process(target=_single_ticks, args=(dbr.path, n // 2)),
+             _FORK.Process(target=_single_ticks, args=(dbr.path, n - n // 2))]
+    for p in prods:
+        p.start()
+    for p in prods:
+        p.join(120)
+        assert p.exitcode == 0
+    sp.join(120)
+    assert sp.exitcode == 0
+    got = np.load(out)
+    info = json.load(open(out + ".json"))
+    np.testing.assert_array_equal(got, np.arange(n))  # every row, once, in seq order
+    assert info["overruns"] >= 1 and info["told"] == info["overruns"]
+    assert info["backfilled"] > 0
+    db.close()
+
+
+def _checkpointed(path: str, ckpt: str, outfile: str) -> None:
+    """Append each trade's price to ``outfile`` (64 at a time: a kill usually leaves rows
+    written after the last checkpoint); the checkpoint stores the file's length, and a
+    restart truncates the file to it first: effects exactly once."""
+    db = wayy.attach(path)
+    fd = os.open(outfile, os.O_RDWR | os.O_CREAT, 0o644)
+    buf = []
+
+    def on_trade(t):
+        buf.append(t.price)
+        if len(buf) >= 64:
+            os.write(fd, np.array(buf, np.float64).tobytes())
+            buf.clear()
+
+    def flush_state():
+        if buf:
+            os.write(fd, np.array(buf, np.float64).tobytes())
+            buf.clear()
+        os.fsync(fd)
+        return {"length": os.lseek(fd, 0, os.SEEK_END)}
+
+    sub = db.subscribe("trades", callback=on_trade, checkpoint=ckpt,
+                       on_checkpoint=flush_state, checkpoint_ms=20, from_seq=0)
+    length = (sub.state or {}).get("length", 0)
+    os.ftruncate(fd, length)
+    os.lseek(fd, length, os.SEEK_SET)
+    db.run()
+
+
+def _kill_restart_run(path: str, tmp_path, kills: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ckpt = str(tmp_path / "k.json")
+    outfile = str(tmp_path / "k.out")
+    prod = _FORK.Process(target=_paced_producer, args=(path, n, 2.0 + kills * 0.4))
+    prod.start()
+    rolled_back = mid_stream = 0
+    for _ in range(kills):
+        p = _FORK.Process(target=_checkpointed, args=(path, ckpt, outfile))
+        p.start()
+        time.sleep(float(rng.uniform(0.1, 0.6)))
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+        if os.path.exists(ckpt):
+            length = json.load(open(ckpt))["state"]["length"]
+            mid_stream += 0 < length < 8 * n
+            rolled_back += os.path.getsize(outfile) > length  # the restart must cut these
+    prod.join(60)
+    assert prod.exitcode == 0
+    # a last run that sees everything, stopped cleanly
+    p = _FORK.Process(target=_checkpointed, args=(path, ckpt, outfile))
+    p.start()
+    db = wayy.attach(path)
+
+    def done():
+        st = json.load(open(ckpt)) if os.path.exists(ckpt) else None
+        return st and st["state"] and st["state"]["length"] == 8 * n
+
+    try:
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(p.pid, signal.SIGTERM)
+        p.join(20)
+    got = np.fromfile(outfile, np.float64)
+    want = db["trades"].between()["price"]
+    db.close()
+    assert len(want) == n
+    assert len(got) == n, f"{len(got)} rows in the output, {n} ingested"
+    np.testing.assert_array_equal(np.sort(got), np.sort(want))
+    assert len(np.unique(got)) == n
+    # the kills really landed mid-stream, with rows delivered after the last checkpoint
+    assert mid_stream >= kills // 2 and rolled_back >= 1, (mid_stream, rolled_back)
+
+
+def _paced_producer(path: str, n: int, seconds: float) -> None:
+    p = wayy.Producer(path, timeout=30)
+    per = max(1, n // 200)
+    for i in range(0, n, per):
+        m = min(per, n - i)
+        p.publish_batch("trades", {"symbol": np.array(["K1", "K2"] * m)[:m],
+                                   "price": 1.0 + i + np.arange(m), "size": np.ones(m)})
+        time.sleep(seconds / 200)
+    p.close()
+
+
+def test_sigkill_a_checkpointed_subscriber_and_restart_exactly_once(db_factory, tmp_path):
+    dbr = db_factory("--shards", "2", "--feed", "none")
+    _kill_restart_run(dbr.path, tmp_path, kills=4, n=20_000, seed=3)
+
+
+@pytest.mark.slow
+def test_sigkill_many_times_under_heavy_ingest(db_factory, tmp_path):
+    dbr = db_factory("--shards", "2", "--feed", "none", "--capacity", "2097152")
+    _kill_restart_run(dbr.path, tmp_path, kills=25, n=400_000, seed=11)
+
+
+def test_status_lists_live_subscribers(db_factory):
+    dbr = db_factory("--shards", "2", "--feed", "none")
+    db = wayy.attach(dbr.path)
+    sub = db.subscribe(["ticks:AAPL", "quotes:MSFT"], idle="block")
+    p = wayy.Producer(dbr.path)
+    for i in range(5):
+        p.publish("trades", symbol="AAPL", price=1.0 + i, size=1.0)
+    wait_for_rows = time.monotonic() + 10
+    while len(db["trades"]) < 5 and time.monotonic() < wait_for_rows:
+        time.sleep(0.01)
+    r = run_cli("status", "--db", dbr.path, "--json")
+    st = json.loads(r.stdout)
+    (s,) = st["subscribers"]
+    assert s["pid"] == os.getpid() and s["channels"] == "ticks:AAPL, quotes:MSFT"
+    assert s["lag_rows"] == 5 and s["idle"] == "block"
+    for _ in range(5):
+        assert sub.poll(5.0) is not None
+    sub._housekeep(time.monotonic_ns())
+    r = run_cli("status", "--db", dbr.path)
+    assert "subscribers: 1" in r.stdout and "ticks:AAPL, quotes:MSFT" in r.stdout
+    assert json.loads(run_cli("status", "--db", dbr.path, "--json").stdout)[
+        "subscribers"][0]["lag_rows"] == 0
+    sub.stop()
+    assert json.loads(run_cli("status", "--db", dbr.path, "--json").stdout)["subscribers"] == []
+    p.close()
+    db.close()
+
+
+def test_iteration_ends_when_the_database_stops(db_factory):
+    dbr = db_factory("--shards", "1", "--feed", "none")
+    db = wayy.attach(dbr.path)
+    sub = db.subscribe("trades", idle="block")
+    p = wayy.Producer(dbr.path)
+    p.publish("trades", symbol="Z", price=1.0, size=1.0)
+    p.close()
+    assert next(iter(sub)).symbol == "Z"
+    dbr.stop()
+    t0 = time.monotonic()
+    assert list(sub) == []  # ends (the database stopped), within the liveness check period
+    assert time.monotonic() - t0 < 10 and sub.stopped_reason == "database stopped"
+    with pytest.raises(NotRunning):
+        sub.poll(0)
+    db.close()
+    with pytest.raises(NotRunning):
+        wayy.attach(dbr.path)
+
+
+def test_examples_run_against_wayy_start(db_factory):
+    dbr = db_factory("--shards", "2", "--feed", "synthetic:rate=4000,symbols=20,seed=3")
+    r = subprocess.run([sys.executable, "examples/strategies.py", "--db", dbr.path,
+                        "--seconds", "2.5"], capture_output=True, text=True, timeout=60,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 0, r.stderr
+    for name in ("mean_reversion", "momentum", "pair"):
+        line = next(x for x in r.stdout.splitlines() if x.startswith(f"[{name}] done"))
+        assert int(line.split(": ")[1].split()[0]) > 0, line  # saw ticks

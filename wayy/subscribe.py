@@ -1,0 +1,1463 @@
+"""Local subscribers: every committed tick of the followed channels, in order, exactly once.
+
+    db = wayy.attach("/data/markets")
+    sub = db.subscribe("ticks:AAPL", callback=on_trade)            # per tick
+    sub = db.subscribe("trades", callback=on_batch, batch_size=1000,
+                       max_latency_ms=5)                            # columnar batches
+    db.run()                                                        # until Ctrl-C / stop()
+
+    with db.subscribe("quotes", symbol="MSFT") as sub:              # no callback:
+        item = sub.poll(timeout=1.0)                                # poll ...
+        for tick in sub: ...                                        # ... or iterate
+
+One core, three faces (poll, iteration, callbacks). The core follows each shard's change ring
+(one record per committed batch, ``shm.change_ring``) with ``shm.subscribers.follow``: the
+ring says where new rows are, the columns hold them, and the seq is the one authority — so a
+subscriber that was lapped, or that starts from a checkpoint, a seq or a time, backfills from
+the columns and meets the live ring with no gap and no duplicate (see ``shm/subscribers.py``).
+
+What is delivered is an *item*: a :class:`Tick` (per-tick mode, the default) or a
+:class:`Batch` (batch mode: ``batch_size`` and/or ``max_latency_ms``). Within a shard, ticks
+come in seq order; batches are per (shard, table), each in seq order. Shards are independent.
+
+Idle strategies (Aeron's): ``spin`` polls without pause; ``yield`` gives the CPU away between
+empty polls; ``block`` sleeps on the rings' futex words (woken by the writer, which makes a
+wake-up call only while someone sleeps); ``backoff`` (the default) spins briefly, then yields,
+then sleeps like ``block`` — so a busy subscriber reacts in microseconds and an idle one costs
+no CPU. Spinning subscribers starve a writer on a machine with few cores: prefer the default.
+
+Exactly-once with ``checkpoint=``: the per-shard, per-table cursors (next seq to deliver) are
+written atomically (temporary file, fsync, rename) every ``checkpoint_ms`` (and every
+``checkpoint_every`` deliveries if set) and on stop; a restarted subscriber resumes there. A
+process killed between two checkpoints is handed the items after the last checkpoint again:
+to make the *effects* exactly-once, keep your own state in the checkpoint with
+``on_checkpoint`` (called just before each write; flush your output there and return what you
+need to roll back to) and read it back from ``sub.state`` at start — the rows delivered since
+are then delivered again to a state that has not seen them.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from shm import change_ring as CR
+from shm import inbound
+from shm import subscribers as K
+from shm.layout import change_ring as CRL
+from shm.layout import subscribers as RL
+from shm.layout import tables as T
+from shm.shard import segment_name
+from wayy.channels import Channel, channel_of, format_channel
+from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
+from wayy.names import NAME_RE, shard_of
+
+log = logging.getLogger("wayy.subscribe")
+
+IDLE_STRATEGIES = RL.IDLE_NAMES  # spin, yield, backoff, block
+TICK_FIELDS = ("timestamp", "symbol", "venue", "price", "size", "bid", "ask", "bid_size",
+               "ask_size", "seq", "shard", "table")
+DEFAULT_BATCH_LATENCY_MS = 1000.0  # batch_size without max_latency_ms: a partial batch waits
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_DIR = "checkpoints"
+
+# tuning (the benchmarks in benchmarks/bench_subscribe.py measured these)
+TICK_MAX_ROWS = 4096
+SMALL_RUN = 16  # runs up to this many rows are read row by row (one kernel call each)  # rows per follow call in tick mode: bounds the first tick's latency
+BATCH_MAX_ROWS = 1 << 16  # rows per follow call in batch mode
+MAX_SCAN = 1 << 18  # rows a follow call may look at (filtering / backfill): bounds one call
+BACKOFF_SPINS = 64  # empty polls before yielding
+BACKOFF_YIELDS = 32  # yields before sleeping
+PARK_MAX_NS = 100_000_000  # longest sleep: heartbeats, deadlines and signals stay timely
+HOUSEKEEP_NS = 50_000_000  # registry counters and heartbeat at least this often
+ALIVE_CHECK_NS = 1_000_000_000  # is the database still running?
+ERROR_LOG_FIRST = 10  # callback errors logged in full; then one in ERROR_LOG_EVERY
+ERROR_LOG_EVERY = 1000
+
+
+# --- items ---------------------------------------------------------------------------------------
+
+try:  # the C accessor namedtuple uses
+    from collections import _tuplegetter as _getter  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    def _getter(i, doc):
+        return property(itemgetter(i), doc=doc)
+
+_TICK_INDEX = {name: i for i, name in enumerate(TICK_FIELDS)}
+_TICK_INDEX["ts"] = 0
+_TRADE_KEYS = ("timestamp", "symbol", "venue", "price", "size", "seq", "shard", "table")
+_QUOTE_KEYS = ("timestamp", "symbol", "venue", "bid", "ask", "bid_size", "ask_size", "seq",
+               "shard", "table")
+
+
+class Tick(tuple):
+    """One delivered row: the original design's tick fields plus ``seq``, ``shard``, ``table``.
+
+    ``tick.price`` and ``tick["price"]`` both work (``ts`` is ``timestamp``). Fields a table
+    does not have are None: a trade has no bid/ask, a quote no price/size. ``to_dict()`` gives
+    the JSON tick of the wire format (only the fields of its table).
+    """
+
+    __slots__ = ()
+    _fields = TICK_FIELDS
+
+    timestamp = _getter(0, "ns since the epoch (UTC)")
+    ts = _getter(0, "alias of timestamp")
+    symbol = _getter(1, "symbol")
+    venue = _getter(2, "venue ('' when none was given)")
+    price = _getter(3, "trade price (None for quotes)")
+    size = _getter(4, "trade size (None for quotes)")
+    bid = _getter(5, "quote bid (None for trades)")
+    ask = _getter(6, "quote ask (None for trades)")
+    bid_size = _getter(7, "quote bid size (None for trades)")
+    ask_size = _getter(8, "quote ask size (None for trades)")
+    seq = _getter(9, "the row's seq in its shard")
+    shard = _getter(10, "the shard that owns the symbol")
+    table = _getter(11, "'trades' or 'quotes'")
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, _TICK_INDEX[key])
+            except KeyError:
+                raise KeyError(f"tick has no field {key!r}; fields are "
+                               f"{', '.join(TICK_FIELDS)}") from None
+        return tuple.__getitem__(self, key)
+
+    def get(self, key: str, default=None):
+        i = _TICK_INDEX.get(key)
+        return default if i is None else tuple.__getitem__(self, i)
+
+    def keys(self) -> tuple[str, ...]:
+        return _TRADE_KEYS if tuple.__getitem__(self, 11) == "trades" else _QUOTE_KEYS
+
+    def to_dict(self) -> dict:
+        """The fields of this tick's table, as a dict (the JSON tick)."""
+        return {k: tuple.__getitem__(self, _TICK_INDEX[k]) for k in self.keys()}
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={tuple.__getitem__(self, _TICK_INDEX[k])!r}" for k in self.keys())
+        return f"Tick({body})"
+
+
+class Batch:
+    """Rows of one table of one shard, as columns, in seq order.
+
+    ``batch["price"]`` is a numpy array: a zero-copy read-only view of shared memory when the
+    rows are consecutive in the table (a whole table followed, nothing filtered), else a copy.
+    ``batch["symbol"]`` / ``batch["venue"]`` decode names; ``"symbol_id"`` / ``"venue_id"``
+    are the raw per-shard ids. Iterating a batch gives :class:`Tick` objects.
+    """
+
+    __slots__ = ("shard", "table", "zero_copy", "_cols", "_names", "_decoded")
+
+    def __init__(self, shard: int, table: str, cols: dict, names: tuple, zero_copy: bool) -> None:
+        self.shard = shard
+        self.table = table
+        self.zero_copy = zero_copy
+        self._cols = cols
+        self._names = names  # (symbol names, venue names) of the shard: numpy str arrays
+        self._decoded: dict = {}
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return T.COLUMNS[T.TABLE_IDS[self.table]]
+
+    def __len__(self) -> int:
+        return len(self._cols["ts"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in ("symbol", "venue"):
+            v = self._decoded.get(name)
+            if v is None:
+                ids = self._cols[name]
+                names = self._names[0 if name == "symbol" else 1]
+                v = self._decoded[name] = names[ids]
+            return v
+        if name in ("symbol_id", "venue_id"):
+            return self._cols[name[:-3]]
+        try:
+            return self._cols[name]
+        except KeyError:
+            raise KeyError(f"no column {name!r} in {self.table}; columns are "
+                           f"{', '.join(self.columns)}") from None
+
+    @property
+    def first_seq(self) -> int:
+        return int(self._cols["seq"][0])
+
+    @property
+    def last_seq(self) -> int:
+        return int(self._cols["seq"][-1])
+
+    def keep(self, mask: np.ndarray) -> "Batch":
+        """A batch of the rows where ``mask`` is true (a copy)."""
+        return Batch(self.shard, self.table, {c: v[mask] for c, v in self._cols.items()},
+                     self._names, False)
+
+    def __iter__(self) -> Iterator[Tick]:
+        return iter(_ticks_of(self.shard, T.TABLE_IDS[self.table], self._cols, self._names))
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return {c: self[c] for c in self.columns}
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.to_dict())
+
+    def __repr__(self) -> str:
+        n = len(self)
+        seqs = f" seq {self.first_seq}..{self.last_seq}" if n else ""
+        return f"<wayy.Batch {self.table} shard {self.shard}: {n} rows{seqs}>"
+
+
+class Overrun(NamedTuple):
+    """What ``on_overrun`` is told: rows ``[from_seq, to_seq)`` of ``shard`` are read from the
+    columns because the change ring overwrote their records first. Nothing is lost."""
+
+    shard: int
+    from_seq: int
+    to_seq: int
+    overruns: int
+
+
+_tick_new = tuple.__new__
+
+
+def _ticks_of(k: int, t: int, cols: dict, names: tuple) -> Iterator[Tick]:
+    """Ticks of gathered/sliced columns (cols: ts, symbol, venue, values..., seq)."""
+    sym = names[0][cols["symbol"]].tolist()
+    ven = names[1][cols["venue"]].tolist()
+    ts = cols["ts"].tolist()
+    seq = cols["seq"].tolist()
+    none = repeat(None)
+    if t == T.TRADES:
+        z = zip(ts, sym, ven, cols["price"].tolist(), cols["size"].tolist(), none, none, none,
+                none, seq, repeat(k), repeat("trades"))
+    else:
+        z = zip(ts, sym, ven, none, none, cols["bid"].tolist(), cols["ask"].tolist(),
+                cols["bid_size"].tolist(), cols["ask_size"].tolist(), seq, repeat(k),
+                repeat("quotes"))
+    return (_tick_new(Tick, row) for row in z)
+
+
+# --- per shard -----------------------------------------------------------------------------------
+
+class _Rules:
+    """What one subscription wants of one table in one shard, by name."""
+
+    __slots__ = ("all_any", "all_venues", "syms_any", "sym_venues")
+
+    def __init__(self) -> None:
+        self.all_any = False
+        self.all_venues: set[str] = set()
+        self.syms_any: set[str] = set()
+        self.sym_venues: dict[str, set[str]] = {}
+
+    def add(self, ch: Channel) -> None:
+        if ch.symbol is None:
+            if ch.venue is None:
+                self.all_any = True
+            else:
+                self.all_venues.add(ch.venue)
+        elif ch.venue is None:
+            self.syms_any.add(ch.symbol)
+        else:
+            self.sym_venues.setdefault(ch.symbol, set()).add(ch.venue)
+
+    def empty(self) -> bool:
+        return not (self.all_any or self.all_venues or self.syms_any or self.sym_venues)
+
+
+class _Follow:
+    """One subscription's position in one shard, and the kernel call that advances it."""
+
+    def __init__(self, sub: "Subscription", k: int, rules: tuple[_Rules, _Rules],
+                 max_rows: int) -> None:
+        db = sub.db
+        self.k = k
+        self.data = db.shards[k]
+        self.ring = db._change_ring(k)
+        self.rules = rules
+        self.names = db._refresh_names(k)
+        d = self.data
+        # everything the kernel needs in five arrays (see shm.subscribers.C_*); the names
+        # below are views into them
+        self.ctl = ctl = np.zeros(K.C_WORDS, np.int64)
+        self.st = ctl[:K.F_WORDS]
+        self.st[K.F_BF_END] = -1
+        self.fctl = ctl[K.C_FCTL:K.C_FCTL + K.FC_WORDS]
+        self.pairs = ctl[K.C_PAIRS:K.C_PAIRS + 3 * K.MAX_PAIRS].reshape(K.MAX_PAIRS, 3)
+        ctl[K.C_OFF:K.C_OFF + len(d.off)] = d.off
+        nruns = min(max_rows, 4096)
+        ctl[K.C_MAX_ROWS] = max_rows
+        ctl[K.C_MAX_SCAN] = MAX_SCAN
+        ctl[K.C_NRUNS] = nruns
+        ctl[K.C_MAX_SYMBOLS] = d.max_symbols
+        self.filt = np.zeros((2, d.max_symbols + d.max_venues), np.uint8)
+        self.want = self.filt[:, :d.max_symbols]
+        self.ven_ok = self.filt[:, d.max_symbols:]
+        self.out = np.zeros(nruns * K.RUN_WORDS + max_rows, np.int64)
+        self.runs = self.out[:nruns * K.RUN_WORDS].reshape(nruns, K.RUN_WORDS)
+        self.rows = self.out[nruns * K.RUN_WORDS:]
+        self.hdr = self.ring.hdr
+        # the ring's tail word as a memoryview: one plain read per idle poll, a Python int
+        self.tail = memoryview(self.hdr)[CRL.TAIL_I64:CRL.TAIL_I64 + 1]
+        self.wait_pos = -1  # poll the kernel while tail > wait_pos (-1: always, backfilling)
+        self.seg8 = d.seg.buf
+        self.args = (self.ring.words, self.seg8, ctl, self.filt, self.out)
+        self.call = inbound.entry_point(K.follow_packed, *self.args)
+        self.row = inbound.entry_point(K.row_values, self.seg8, ctl, 0, 0)
+        self.sym_list: list[str] = self.names["sym"].tolist()
+        self.ven_list: list[str] = self.names["ven"].tolist()
+        self.sym_ids: dict[str, int] = {}
+        self.ven_ids: dict[str, int] = {}
+        self._decoded_sym = 0
+        self._decoded_ven = 0
+        self.resolve(d.n_symbols(), d.n_venues())
+
+    def resolve(self, nsym: int, nven: int) -> None:
+        """Rebuild the filter arrays for names 0 .. nsym-1 / nven-1 (incremental decode)."""
+        d = self.data
+        for i in range(self._decoded_sym, nsym):
+            self.sym_ids[bytes(d.sym_names[i]).rstrip(b"\0").decode("ascii", "replace")] = i
+        for i in range(self._decoded_ven, nven):
+            self.ven_ids[bytes(d.ven_names[i]).rstrip(b"\0").decode("ascii", "replace")] = i
+        self._decoded_sym = max(self._decoded_sym, nsym)
+        self._decoded_ven = max(self._decoded_ven, nven)
+        self.want[:] = 0
+        self.ven_ok[:] = 0
+        fc = self.fctl
+        fc[:] = 0
+        pending = False
+        npairs = 0
+        sym_ids, ven_ids = self.sym_ids, self.ven_ids
+        for t, r in enumerate(self.rules):
+            if r.all_any:
+                fc[K.FC_ALL0 + t] = 1
+            elif r.all_venues:
+                for v in r.all_venues:
+                    vid = ven_ids.get(v)
+                    if vid is None:
+                        pending = True
+                    else:
+                        self.ven_ok[t, vid] = 1
+                        fc[K.FC_ALL0 + t] = 2
+            mask = 0
+            for s in r.syms_any:
+                sid = sym_ids.get(s)
+                if sid is None:
+                    pending = True
+                    continue
+                self.want[t, sid] = 1
+                mask |= 1 << (sid & 63)
+            for s, vens in r.sym_venues.items():
+                if s in r.syms_any:
+                    continue
+                sid = sym_ids.get(s)
+                if sid is None:
+                    pending = True
+                    continue
+                for v in vens:
+                    vid = ven_ids.get(v)
+                    if vid is None:
+                        pending = True
+                        continue
+                    if npairs >= K.MAX_PAIRS:
+                        raise InvalidInput(f"more than {K.MAX_PAIRS} symbol:venue channels in "
+                                           f"one shard of one subscription")
+                    self.pairs[npairs] = (t, sid, vid)
+                    npairs += 1
+                    self.want[t, sid] = 2
+                    mask |= 1 << (sid & 63)
+            fc[K.FC_MASK0 + t] = mask - (1 << 64) if mask >= 1 << 63 else mask
+        fc[K.FC_NPAIRS] = npairs
+        fc[K.FC_PENDING] = 1 if pending else 0
+        self.st[K.F_NSYM] = nsym
+        self.st[K.F_NVEN] = nven
+
+    def name_arrays(self, db) -> tuple:
+        """(symbol names, venue names) of the shard as numpy str arrays, covering every
+        committed row (names are interned before the rows that use them commit)."""
+        d = self.data
+        if len(self.names["sym"]) < d.n_symbols() or len(self.names["ven"]) < d.n_venues():
+            self.refresh_names(db)
+        return (self.names["sym"], self.names["ven"])
+
+    def refresh_names(self, db) -> tuple:
+        self.names = db._refresh_names(self.k)
+        self.sym_list = self.names["sym"].tolist()
+        self.ven_list = self.names["ven"].tolist()
+        return (self.names["sym"], self.names["ven"])
+
+
+class _Acc:
+    """Batch mode: pending rows of one (shard, table), as pieces (lo, hi) or index arrays."""
+
+    __slots__ = ("f", "t", "pieces", "n", "first_seq", "since_ns")
+
+    def __init__(self, f: _Follow, t: int) -> None:
+        self.f = f
+        self.t = t
+        self.pieces: list = []
+        self.n = 0
+        self.first_seq = -1
+        self.since_ns = 0
+
+
+# --- checkpoint ----------------------------------------------------------------------------------
+
+def _checkpoint_path(db, spec: str) -> str:
+    if not isinstance(spec, (str, os.PathLike)):
+        raise InvalidInput(f"checkpoint must be a path or a name, got {type(spec).__name__}")
+    spec = os.fspath(spec)
+    if os.sep in spec or (os.altsep and os.altsep in spec):
+        return os.path.abspath(spec)
+    if not NAME_RE.match(spec) or spec.startswith("."):
+        raise InvalidInput(f"checkpoint name {spec!r}: use 1-16 characters [A-Za-z0-9._-] "
+                           f"(not starting with '.'), or a path with a '/'")
+    return os.path.join(db.path, CHECKPOINT_DIR, spec + ".json")
+
+
+def _payload_crc(body: dict) -> int:
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+class _Checkpoint:
+    """The checkpoint file of one subscription: locked while in use, written atomically."""
+
+    def __init__(self, path: str, db) -> None:
+        self.path = path
+        self.db = db
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.pread(self._lock_fd, 32, 0).decode().strip()
+            except (OSError, UnicodeDecodeError):
+                pid = "?"
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise InvalidInput(f"checkpoint {path} is in use by another subscriber (pid {pid})",
+                               path=path) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        self.last_cursors: list | None = None
+
+    def load(self) -> dict | None:
+        """The stored checkpoint, checked; None if there is none yet."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("wayy_checkpoint") != CHECKPOINT_FORMAT:
+                raise ValueError("not a wayy checkpoint of format "
+                                 f"{CHECKPOINT_FORMAT}")
+            crc = doc.pop("crc32")
+            if crc != _payload_crc(doc):
+                raise ValueError("checksum mismatch")
+            cursors = doc["cursors"]
+            if (not isinstance(cursors, list) or not all(
+                    isinstance(c, list) and len(c) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) and x >= -1
+                            for x in c) for c in cursors)):
+                raise ValueError("bad cursors")
+            for key in ("db_path", "prefix", "shards"):
+                doc[key]  # noqa: B018  (presence)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptData(f"checkpoint {self.path} is corrupt ({exc}); delete it to start "
+                              f"over", path=self.path) from None
+        m = self.db.manifest
+        if doc["prefix"] != m.prefix or doc["db_path"] != m.path:
+            raise InvalidInput(f"checkpoint {self.path} belongs to the database at "
+                               f"{doc['db_path']}, not {m.path}", path=self.path)
+        if doc["shards"] != m.shards or len(doc["cursors"]) != m.shards:
+            raise InvalidInput(f"checkpoint {self.path} was written for {doc['shards']} shards; "
+                               f"the database has {m.shards}", path=self.path)
+        self.last_cursors = doc["cursors"]
+        return doc
+
+    def write(self, cursors: list, channels: list[str], state: Any) -> None:
+        """Write atomically: temporary file, fsync, rename, fsync the directory."""
+        m = self.db.manifest
+        doc = {"wayy_checkpoint": CHECKPOINT_FORMAT, "db_path": m.path, "prefix": m.prefix,
+               "shards": m.shards, "channels": channels, "cursors": cursors, "state": state,
+               "written_ns": time.time_ns(), "pid": os.getpid()}
+        try:
+            doc["crc32"] = _payload_crc(doc)
+            data = json.dumps(doc, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"on_checkpoint must return JSON-serialisable state: {exc}") \
+                from None
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.last_cursors = cursors
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+# --- the subscription ----------------------------------------------------------------------------
+
+class _Mark:
+    """Queue entry: apply a cursor when the consumer reaches it (nothing is handed out)."""
+
+    __slots__ = ("k", "t", "cursor")
+
+    def __init__(self, k: int, t: int, cursor: int) -> None:
+        self.k = k
+        self.t = t  # -1: both tables
+        self.cursor = cursor
+
+
+class Subscription:
+    """A live subscription. Create with :meth:`wayy.Database.subscribe`.
+
+    Faces: ``poll(timeout)``, iteration, or a callback run by ``run()`` / ``db.run()``.
+    ``stop()`` ends it (pending partial batches are delivered to a callback, the checkpoint
+    is written); it is also a context manager.
+    """
+
+    def __init__(self, db, channels: list[Channel], *, callback, filter, batch_size,
+                 max_latency_ms, checkpoint, checkpoint_every, checkpoint_ms, on_checkpoint,
+                 from_seq, from_ts, idle, on_overrun, on_error, stop_on_error) -> None:
+        self.db = db
+        self.channels = channels
+        self.callback = callback
+        self.filter = filter
+        self.on_overrun = on_overrun
+        self.on_error = on_error
+        self.on_checkpoint = on_checkpoint
+        self.stop_on_error = bool(stop_on_error)
+        self.idle_name = idle
+        self.batch_mode = batch_size is not None or max_latency_ms is not None
+        self.batch_size = int(batch_size) if batch_size is not None else 0
+        if self.batch_mode and max_latency_ms is None:
+            max_latency_ms = DEFAULT_BATCH_LATENCY_MS
+        self.max_latency_ns = int(max_latency_ms * 1e6) if max_latency_ms is not None else 0
+        self.error: BaseException | None = None
+        self.stopped_reason: str | None = None
+        self.state: Any = None  # restored on_checkpoint state
+        self._pid = os.getpid()
+        self._active = True
+        self._stopping = False
+        self._queue: collections.deque = collections.deque()
+        self._delivered = 0
+        self._items = 0
+        self._errors = 0
+        self._since_ckpt = 0
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_ns = int(checkpoint_ms * 1e6)
+        now = time.monotonic_ns()
+        self._ckpt_due = now + self._checkpoint_ns
+        self._house_due = now
+        self._alive_due = now + ALIVE_CHECK_NS
+        self._next_flush = 1 << 62
+        self._slot = None
+        self._ckpt: _Checkpoint | None = None
+        nshards = db.nshards
+        self.channel_names = [format_channel(c) for c in channels]
+
+        # which shards, and what of each table there
+        rules: dict[int, tuple[_Rules, _Rules]] = {}
+        for ch in channels:
+            t = T.TABLE_IDS[ch.table]
+            ks = range(nshards) if ch.symbol is None else (shard_of(ch.symbol, nshards),)
+            for k in ks:
+                rules.setdefault(k, (_Rules(), _Rules()))[t].add(ch)
+        max_rows = BATCH_MAX_ROWS if self.batch_mode else TICK_MAX_ROWS
+        try:
+            with translate(db.path):
+                self._follows = [_Follow(self, k, rules[k], max_rows) for k in sorted(rules)]
+            self._accs = {(f.k, t): _Acc(f, t) for f in self._follows for t in (0, 1)
+                          if not f.rules[t].empty()}
+            # cursors: next seq to deliver, per shard and table (checkpointed)
+            self._cur = [[-1, -1] for _ in range(nshards)]  # -1: shard not followed
+
+            start = self._start_points(checkpoint, from_seq, from_ts)
+            # Register, then position every shard: tail first, then the committed snapshot,
+            # whose next seq is the high-water mark; live delivery starts there.
+            self._claim_slot()
+            self.hwm: dict[int, int] = {}
+            for f in self._follows:
+                s = start.get(f.k, -1)
+                floor = None
+                if isinstance(s, list):  # per-table cursors from a checkpoint
+                    floor = s
+                    s = min(s[t] for t in (0, 1) if not f.rules[t].empty())
+                hwm = int(K.begin(f.st, f.hdr, f.seg8, f.data.off, s))
+                if s > hwm:
+                    raise InvalidInput(
+                        f"start seq {s} of shard {f.k} is past the database's next seq {hwm}: "
+                        f"the checkpoint or from_seq is from another run of this database "
+                        f"(recreated without its history?)", shard=f.k, path=db.path)
+                self.hwm[f.k] = hwm
+                nxt = int(f.st[K.F_NEXT])
+                if floor is not None:
+                    f.st[K.F_FLOOR0], f.st[K.F_FLOOR1] = floor
+                    self._cur[f.k] = list(floor)
+                else:
+                    self._cur[f.k] = [nxt, nxt]
+            self._publish_status(time.time_ns(), RL.STATE_RUNNING)
+        except BaseException:
+            self._release()
+            raise
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _start_points(self, checkpoint, from_seq, from_ts) -> dict:
+        """Per shard: -1 (live), a seq, or [trades, quotes] cursors from the checkpoint."""
+        nshards = self.db.nshards
+        if from_seq is not None and from_ts is not None:
+            raise InvalidInput("give from_seq or from_ts, not both")
+        start: dict = {}
+        if from_seq is not None:
+            if isinstance(from_seq, dict):
+                items = from_seq.items()
+            elif isinstance(from_seq, (list, tuple)):
+                items = enumerate(from_seq)
+            else:
+                items = ((k, from_seq) for k in range(nshards))
+            for k, s in items:
+                if (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < nshards):
+                    raise InvalidInput(f"from_seq names shard {k!r}; shards are 0..{nshards - 1}")
+                if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+                    raise InvalidInput(f"from_seq must be a non-negative int seq (or one per "
+                                       f"shard), got {s!r}")
+                start[k] = int(s)
+        elif from_ts is not None:
+            if isinstance(from_ts, np.datetime64):
+                from_ts = int(from_ts.astype("datetime64[ns]").astype(np.int64))
+            if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
+                raise InvalidInput(f"from_ts must be int ns since the epoch or "
+                                   f"numpy.datetime64, got {from_ts!r}")
+            for f in self._follows:
+                start[f.k] = int(K.first_seq_at_ts(f.seg8, f.data.off, int(from_ts)))
+        if checkpoint is not None:
+            self._ckpt = _Checkpoint(_checkpoint_path(self.db, checkpoint), self.db)
+            doc = self._ckpt.load()
+            if doc is not None:
+                self.state = doc.get("state")
+                # a shard the checkpointed subscription did not follow (-1) starts live
+                return {k: list(c) for k, c in enumerate(doc["cursors"]) if min(c) >= 0}
+        return start
+
+    def _claim_slot(self) -> None:
+        try:
+            reg = self.db._registry()
+            self._slot = reg.claim()
+        except WayyError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (status is best effort; never fail subscribe)
+            log.warning("subscriber registry unavailable (%s): this subscriber will not show "
+                        "in wayy status", exc)
+            self._slot = None
+            return
+        if self._slot is None:
+            log.warning("subscriber registry is full: this subscriber will not show in status")
+            return
+        s = self._slot
+        s.set_channels(", ".join(self.channel_names))
+        s.i32[RL.NSHARDS_I32] = self.db.nshards
+        s.i32[RL.IDLE_I32] = IDLE_STRATEGIES.index(self.idle_name)
+        s.i32[RL.MODE_I32] = RL.MODE_BATCH if self.batch_mode else RL.MODE_TICK
+        for f in self._follows:
+            s.shards[f.k, RL.SHARD_FOLLOWED] = 1
+
+    # --- the core: one pass over every followed shard -----------------------------------------
+    def _do_work(self) -> int:
+        """Advance every shard once, delivering (callback) or queueing (poll) what is new.
+        Returns a work count (0 = nothing happened)."""
+        work = 0
+        for f in self._follows:
+            if f.tail[0] <= f.wait_pos:  # nothing new on the ring, no backfill under way
+                continue
+            work += self._pump(f)
+            if self._stopping:
+                return work + 1
+        now = time.monotonic_ns()
+        if now >= self._next_flush:
+            work += self._flush(now, False)
+        if now >= self._house_due:
+            self._housekeep(now)
+        return work
+
+    def _pump(self, f: _Follow) -> int:
+        work = 0
+        for _ in range(8):  # bounded, so other shards and deadlines get their turn
+            if self._stopping:
+                return work
+            code, nr, nu = f.call(*f.args)
+            if nr:
+                work += nr
+                if self.batch_mode:
+                    self._accumulate(f, nr)
+                elif self.callback is not None:
+                    self._deliver_ticks(f, nr)
+                    if self._stopping:
+                        return work
+                else:
+                    self._queue_ticks(f, nr)
+            elif not self.batch_mode and self.callback is not None:
+                self._cur[f.k][0] = self._cur[f.k][1] = int(f.st[K.F_NEXT])
+            if code == K.R_IDLE:
+                break
+            work += 1
+            if code == K.R_NAMES:
+                f.resolve(int(f.st[K.F_SEEN_NSYM]), int(f.st[K.F_SEEN_NVEN]))
+            elif code == K.R_LAPPED:
+                self._overrun(f)
+            elif code == K.R_GAP:
+                log.info("shard %d: seq gap in the change ring, rows %d..%d read from the "
+                         "columns", f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]) - 1)
+        st = f.st
+        f.wait_pos = int(st[K.F_POS]) if st[K.F_BF_END] < 0 else -1
+        if self.batch_mode and not self._stopping:
+            self._flush(time.monotonic_ns(), False)
+        elif not self.batch_mode and self.callback is None and work and not self._stopping:
+            self._queue.append(_Mark(f.k, -1, int(f.st[K.F_NEXT])))
+        return work
+
+    def _overrun(self, f: _Follow) -> None:
+        n = int(f.st[K.F_OVERRUNS])
+        info = Overrun(f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]), n)
+        if n <= 3 or n % 100 == 0:
+            log.warning("subscriber %s lapped on shard %d (%d times): rows %d..%d come from "
+                        "the columns", ",".join(self.channel_names), f.k, n, info.from_seq,
+                        info.to_seq - 1)
+        if self.on_overrun is not None:
+            try:
+                self.on_overrun(info)
+            except Exception as exc:  # noqa: BLE001
+                self._callback_failed(exc, info)
+
+    # --- per-tick delivery ---------------------------------------------------------------------
+    def _columns(self, f: _Follow, t: int, run) -> tuple[dict, bool]:
+        _t, cnt, fr, start, _fs = run
+        cols = f.data.cols[t]
+        if start < 0:
+            sl = slice(fr, fr + cnt)
+            return {c: cols[c][sl] for c in T.COLUMNS[t]}, True
+        idx = f.rows[start:start + cnt]
+        return {c: cols[c][idx] for c in T.COLUMNS[t]}, False
+
+    def _run_rows(self, f: _Follow, run) -> Iterable[tuple]:
+        """The Tick field tuples of one run, in seq order."""
+        t, cnt, fr, start, _fs = run
+        k = f.k
+        if cnt <= SMALL_RUN:
+            # a handful of rows (the low-latency case): one kernel call per row beats
+            # slicing eight columns from Python
+            rows = range(fr, fr + cnt) if start < 0 else f.rows[start:start + cnt].tolist()
+            row, seg8, ctl = f.row, f.seg8, f.ctl
+            syms, vens = f.sym_list, f.ven_list
+            tname = T.TABLE_NAMES[t]
+            out = []
+            for r in rows:
+                ts, sid, vid, a, b, c, d, seq = row(seg8, ctl, t, r)
+                if sid >= len(syms) or vid >= len(vens):
+                    f.refresh_names(self.db)
+                    syms, vens = f.sym_list, f.ven_list
+                if t == 0:
+                    out.append((ts, syms[sid], vens[vid], a, b, None, None, None, None, seq, k,
+                                tname))
+                else:
+                    out.append((ts, syms[sid], vens[vid], None, None, a, b, c, d, seq, k,
+                                tname))
+            return out
+        cols, _ = self._columns(f, t, run)
+        return _zip_rows(k, t, cols, f.name_arrays(self.db))
+
+    def _deliver_ticks(self, f: _Follow, nr: int) -> None:
+        """Call the callback for every row of the runs, in seq order; keep the cursor exact."""
+        cb = self.callback
+        filt = self.filter
+        k = f.k
+        cursor = int(f.st[K.F_NEXT])
+        delivered = 0
+        for run in f.runs[:nr].tolist():
+            tick = None
+            n = 0
+            try:
+                for row in self._run_rows(f, run):
+                    tick = _tick_new(Tick, row)
+                    if filt is not None:
+                        try:
+                            if not filt(tick):
+                                continue
+                        except Exception as exc:  # noqa: BLE001
+                            if self._callback_failed(exc, tick):
+                                cursor = tick[9]
+                                break
+                            continue
+                    try:
+                        cb(tick)
+                    except Exception as exc:  # noqa: BLE001
+                        if self._callback_failed(exc, tick):
+                            cursor = tick[9]  # not processed: delivered again after restart
+                            break
+                    n += 1
+                    if self._stopping:
+                        cursor = tick[9] + 1
+                        break
+            except BaseException:
+                # KeyboardInterrupt / SystemExit from the callback: that tick counts as not
+                # delivered; everything before it was.
+                self._delivered += n
+                self._items += n
+                if tick is not None:
+                    self._cur[k][0] = self._cur[k][1] = tick[9]
+                raise
+            delivered += n
+            if self._stopping:
+                break
+        self._cur[k][0] = self._cur[k][1] = cursor
+        self._delivered += delivered
+        self._items += delivered
+        self._since_ckpt += delivered
+
+    def _queue_ticks(self, f: _Follow, nr: int) -> None:
+        q = self._queue
+        filt = self.filter
+        for run in f.runs[:nr].tolist():
+            for row in self._run_rows(f, run):
+                tick = _tick_new(Tick, row)
+                if filt is not None:
+                    try:
+                        if not filt(tick):
+                            continue
+                    except Exception as exc:  # noqa: BLE001
+                        if self._callback_failed(exc, tick):
+                            return
+                        continue
+                q.append(tick)
+                if self._stopping:
+                    return
+
+    # --- batch delivery ------------------------------------------------------------------------
+    def _accumulate(self, f: _Follow, nr: int) -> None:
+        now = 0
+        seqcols = (f.data.cols[0]["seq"], f.data.cols[1]["seq"])
+        for t, cnt, fr, start, fs in f.runs[:nr].tolist():
+            acc = self._accs[(f.k, t)]
+            if acc.n == 0:
+                if not now:
+                    now = time.monotonic_ns()
+                acc.since_ns = now
+                acc.first_seq = fs if start < 0 else int(seqcols[t][f.rows[start]])
+                self._next_flush = min(self._next_flush, now + self.max_latency_ns)
+            if start < 0:
+                last = acc.pieces[-1] if acc.pieces else None
+                if type(last) is tuple and last[1] == fr:
+                    acc.pieces[-1] = (last[0], fr + cnt)
+                else:
+                    acc.pieces.append((fr, fr + cnt))
+            else:
+                acc.pieces.append(f.rows[start:start + cnt].copy())
+            acc.n += cnt
+
+    def _flush(self, now: int, everything: bool) -> int:
+        """Emit batches: full ones always, partial ones past max_latency (or all)."""
+        emitted = 0
+        nxt_flush = 1 << 62
+        size = self.batch_size
+        for acc in self._accs.values():
+            while acc.n and not self._stopping_hard():
+                due = everything or now - acc.since_ns >= self.max_latency_ns
+                if size and acc.n >= size:
+                    self._emit(acc, size)
+                elif due:
+                    self._emit(acc, acc.n)
+                else:
+                    break
+                emitted += 1
+            if acc.n:
+                nxt_flush = min(nxt_flush, acc.since_ns + self.max_latency_ns)
+            else:
+                # nothing pending: every row of this table below F_NEXT is done
+                if self.callback is not None and not self._stopping_hard():
+                    self._cur[acc.f.k][acc.t] = int(acc.f.st[K.F_NEXT])
+        self._next_flush = nxt_flush
+        return emitted
+
+    def _stopping_hard(self) -> bool:
+        return self._stopping and self.error is not None
+
+    def _emit(self, acc: _Acc, n: int) -> None:
+        f, t = acc.f, acc.t
+        cols = f.data.cols[t]
+        take, rest, got = [], [], 0
+        for i, p in enumerate(acc.pieces):
+            m = (p[1] - p[0]) if type(p) is tuple else len(p)
+            if got + m <= n:
+                take.append(p)
+                got += m
+                if got == n:
+                    rest = acc.pieces[i + 1:]
+                    break
+            else:
+                cut = n - got
+                if type(p) is tuple:
+                    take.append((p[0], p[0] + cut))
+                    rest = [(p[0] + cut, p[1])] + acc.pieces[i + 1:]
+                else:
+                    take.append(p[:cut])
+                    rest = [p[cut:]] + acc.pieces[i + 1:]
+                got = n
+                break
+        if len(take) == 1 and type(take[0]) is tuple:
+            sl = slice(*take[0])
+            bcols = {c: cols[c][sl] for c in T.COLUMNS[t]}
+            zero = True
+        else:
+            idx = np.concatenate([np.arange(p[0], p[1]) if type(p) is tuple else p
+                                  for p in take])
+            bcols = {c: cols[c][idx] for c in T.COLUMNS[t]}
+            zero = False
+        acc.pieces = rest
+        acc.n -= n
+        if acc.n:
+            p = rest[0]
+            first_row = p[0] if type(p) is tuple else int(p[0])
+            acc.first_seq = int(cols["seq"][first_row])
+            cursor = acc.first_seq
+        else:
+            acc.first_seq = -1
+            cursor = int(f.st[K.F_NEXT])
+        names = f.name_arrays(self.db)
+        batch = Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero)
+        if self.filter is not None:
+            try:
+                keep = self.filter(batch)
+            except Exception as exc:  # noqa: BLE001
+                if self._callback_failed(exc, batch):
+                    return
+                keep = True
+            if keep is not True and keep is not None:
+                if keep is False:
+                    batch = batch.keep(np.zeros(len(batch), bool))
+                else:
+                    batch = batch.keep(np.asarray(keep, bool))
+        if self.callback is None:
+            mark = _Mark(f.k, t, cursor)
+            self._queue.append((batch, mark) if len(batch) else mark)
+            return
+        if len(batch):
+            try:
+                self.callback(batch)
+            except Exception as exc:  # noqa: BLE001
+                if self._callback_failed(exc, batch):
+                    return  # cursor stays before this batch
+            except BaseException:
+                raise
+            self._delivered += len(batch)
+            self._items += 1
+            self._since_ckpt += 1
+        self._cur[f.k][t] = cursor
+
+    # --- errors ----------------------------------------------------------------------------------
+    def _callback_failed(self, exc: Exception, item) -> bool:
+        """Count, log (or hand to on_error) a failed callback. True if the subscription stops."""
+        self._errors += 1
+        n = self._errors
+        if self.on_error is not None:
+            try:
+                self.on_error(exc, item)
+            except Exception:  # noqa: BLE001
+                log.exception("on_error handler failed")
+        elif n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0:
+            log.error("subscriber %s: callback raised on %r (%d errors so far)",
+                      ",".join(self.channel_names), item, n, exc_info=exc)
+        if self.stop_on_error:
+            self.error = exc
+            self.stopped_reason = f"callback raised {type(exc).__name__}: {exc}"
+            self._stopping = True
+            return True
+        return False
+
+    # --- housekeeping: status, checkpoint, liveness ----------------------------------------------
+    def _housekeep(self, now: int) -> None:
+        self._house_due = now + HOUSEKEEP_NS
+        self._publish_status(time.time_ns(), RL.STATE_RUNNING)
+        if self._ckpt is not None and (
+                now >= self._ckpt_due or (self._checkpoint_every
+                                          and self._since_ckpt >= self._checkpoint_every)):
+            self.save_checkpoint()
+        if now >= self._alive_due:
+            self._alive_due = now + ALIVE_CHECK_NS
+            if not self.db._still_running():
+                # deliver what is committed, then stop
+                if all(f.st[K.F_BF_END] < 0 and f.hdr[CRL.TAIL_I64] <= f.st[K.F_POS]
+                       for f in self._follows):
+                    self.stopped_reason = "database stopped"
+                    self._stopping = True
+
+    def _publish_status(self, wall_ns: int, state: int) -> None:
+        s = self._slot
+        if s is None:
+            return
+        i64 = s.i64
+        i64[RL.HEARTBEAT_NS_I64] = wall_ns
+        i64[RL.DELIVERED_I64] = self._delivered
+        i64[RL.ITEMS_I64] = self._items
+        i64[RL.ERRORS_I64] = self._errors
+        over = back = lost = gaps = 0
+        for f in self._follows:
+            st = f.st
+            over += int(st[K.F_OVERRUNS])
+            back += int(st[K.F_BACKFILLED])
+            lost += int(st[K.F_LOST])
+            gaps += int(st[K.F_GAPS])
+            s.shards[f.k, RL.SHARD_NEXT_SEQ] = st[K.F_NEXT]
+            s.shards[f.k, RL.SHARD_LAST_TS] = st[K.F_LAST_TS]
+        i64[RL.OVERRUNS_I64] = over
+        i64[RL.BACKFILLED_I64] = back
+        i64[RL.LOST_I64] = lost
+        i64[RL.GAPS_I64] = gaps
+        s.i32[RL.STATE_I32] = state
+
+    def cursors(self) -> list[list[int]]:
+        """Per shard, per table (trades, quotes): the next seq to deliver (-1: shard not
+        followed). Every matching row below it has been delivered."""
+        cur = [list(c) for c in self._cur]
+        if self.batch_mode and self.callback is not None:
+            for (k, t), acc in self._accs.items():
+                if acc.n:  # everything before the oldest pending row is done
+                    cur[k][t] = max(cur[k][t], acc.first_seq)
+        return cur
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint now (no-op without ``checkpoint=``)."""
+        if self._ckpt is None:
+            return
+        self._ckpt_due = time.monotonic_ns() + self._checkpoint_ns
+        self._since_ckpt = 0
+        cursors = self.cursors()
+        state = None
+        if self.on_checkpoint is not None:
+            state = self.on_checkpoint()
+        elif cursors == self._ckpt.last_cursors:
+            return
+        self._ckpt.write(cursors, self.channel_names, state)
+
+    # --- faces -----------------------------------------------------------------------------------
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:
+            raise InvalidInput(f"subscription created in pid {self._pid} used in forked child "
+                               f"{os.getpid()}: subscribe again in the child")
+
+    def poll(self, timeout: float | None = 0.0):
+        """The next item (a Tick, or a Batch in batch mode), or None if none came within
+        ``timeout`` seconds (None: wait for ever; 0: do not wait). Raises NotRunning once the
+        database has stopped and everything committed was delivered."""
+        self._check_pid()
+        if self.callback is not None:
+            raise InvalidInput("this subscription has a callback: run it with run() or "
+                               "db.run(), or subscribe without callback= to poll")
+        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        idle = _make_idle(self.idle_name)
+        q = self._queue
+        self._running = True
+        try:
+            while True:
+                while q:
+                    item = q.popleft()
+                    if type(item) is _Mark:
+                        self._apply_mark(item)
+                        continue
+                    if type(item) is Tick:
+                        c = self._cur[item[10]]
+                        c[0] = c[1] = item[9] + 1
+                        self._delivered += 1
+                    else:
+                        item, mark = item
+                        self._apply_mark(mark)
+                        self._delivered += len(item)
+                    self._items += 1
+                    self._since_ckpt += 1
+                    return item
+                if not self._active:
+                    if self.stopped_reason == "database stopped":
+                        raise NotRunning(f"the database at {self.db.path} stopped",
+                                         path=self.db.path)
+                    return None
+                if self._stopping:
+                    self._running = False
+                    self._finish()
+                    if self.error is not None:
+                        raise self.error
+                    continue
+                work = self._do_work()
+                if q or work:
+                    continue
+                now = time.monotonic_ns()
+                if deadline is not None and now >= deadline:
+                    return None
+                limit = PARK_MAX_NS if deadline is None else deadline - now
+                idle.idle(0, [self], limit)
+        finally:
+            self._running = False
+
+    def _apply_mark(self, m: _Mark) -> None:
+        if m.t < 0:
+            self._cur[m.k][0] = self._cur[m.k][1] = m.cursor
+        else:
+            self._cur[m.k][m.t] = m.cursor
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        try:
+            item = self.poll(None)
+        except NotRunning:
+            raise StopIteration from None
+        if item is None:
+            raise StopIteration
+        return item
+
+    def run(self, timeout: float | None = None) -> None:
+        """Run this subscription's callback until stop(), Ctrl-C or ``timeout`` seconds."""
+        _run([self], timeout)
+
+    def stop(self) -> None:
+        """Stop: deliver pending partial batches to a callback, write the checkpoint, release
+        the status slot. Safe to call from a callback, a signal handler or another thread."""
+        self._stopping = True
+        if self._in_loop():
+            return  # called from a callback or another thread: the running loop finishes
+        self._finish()
+
+    def _in_loop(self) -> bool:
+        return getattr(self, "_running", False)
+
+    def _finish(self) -> None:
+        if not self._active or os.getpid() != self._pid:
+            return
+        q = self._queue
+        while q and type(q[0]) is _Mark:
+            self._apply_mark(q.popleft())
+        q.clear()
+        try:
+            if self.batch_mode and self.callback is not None and self.error is None:
+                self._stopping = False  # let the flush deliver
+                try:
+                    self._flush(time.monotonic_ns(), True)
+                finally:
+                    self._stopping = True
+            if self._ckpt is not None:
+                self.save_checkpoint()
+        finally:
+            self._active = False
+            if self.stopped_reason is None:
+                self.stopped_reason = "stopped"
+            self._release()
+
+    def _release(self) -> None:
+        if self._slot is not None:
+            try:
+                self._publish_status(time.time_ns(), RL.STATE_STOPPED)
+                self._slot.release()
+            except Exception:  # noqa: BLE001
+                pass
+            self._slot = None
+        if self._ckpt is not None:
+            self._ckpt.close()
+        try:
+            self.db._subscriptions.remove(self)
+        except (ValueError, AttributeError):
+            pass
+
+    close = stop
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def stats(self) -> dict:
+        """Counters: delivered rows, items, overruns, backfilled rows, errors, lost, gaps,
+        per-shard processed seq and lag (rows committed but not yet processed)."""
+        shards = {}
+        over = back = lost = gaps = 0
+        for f in self._follows:
+            st = f.st
+            over += int(st[K.F_OVERRUNS])
+            back += int(st[K.F_BACKFILLED])
+            lost += int(st[K.F_LOST])
+            gaps += int(st[K.F_GAPS])
+            head = int(K.committed_next_seq(f.seg8))
+            shards[f.k] = {"next_seq": int(st[K.F_NEXT]), "lag_rows": head - int(st[K.F_NEXT]),
+                           "hwm_at_subscribe": self.hwm.get(f.k)}
+        return {"channels": self.channel_names, "delivered": self._delivered,
+                "items": self._items, "overruns": over, "backfilled": back,
+                "errors": self._errors, "lost": lost, "gaps": gaps, "shards": shards,
+                "active": self._active, "stopped_reason": self.stopped_reason}
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        mode = "batch" if self.batch_mode else "tick"
+        state = "active" if self._active else f"stopped ({self.stopped_reason})"
+        return (f"<wayy.Subscription {', '.join(self.channel_names)}: {mode} mode, "
+                f"{self._delivered} rows delivered, {state}>")
+
+
+def _zip_rows(k: int, t: int, cols: dict, names: tuple):
+    sym = names[0][cols["symbol"]].tolist()
+    ven = names[1][cols["venue"]].tolist()
+    ts = cols["ts"].tolist()
+    seq = cols["seq"].tolist()
+    none = repeat(None)
+    if t == T.TRADES:
+        return zip(ts, sym, ven, cols["price"].tolist(), cols["size"].tolist(), none, none,
+                   none, none, seq, repeat(k), repeat("trades"))
+    return zip(ts, sym, ven, none, none, cols["bid"].tolist(), cols["ask"].tolist(),
+               cols["bid_size"].tolist(), cols["ask_size"].tolist(), seq, repeat(k),
+               repeat("quotes"))
+
+
+# --- idle strategies -----------------------------------------------------------------------------
+
+class _Idle:
+    """Called after every pass of the loop with its work count; sleeps at most ``limit_ns``."""
+
+    def idle(self, work: int, subs: list, limit_ns: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _Spin(_Idle):
+    def idle(self, work, subs, limit_ns):
+        pass
+
+
+class _Yield(_Idle):
+    def idle(self, work, subs, limit_ns):
+        if not work:
+            os.sched_yield()
+
+
+def _wait_rings(subs: list, limit_ns: int) -> None:
+    """Sleep on the futex words of every followed ring until one publishes or limit passes."""
+    readers, positions, seen = [], [], {}
+    for s in subs:
+        if not s._active:
+            continue
+        if s.batch_mode and s._next_flush < (1 << 62):
+            limit_ns = min(limit_ns, s._next_flush - time.monotonic_ns())
+        for f in s._follows:
+            if f.st[K.F_BF_END] >= 0:
+                return  # a backfill is under way: no sleeping
+            i = seen.get(f.k)
+            pos = int(f.st[K.F_POS])
+            if i is None:
+                seen[f.k] = len(readers)
+                readers.append(f.ring)
+                positions.append(pos)
+            elif pos < positions[i]:
+                positions[i] = pos
+    if not readers or limit_ns <= 0:
+        return
+    st = CR.wait_any(readers, positions, min(limit_ns, PARK_MAX_NS))
+    if st == CR.OK and any(r.writer_closed() for r in readers):
+        time.sleep(0.001)  # a stopping writer: do not spin on its closed ring
+
+
+class _Block(_Idle):
+    def idle(self, work, subs, limit_ns):
+        if not work:
+            _wait_rings(subs, limit_ns)
+
+
+class _Backoff(_Idle):
+    """Spin BACKOFF_SPINS empty passes, then yield BACKOFF_YIELDS times, then sleep on the
+    rings' futex words (woken by the next publish, or after the cap)."""
+
+    def __init__(self) -> None:
+        self.empty = 0
+
+    def idle(self, work, subs, limit_ns):
+        if work:
+            self.empty = 0
+            return
+        self.empty += 1
+        if self.empty <= BACKOFF_SPINS:
+            return
+        if self.empty <= BACKOFF_SPINS + BACKOFF_YIELDS:
+            os.sched_yield()
+            return
+        _wait_rings(subs, limit_ns)
+
+
+_IDLE_CLASSES = {"spin": _Spin, "yield": _Yield, "backoff": _Backoff, "block": _Block}
+
+
+def _make_idle(name: str) -> _Idle:
+    return _IDLE_CLASSES[name]()
+
+
+# --- running callbacks ---------------------------------------------------------------------------
+
+def _run(subs: list[Subscription], timeout: float | None) -> None:
+    """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout."""
+    if not subs:
+        raise InvalidInput("no active callback subscriptions to run")
+    for s in subs:
+        s._check_pid()
+        if s.callback is None:
+            raise InvalidInput(f"subscription {', '.join(s.channel_names)} has no callback: "
+                               f"use poll() or iterate it")
+    # the most eager idle strategy of the group decides (spin > yield > backoff > block)
+    order = ("spin", "yield", "backoff", "block")
+    idle = _make_idle(min((s.idle_name for s in subs), key=order.index))
+    deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+    main = threading.current_thread() is threading.main_thread()
+    old = {}
+    interrupted = []
+
+    def on_signal(signum, _frame):
+        interrupted.append(signum)
+        for s in subs:
+            s._stopping = True
+            if s.stopped_reason is None:
+                s.stopped_reason = f"signal {signal.Signals(signum).name}"
+
+    if main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
+    for s in subs:
+        s._running = True
+    try:
+        live = list(subs)
+        while live:
+            work = 0
+            for s in live:
+                if s._stopping:
+                    continue
+                work += s._do_work()
+            done = [s for s in live if s._stopping or not s._active]
+            if done:
+                for s in done:
+                    s._finish()
+                    live.remove(s)
+                    if s.error is not None:
+                        for o in live:
+                            o._stopping = True
+                            o._finish()
+                        raise s.error
+                continue
+            if deadline is not None:
+                now = time.monotonic_ns()
+                if now >= deadline:
+                    return
+                idle.idle(work, live, deadline - now)
+            else:
+                idle.idle(work, live, PARK_MAX_NS)
+    finally:
+        for s in subs:
+            s._running = False
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+# --- the entry point -----------------------------------------------------------------------------
+
+def _channels(table_or_channel, symbol, venue) -> list[Channel]:
+    if isinstance(table_or_channel, (list, tuple, set, frozenset)):
+        if symbol is not None or venue is not None:
+            raise InvalidInput("symbol= and venue= go with one table name, not a list of "
+                               "channels")
+        if not table_or_channel:
+            raise InvalidInput("no channels given")
+        chans = [c if isinstance(c, Channel) else channel_of(c) for c in table_or_channel]
+    elif isinstance(table_or_channel, Channel):
+        chans = [table_or_channel]
+    else:
+        chans = [channel_of(table_or_channel, symbol, venue)]
+    out: list[Channel] = []
+    for c in chans:  # keep order, drop repeats
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _positive(v, what: str, integer: bool):
+    if v is None:
+        return None
+    ok = isinstance(v, (int, np.integer)) if integer else isinstance(v, (int, float, np.number))
+    if isinstance(v, bool) or not ok or not math.isfinite(float(v)) or v <= 0:
+        kind = "a positive int" if integer else "a positive number"
+        raise InvalidInput(f"{what} must be {kind}, got {v!r}")
+    return v
+
+
+def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, filter=None,
+              batch_size=None, max_latency_ms=None, checkpoint=None, from_seq=None,
+              from_ts=None, idle="backoff", on_overrun=None, on_error=None,
+              stop_on_error=False, checkpoint_every=None, checkpoint_ms=1000.0,
+              on_checkpoint=None) -> Subscription:
+    """Check the arguments of ``Database.subscribe`` and start the subscription."""
+    if os.getpid() != db._pid:
+        raise InvalidInput(f"database attached in pid {db._pid} used in forked child "
+                           f"{os.getpid()}: attach again in the child")
+    if not db.shards:
+        raise InvalidInput("the database is closed")
+    channels = _channels(table_or_channel, symbol, venue)
+    for name, fn in (("callback", callback), ("filter", filter), ("on_overrun", on_overrun),
+                     ("on_error", on_error), ("on_checkpoint", on_checkpoint)):
+        if fn is not None and not callable(fn):
+            raise InvalidInput(f"{name} must be callable, got {type(fn).__name__}")
+    _positive(batch_size, "batch_size", True)
+    _positive(max_latency_ms, "max_latency_ms", False)
+    _positive(checkpoint_every, "checkpoint_every", True)
+    _positive(checkpoint_ms, "checkpoint_ms", False)
+    if idle not in IDLE_STRATEGIES:
+        raise InvalidInput(f"idle must be one of {', '.join(IDLE_STRATEGIES)}, got {idle!r}")
+    if on_checkpoint is not None and checkpoint is None:
+        raise InvalidInput("on_checkpoint needs checkpoint= (where the state is stored)")
+    sub = Subscription(db, channels, callback=callback, filter=filter, batch_size=batch_size,
+                       max_latency_ms=max_latency_ms, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, checkpoint_ms=checkpoint_ms,
+                       on_checkpoint=on_checkpoint, from_seq=from_seq, from_ts=from_ts,
+                       idle=idle, on_overrun=on_overrun, on_error=on_error,
+                       stop_on_error=stop_on_error)
+    db._subscriptions.append(sub)
+    return sub
+
+
+__all__ = ["Subscription", "Tick", "Batch", "Overrun", "IDLE_STRATEGIES", "TICK_FIELDS"]

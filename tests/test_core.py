@@ -234,3 +234,47 @@ def test_stop_removes_every_segment(db_factory):
     assert db_run.stop() == 0
     assert list_segments(prefix) == []
     assert not os.path.exists(os.path.join(db_run.path, "wayy.json"))
+
+
+def test_supervisor_sigkill_then_restart_reclaims_stale_segments(tmp_path):
+    """A SIGKILLed supervisor takes its writers with it (parent-death signal); the segments it
+    leaves are reclaimed by the next start, and `wayy stop` removes everything."""
+    from tests.conftest import cleanup_db, run_cli, start_db
+
+    path = str(tmp_path / "db")
+    started = []
+    try:
+        first = start_db(path, "--shards", "2", "--feed", "none", "--capacity", "4096")
+        started.append(first)
+        writers = [s["writer_pid"] for s in first.status()["shards"]]
+        os.killpg(first.proc.pid, signal.SIGKILL)  # the supervisor's own process group
+        first.proc.wait(10)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(lambda: all(gone(p) for p in writers), timeout=10, what="writers to exit")
+        assert len(list_segments(db_prefix(path))) == 2 * 5  # left behind by the kill
+        with pytest.raises(wayy.NotRunning):
+            wayy.attach(path)
+
+        second = start_db(path, "--shards", "2", "--feed", "none", "--capacity", "4096")
+        started.append(second)
+        assert "reclaimed 10 stale segments" in second.log()
+        p = wayy.Producer(path)
+        p.publish("trades", symbol="AFTER", price=1.0, size=1.0)
+        db = wayy.attach(path)
+        wait_for(lambda: len(db["trades"]) == 1, what="row after restart")
+        p.close()
+        db.close()
+        r = run_cli("stop", "--db", path)
+        assert r.returncode == 0, r.stderr
+        second.proc.wait(20)
+        assert list_segments(db_prefix(path)) == []
+    finally:
+        for db_run in started:
+            cleanup_db(db_run)

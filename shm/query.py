@@ -15,7 +15,7 @@ from shm.layout import shard as S
 
 @numba.njit(cache=True, nogil=True)
 def tail_symbol(last, prev, committed, sid, n, out):
-    """Rows of the last ``n`` committed rows of symbol ``sid``, newest first, into ``out``.
+    """Rows of the last ``n`` committed rows of symbol ``sid``, oldest first, into ``out``.
 
     Follows the per-symbol back links: O(n), independent of the table size. Returns how
     many rows were written.
@@ -29,6 +29,8 @@ def tail_symbol(last, prev, committed, sid, n, out):
         k += 1
         nr = prev[r]
         r = nr if nr < r else -1  # links only point backwards
+    for i in range(k // 2):  # oldest first, as results are returned
+        out[i], out[k - 1 - i] = out[k - 1 - i], out[i]
     return k
 
 

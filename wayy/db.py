@@ -74,6 +74,7 @@ class Database:
             {"sym": np.empty(0, "U16"), "ven": np.empty(0, "U16"), "sym_ids": {}, "ven_ids": {}}
             for _ in range(self.nshards)
         ]
+        self._sym_cache: dict[str, tuple[int, int]] = {}
         self._tables = {name: Table(self, name) for name in T.TABLE_NAMES}
         self._pid = os.getpid()
         self._subscriptions: list = []
@@ -106,12 +107,17 @@ class Database:
 
     def symbol_id(self, symbol: str) -> tuple[int, int]:
         """(shard, id) of a symbol; id -1 if the symbol has not ticked yet."""
+        found = self._sym_cache.get(symbol)
+        if found is not None:  # an interned id never changes
+            return found
         check_symbol(symbol)
         k = shard_of(symbol, self.nshards)
         ids = self._names[k]["sym_ids"]
         sid = ids.get(symbol)
         if sid is None:
             sid = self._refresh_names(k)["sym_ids"].get(symbol, -1)
+        if sid >= 0 and len(self._sym_cache) < 1_000_000:
+            self._sym_cache[symbol] = (k, sid)
         return k, sid
 
     def symbols(self) -> list[str]:
@@ -236,8 +242,9 @@ class Table:
         cols = d.cols[self.id]
         names = self.db._refresh_names(k)
         out: dict[str, np.ndarray] = {}
+        take = isinstance(rows, np.ndarray)
         for c in self.columns:
-            v = cols[c][rows]
+            v = cols[c].take(rows) if take else cols[c][rows]
             if c == "symbol":
                 v = names["sym"][v]
             elif c == "venue":
@@ -272,7 +279,7 @@ class Table:
             committed = d.committed(self.id)
             out = np.empty(n, np.int64)
             got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed, sid, n, out)
-            res = Result(self.name, self._gather(k, out[:got][::-1].copy()))
+            res = Result(self.name, self._gather(k, out[:got]))
         else:
             parts = []
             for k, d in enumerate(self.db.shards):

@@ -190,12 +190,22 @@ def _emit(t, r0, s0, n, st, want, ven_ok, pairs, fctl, sym, ven, runs, rows, nr,
     cnt = 0
     j = d
     end = min(n, d + scan_room)
-    while j < end and cnt < room:
-        r = r0 + j
-        if _match(t, sym[r], ven[r], want, ven_ok, pairs, fctl):
-            rows[nu + cnt] = r
-            cnt += 1
-        j += 1
+    if a == 0 and fctl[FC_NPAIRS] == 0:
+        # the common case, symbols at any venue: one byte lookup per row
+        wt = want[t]
+        while j < end and cnt < room:
+            r = r0 + j
+            if wt[sym[r]] != 0:
+                rows[nu + cnt] = r
+                cnt += 1
+            j += 1
+    else:
+        while j < end and cnt < room:
+            r = r0 + j
+            if _match(t, sym[r], ven[r], want, ven_ok, pairs, fctl):
+                rows[nu + cnt] = r
+                cnt += 1
+            j += 1
     if cnt > 0:
         if nr > 0 and runs[nr - 1, RUN_TABLE] == t and runs[nr - 1, RUN_START] >= 0:
             runs[nr - 1, RUN_COUNT] += cnt  # rows[] is filled in order: extend the run

@@ -254,19 +254,14 @@ def test_lapped_subscriber_backfills_every_row_exactly_once(fake):
     sub = db.subscribe("ticks:A", on_overrun=told.append)
     want = []
     for i in range(50):
-        want += f.append("trades", ["A", "B"] if i % 3 else ["A"])
+        seqs = f.append("trades", ["A", "B"] if i % 3 else ["A"])
+        want.append(seqs[0])  # A is each batch's first row
         if i % 7 == 0:
-            want += [s for s in f.append("quotes", ["A"])]  # other table: not followed
+            f.append("quotes", ["A"])  # the other table: not followed
     got = []
     while (t := sub.poll(0.05)) is not None:
         got.append(t)
-    want_a = [t for t in range(len(want)) if
-              f.data[0].cols[0]["seq"].tolist().count(t)]
-    trades_a = [int(s) for s, sym in zip(f.data[0].cols[0]["seq"][:int(f.state[0][0])],
-                                         f.data[0].cols[0]["symbol"][:int(f.state[0][0])])
-                if sym == 0]
-    assert [t.seq for t in got] == trades_a
-    assert want_a  # sanity
+    assert [t.seq for t in got] == want and {t.symbol for t in got} == {"A"}
     st = sub.stats()
     assert st["overruns"] >= 1 and told and told[0].shard == 0
     assert told[0].from_seq == 0 and told[0].to_seq > 0
@@ -304,19 +299,22 @@ def test_batch_size_limit_and_zero_copy_views(fake):
     f = fake(nshards=1)
     db = f.attach()
     batches: list[Batch] = []
-    db.subscribe("trades", callback=batches.append, batch_size=100, max_latency_ms=50)
+    db.subscribe("trades", callback=batches.append, batch_size=100, max_latency_ms=300)
     for _ in range(7):
         f.append("trades", ["A", "B"] * 50)
     f.append("trades", ["A"] * 30)
+    t0 = time.monotonic()
     db.run(timeout=0.02)
-    assert [len(b) for b in batches] == [100] * 7
+    assert [len(b) for b in batches[:7]] == [100] * 7
+    if time.monotonic() - t0 < 0.25:
+        assert len(batches) == 7  # the last 30 rows wait for max_latency_ms
     b = batches[0]
     assert b.zero_copy and not b["price"].flags.writeable and not b["price"].flags.owndata
     assert list(b["symbol"][:3]) == ["A", "B", "A"] and b.first_seq == 0 and b.last_seq == 99
     assert list(b["symbol_id"][:2]) == [0, 1]
     ticks = list(b)
     assert isinstance(ticks[0], Tick) and ticks[1].symbol == "B" and ticks[99].seq == 99
-    t_end = time.monotonic() + 0.2
+    t_end = time.monotonic() + 3
     while len(batches) < 8 and time.monotonic() < t_end:
         db.run(timeout=0.01)
     assert [len(x) for x in batches] == [100] * 7 + [30]
@@ -331,15 +329,18 @@ def test_batch_max_latency_and_filtered_copies(fake):
     def on_batch(b):
         seen.append((time.monotonic(), b))
 
-    db.subscribe("ticks:A", callback=on_batch, max_latency_ms=30)
+    db.subscribe("ticks:A", callback=on_batch, max_latency_ms=200)
     t0 = time.monotonic()
     f.append("trades", ["A", "B", "A"])
-    db.run(timeout=0.015)
-    assert seen == []  # younger than max_latency: still pending
-    db.run(timeout=0.5)
+    db.run(timeout=0.02)
+    if time.monotonic() - t0 < 0.15:  # (a machine that stalled 150 ms proves nothing here)
+        assert seen == []  # younger than max_latency: still pending
+    deadline = time.monotonic() + 2
+    while not seen and time.monotonic() < deadline:
+        db.run(timeout=0.05)
     assert len(seen) == 1
     at, b = seen[0]
-    assert 0.025 <= at - t0 < 0.3
+    assert 0.195 <= at - t0 < 1.5
     assert list(b["seq"]) == [0, 2] and not b.zero_copy and b["price"].flags.owndata
 
 
@@ -755,14 +756,14 @@ def test_subscriber_processes_each_get_every_row_once_in_order(db_factory, tmp_p
         _check_exactly_once(np.load(out), ids, 2, f"{mode}/{idle}")
 
 
-def _slow_subscriber(path: str, out: str, expect: int, ready) -> None:
+def _slow_subscriber(path: str, out: str, expect: int, ready, release) -> None:
     db = wayy.attach(path)
     got = []
     told = []
 
     def cb(t):
         if not got:
-            time.sleep(1.0)  # fall a whole ring behind while the producer runs
+            release.wait(60)  # stuck in the first callback while the producer laps the ring
         got.append(t.seq)
         if len(got) >= expect:
             sub.stop()
@@ -777,10 +778,15 @@ def _slow_subscriber(path: str, out: str, expect: int, ready) -> None:
     db.close()
 
 
-def _single_ticks(path: str, n: int) -> None:
+def _alternating_ticks(path: str, n: int) -> None:
+    """A trade, a quote, a trade, ...: the writer merges adjacent batches of one table into
+    one change record, so alternating tables gives one record per publish."""
     p = wayy.Producer(path, timeout=30)
     for i in range(n):
-        p.publish("trades", symbol="SL", price=1.0 + i, size=1.0)
+        if i % 2:
+            p.publish("quotes", symbol="SL", bid=1.0, ask=2.0, bid_size=1.0, ask_size=1.0)
+        else:
+            p.publish("trades", symbol="SL", price=1.0 + i, size=1.0)
     p.close()
 
 
@@ -788,24 +794,27 @@ def test_slow_subscriber_is_lapped_backfills_and_gets_every_row_once(db_factory,
     dbr = db_factory("--shards", "1", "--feed", "none")
     db = wayy.attach(dbr.path)
     cap = db._change_ring(0).capacity
-    n = cap + cap // 4  # one record per single-tick publish: more than the ring holds
-    ready = _FORK.Event()
+    n = 2 * (cap + cap // 4)  # one record per publish: more than the ring holds
+    ready, release = _FORK.Event(), _FORK.Event()
     out = str(tmp_path / "slow.npy")
-    sp = _FORK.Process(target=_slow_subscriber, args=(dbr.path, out, n, ready))
+    sp = _FORK.Process(target=_slow_subscriber, args=(dbr.path, out, n // 2, ready, release))
     sp.start()
     assert ready.wait(30)
-    prods = [_FORK.Process(target=_single_ticks, args=(dbr.path, n // 2)),
-             _FORK.Process(target=_single_ticks, args=(dbr.path, n - n // 2))]
-    for p in prods:
-        p.start()
-    for p in prods:
-        p.join(120)
-        assert p.exitcode == 0
+    prod = _FORK.Process(target=_alternating_ticks, args=(dbr.path, n))
+    prod.start()
+    prod.join(120)
+    assert prod.exitcode == 0
+    wait_rows = time.monotonic() + 30
+    while len(db["quotes"]) < n // 2 and time.monotonic() < wait_rows:
+        time.sleep(0.01)
+    release.set()
     sp.join(120)
     assert sp.exitcode == 0
     got = np.load(out)
     info = json.load(open(out + ".json"))
-    np.testing.assert_array_equal(got, np.arange(n))  # every row, once, in seq order
+    want = db["trades"].between()["seq"]
+    assert len(want) == n // 2 and db._change_ring(0).tail() > cap
+    np.testing.assert_array_equal(got, np.sort(want))  # every trade, once, in seq order
     assert info["overruns"] >= 1 and info["told"] == info["overruns"]
     assert info["backfilled"] > 0
     db.close()
@@ -964,3 +973,37 @@ def test_examples_run_against_wayy_start(db_factory):
     for name in ("mean_reversion", "momentum", "pair"):
         line = next(x for x in r.stdout.splitlines() if x.startswith(f"[{name}] done"))
         assert int(line.split(": ")[1].split()[0]) > 0, line  # saw ticks
+
+
+def test_a_restarted_writer_continues_the_ring_and_nothing_is_lost(db_factory):
+    dbr = db_factory("--shards", "1", "--feed", "none")
+    db = wayy.attach(dbr.path)
+    sub = db.subscribe("trades", idle="block")
+    p = wayy.Producer(dbr.path, timeout=30)
+    p.publish_batch("trades", {"symbol": ["W"] * 100, "price": np.arange(100) + 1.0,
+                               "size": np.ones(100)})
+    got = [sub.poll(10).seq for _ in range(100)]
+    pid = dbr.status()["shards"][0]["writer_pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = dbr.status()["shards"][0]
+        if s["state"] == "running" and s["writer_pid"] not in (0, pid):
+            break
+        time.sleep(0.02)
+    p.publish_batch("trades", {"symbol": ["W"] * 50, "price": np.arange(50) + 101.0,
+                               "size": np.ones(50)})
+    got += [sub.poll(10).seq for _ in range(50)]
+    assert got == list(range(150)) and sub.poll(0.05) is None
+    assert db._change_ring(0).tail() >= 2  # the same ring, continued
+    p.close()
+    db.close()
+
+
+def test_a_change_ring_of_another_layout_version_is_refused_clearly(fake):
+    f = fake(nshards=1)
+    f.rings[0]._seg.publish_version(CRL.VERSION_MAJOR + 1, 0)
+    db = f.attach()
+    with pytest.raises(wayy.IncompatibleVersion, match="layout version"):
+        db.subscribe("trades")
+    f.rings[0]._seg.publish_version(CRL.VERSION_MAJOR, CRL.VERSION_MINOR)

@@ -48,7 +48,7 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -61,7 +61,6 @@ from shm import subscribers as K
 from shm.layout import change_ring as CRL
 from shm.layout import subscribers as RL
 from shm.layout import tables as T
-from shm.shard import segment_name
 from wayy.channels import Channel, channel_of, format_channel
 from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
 from wayy.names import NAME_RE, shard_of
@@ -76,12 +75,15 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
 
 # tuning (the benchmarks in benchmarks/bench_subscribe.py measured these)
-TICK_MAX_ROWS = 4096
-SMALL_RUN = 16  # runs up to this many rows are read row by row (one kernel call each)  # rows per follow call in tick mode: bounds the first tick's latency
+TICK_MAX_ROWS = 4096  # rows per follow call in tick mode: bounds the first tick's latency
+SMALL_RUN = 16  # runs up to this many rows are read row by row (one kernel call each)
 BATCH_MAX_ROWS = 1 << 16  # rows per follow call in batch mode
 MAX_SCAN = 1 << 18  # rows a follow call may look at (filtering / backfill): bounds one call
-BACKOFF_SPINS = 64  # empty polls before yielding
-BACKOFF_YIELDS = 32  # yields before sleeping
+# Backoff, as Aeron's: a few empty polls (~0.5 us each), a few yields, then sleep on the
+# futex. Short on purpose: three subscribers that each spin for tens of microseconds after
+# every tick take the cores a writer needs (at 10k ticks/s they would never sleep at all).
+BACKOFF_SPINS = 10  # empty polls before yielding
+BACKOFF_YIELDS = 5  # yields before sleeping
 PARK_MAX_NS = 100_000_000  # longest sleep: heartbeats, deadlines and signals stay timely
 HOUSEKEEP_NS = 50_000_000  # registry counters and heartbeat at least this often
 ALIVE_CHECK_NS = 1_000_000_000  # is the database still running?
@@ -210,7 +212,8 @@ class Batch:
                      self._names, False)
 
     def __iter__(self) -> Iterator[Tick]:
-        return iter(_ticks_of(self.shard, T.TABLE_IDS[self.table], self._cols, self._names))
+        rows = _zip_rows(self.shard, T.TABLE_IDS[self.table], self._cols, self._names)
+        return (_tick_new(Tick, row) for row in rows)
 
     def to_dict(self) -> dict[str, np.ndarray]:
         return {c: self[c] for c in self.columns}
@@ -237,23 +240,6 @@ class Overrun(NamedTuple):
 
 
 _tick_new = tuple.__new__
-
-
-def _ticks_of(k: int, t: int, cols: dict, names: tuple) -> Iterator[Tick]:
-    """Ticks of gathered/sliced columns (cols: ts, symbol, venue, values..., seq)."""
-    sym = names[0][cols["symbol"]].tolist()
-    ven = names[1][cols["venue"]].tolist()
-    ts = cols["ts"].tolist()
-    seq = cols["seq"].tolist()
-    none = repeat(None)
-    if t == T.TRADES:
-        z = zip(ts, sym, ven, cols["price"].tolist(), cols["size"].tolist(), none, none, none,
-                none, seq, repeat(k), repeat("trades"))
-    else:
-        z = zip(ts, sym, ven, none, none, cols["bid"].tolist(), cols["ask"].tolist(),
-                cols["bid_size"].tolist(), cols["ask_size"].tolist(), seq, repeat(k),
-                repeat("quotes"))
-    return (_tick_new(Tick, row) for row in z)
 
 
 # --- per shard -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shm.layout import common  # noqa: E402
-from shm.segment import SHM_DIR, NAME_PREFIX, unlink_quiet  # noqa: E402
+from shm.segment import NAME_PREFIX, SHM_DIR, pid_alive, unlink_quiet  # noqa: E402
 
 
 def owner_pid(path: str) -> int | None:
@@ -31,18 +31,6 @@ def owner_pid(path: str) -> int | None:
     if len(head) < common.COMMON_END:
         return None
     return struct.unpack_from("<q", head, common.OWNER_PID_OFFSET)[0]
-
-
-def alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main() -> int:
@@ -59,7 +47,7 @@ def main() -> int:
         return 0
     for db, names in groups.items():
         pids = {owner_pid(os.path.join(SHM_DIR, n)) for n in names}
-        live = any(alive(p) for p in pids)
+        live = any(pid_alive(p) for p in pids)
         size = sum(os.path.getsize(os.path.join(SHM_DIR, n)) for n in names)
         print(f"{db}: {len(names)} segments, {size / 2**20:.1f} MiB, owner pid(s) "
               f"{sorted(p for p in pids if p)} {'alive' if live else 'gone'}")

@@ -53,6 +53,19 @@ def unlink_quiet(name: str) -> bool:
         return False
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (owner liveness for segments, claims and slots)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def shm_free_bytes() -> int:
     """Bytes still available in /dev/shm (what a tmpfs size limit, e.g. Docker's 64 MB, leaves)."""
     st = os.statvfs(SHM_DIR)

@@ -55,7 +55,7 @@ from shm.errors import LayoutMismatch, SegmentExists
 from shm.layout import change_ring as CRL
 from shm.layout import shard as S
 from shm.layout import subscribers as L
-from shm.segment import Segment
+from shm.segment import Segment, pid_alive
 
 # --- follow state words ----------------------------------------------------------------------
 F_POS = 0  # next change-ring position to read
@@ -545,18 +545,6 @@ def _add(arr, idx, v):
 def registry_name(prefix: str) -> str:
     """``<db prefix>.subs``."""
     return prefix + L.SUFFIX
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Slot:

@@ -28,6 +28,7 @@ from shm.layout import shard as S
 from shm.layout import tables as T
 from shm import change_ring
 from shm.change_ring import ChangeRingWriter
+from shm.segment import pid_alive
 from shm.shard import Control, InboundRing, ShardData, segment_name
 from workers.agent import Runner
 
@@ -193,7 +194,7 @@ class ShardWriter:
         w = (pos & (self.ring.capacity - 1)) >> 2
         length = int(self.ring.data32[w])
         pid = int(self.ring.data32[w + 2])
-        if length < 0 and pid > 0 and _alive(pid) and waited < 60.0:
+        if length < 0 and pid > 0 and pid_alive(pid) and waited < 60.0:
             time.sleep(1e-3)
             return
         if length == 0 and waited < STALL_ZERO_HEADER_S:
@@ -272,16 +273,6 @@ class _Prefaulter:
                                  PREFAULT_CHUNK_ROWS, int(PREFAULT_SECONDS * 1e9))
         except Exception:  # noqa: BLE001  (a helper: never take the writer down)
             log.exception("prefault thread stopped")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def warm_up() -> None:

@@ -461,6 +461,20 @@ class _Mapped:
         raise NotImplementedError
 
 
+def _attach_pair(name: str, readonly: bool) -> tuple[Segment, Segment]:
+    """Map ring ``name`` (read-only for readers) and its wait control (always read-write),
+    checking magic, major version and the ring's size."""
+    seg = Segment.attach(name, L.MAGIC, L.VERSION_MAJOR, readonly=readonly, what="change ring")
+    try:
+        L.check_segment_size(int(seg.i64[L.CAPACITY_I64]), seg.size)
+        wseg = Segment.attach(wait_name(name), L.WAIT_MAGIC, L.VERSION_MAJOR,
+                              readonly=False, what="change ring wait control")
+    except BaseException:
+        seg.close()
+        raise
+    return seg, wseg
+
+
 class ChangeRingWriter(_Mapped):
     """The single writer of one change ring (the shard writer process)."""
 
@@ -508,14 +522,7 @@ class ChangeRingWriter(_Mapped):
         per shard) guarantees it. Raises SegmentMissing, or LayoutMismatch naming both
         versions / the bad size, like ``ChangeRingReader.attach``.
         """
-        seg = Segment.attach(name, L.MAGIC, L.VERSION_MAJOR, readonly=False, what="change ring")
-        try:
-            L.check_segment_size(int(seg.i64[L.CAPACITY_I64]), seg.size)
-            wseg = Segment.attach(wait_name(name), L.WAIT_MAGIC, L.VERSION_MAJOR,
-                                  readonly=False, what="change ring wait control")
-        except BaseException:
-            seg.close()
-            raise
+        seg, wseg = _attach_pair(name, readonly=False)
         self = cls(name, seg, wseg)
         if is_closed(self._hdr):
             _reopen(self._hdr)
@@ -554,14 +561,7 @@ class ChangeRingReader(_Mapped):
         Raises SegmentMissing if it does not exist, LayoutMismatch if it is not a change ring
         this code can read (the message names both versions).
         """
-        seg = Segment.attach(name, L.MAGIC, L.VERSION_MAJOR, readonly=True, what="change ring")
-        try:
-            L.check_segment_size(int(seg.i64[L.CAPACITY_I64]), seg.size)
-            wseg = Segment.attach(wait_name(name), L.WAIT_MAGIC, L.VERSION_MAJOR,
-                                  readonly=False, what="change ring wait control")
-        except BaseException:
-            seg.close()
-            raise
+        seg, wseg = _attach_pair(name, readonly=True)
         return cls(name, seg, wseg)
 
     def read(self, pos: int, out: np.ndarray) -> int:

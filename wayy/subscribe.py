@@ -800,13 +800,11 @@ class Subscription:
                 for row in self._run_rows(f, run):
                     tick = _tick_new(Tick, row)
                     if filt is not None:
-                        try:
-                            if not filt(tick):
-                                continue
-                        except Exception as exc:  # noqa: BLE001
-                            if self._callback_failed(exc, tick):
-                                cursor = tick[9]
-                                break
+                        keep = self._filter(filt, tick)
+                        if keep < 0:
+                            cursor = tick[9]
+                            break
+                        if not keep:
                             continue
                     try:
                         cb(tick)
@@ -841,12 +839,10 @@ class Subscription:
             for row in self._run_rows(f, run):
                 tick = _tick_new(Tick, row)
                 if filt is not None:
-                    try:
-                        if not filt(tick):
-                            continue
-                    except Exception as exc:  # noqa: BLE001
-                        if self._callback_failed(exc, tick):
-                            return
+                    keep = self._filter(filt, tick)
+                    if keep < 0:
+                        return
+                    if not keep:
                         continue
                 q.append(tick)
                 if self._stopping:
@@ -974,6 +970,13 @@ class Subscription:
         self._cur[f.k][t] = cursor
 
     # --- errors ----------------------------------------------------------------------------------
+    def _filter(self, filt, tick) -> int:
+        """1 keep the tick, 0 skip it, -1 stop: the filter raised and errors stop the sub."""
+        try:
+            return 1 if filt(tick) else 0
+        except Exception as exc:  # noqa: BLE001
+            return -1 if self._callback_failed(exc, tick) else 0
+
     def _callback_failed(self, exc: Exception, item) -> bool:
         """Count, log (or hand to on_error) a failed callback. True if the subscription stops."""
         self._errors += 1

@@ -76,11 +76,13 @@ def _cleanup(prefix: str) -> None:
 
 @contextlib.contextmanager
 def _single_shard_db(path: str, capacity: int, ring_bytes: int = L.DEFAULT_CAPACITY,
-                     writer: bool = True):
+                     writer: bool = True, wal_cfg=None):
     """A one-shard database at ``path`` without the supervisor; yields its segment prefix.
 
     Creates the segments, writes the manifest and holds the lock, then forks a shard writer
-    (unless ``writer`` is False). On exit: SIGTERM the writer, unlink the segments.
+    (unless ``writer`` is False), with a WAL in ``path`` when ``wal_cfg`` (a
+    workers.shard_log.WalConfig) enables one. On exit: SIGTERM the writer, unlink the
+    segments.
     """
     from wayy.manifest import Manifest, acquire_lock
     from workers import writer as writer_mod
@@ -106,7 +108,7 @@ def _single_shard_db(path: str, capacity: int, ring_bytes: int = L.DEFAULT_CAPAC
                 code = 0
                 try:
                     os.close(fd)
-                    writer_mod.run(prefix, 0)
+                    writer_mod.run(prefix, 0, path, wal_cfg)
                 except BaseException:  # noqa: BLE001  (report, never return into the bench)
                     import traceback
                     traceback.print_exc()
@@ -158,11 +160,11 @@ def check(prefix: str, data: ShardData, total: int, what: str) -> None:
 
 
 def bench_end_to_end(path: str, batches: list, batch_rows: int, single: int,
-                     capacity: int, ring_bytes: int) -> dict:
+                     capacity: int, ring_bytes: int, wal_cfg=None) -> dict:
     from wayy.producer import Producer
 
     out: dict = {}
-    with _single_shard_db(path, capacity, ring_bytes) as prefix:
+    with _single_shard_db(path, capacity, ring_bytes, wal_cfg=wal_cfg) as prefix:
         data = ShardData.attach(prefix, 0)
         p = Producer(path)
         # first calls load every kernel from numba's cache: keep that out of the timing

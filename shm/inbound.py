@@ -126,6 +126,16 @@ def _commit(hdr32, data32, pos, mask, length, rtype, count):
 
 
 @numba.njit(cache=True, nogil=True)
+def request_roll(hdr64, hdr32):
+    """Ask the writer to roll (bump roll_requests) and wake it if it sleeps; returns the
+    new request count."""
+    n = fetch_add(hdr64, L.ROLL_REQUESTS_I64, np.int64(1)) + 1
+    fetch_add(hdr32, L.WAKE_WORD_I32, np.int32(1))
+    futex_wake(hdr32, L.WAKE_WORD_I32, 1)
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
 def commit(hdr32, data32, pos, mask, length, rtype, count):
     """Publish a written record, then wake the writer if it is asleep."""
     _commit(hdr32, data32, pos, mask, length, rtype, count)

@@ -21,7 +21,8 @@ import numba
 import numpy as np
 
 from shm import change_ring
-from shm.atomics import _syscall4, clock_monotonic_ns, futex_wait, load_acquire, store_release
+from shm.atomics import (_syscall4, clock_monotonic_ns, fence_full, futex_wait, load_acquire,
+                         store_release)
 from shm.layout import inbound as L
 from shm.layout import shard as S
 from shm.layout import tables as T
@@ -506,6 +507,14 @@ def commit(hdr64, state, now_ns):
 
 
 @numba.njit(cache=True, nogil=True)
+def bump_generation(hdr64):
+    """Start a new segment generation (a roll), before any row of it is overwritten: a reader
+    that sees the generation move while it read knows its rows may be gone."""
+    store_release(hdr64, S.GENERATION_I64, hdr64[S.GENERATION_I64] + 1)
+    fence_full()  # the bump is visible before any later store overwrites a row
+
+
+@numba.njit(cache=True, nogil=True)
 def snapshot(hdr64, out):
     """Copy the committed snapshot (COMMIT_* words) into ``out``; returns commit_idx."""
     while True:
@@ -595,6 +604,52 @@ def repair_after_crash(seg8, off, hdr64, state):
                 hi_ts = max(hi_ts, c_ts[r])
             b_min[blk] = lo_ts
             b_max[blk] = hi_ts
+
+
+@numba.njit(cache=True, nogil=True)
+def link_rows(seg8, off, hdr64, state, table, n):
+    """Index ``n`` rows already in the columns after the table's last row (per-symbol links,
+    ts blocks), and count them in ``state``. Returns n, or -1 past capacity. Uncommitted.
+
+    Recovery copies a WAL's columns straight into the segment, then calls this: the same
+    structures drain builds row by row, in one pass.
+    """
+    capacity = hdr64[S.CAPACITY_I64]
+    r0 = state[table]
+    if n <= 0:
+        return 0
+    if r0 + n > capacity:
+        return -1
+    max_sym = hdr64.view(np.int32)[S.MAX_SYMBOLS_I32]
+    tb = S.OFF_TABLES + table * S.OFF_TABLE_STRIDE
+    c_ts = _i64(seg8, off[tb + S.COL_TS], capacity)
+    c_sym = _i32(seg8, off[tb + S.COL_SYMBOL], capacity)
+    c_seq = _i64(seg8, off[tb + S.COL_SEQ], capacity)
+    c_prev = _i64(seg8, off[tb + S.COL_PREV], capacity)
+    nblk = capacity // S.BLOCK_ROWS
+    b_min = _i64(seg8, off[tb + S.COL_BLK_MIN], nblk)
+    b_max = _i64(seg8, off[tb + S.COL_BLK_MAX], nblk)
+    lo = S.OFF_LAST_TRADE if table == T.TRADES else S.OFF_LAST_QUOTE
+    last = _i64(seg8, off[lo], max_sym)
+    for j in range(n):
+        row = r0 + j
+        sid = c_sym[row]
+        c_prev[row] = last[sid]
+        last[sid] = row
+        t = c_ts[row]
+        blk = row // S.BLOCK_ROWS
+        if row % S.BLOCK_ROWS == 0:
+            b_min[blk] = t
+            b_max[blk] = t
+        else:
+            if t < b_min[blk]:
+                b_min[blk] = t
+            if t > b_max[blk]:
+                b_max[blk] = t
+    state[table] = r0 + n
+    if c_seq[r0 + n - 1] + 1 > state[S_NEXT_SEQ]:
+        state[S_NEXT_SEQ] = c_seq[r0 + n - 1] + 1
+    return n
 
 
 # --- mapping column pages ahead of the writer ------------------------------------------------

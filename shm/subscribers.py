@@ -79,6 +79,8 @@ F_LOST = 17  # seqs found in neither table (never expected: counted, not hidden)
 F_SEEN_NSYM = 18  # name counts seen when R_NAMES was returned
 F_SEEN_NVEN = 19
 F_HWM = 20  # committed next seq at the last backfill start (subscribe: the high-water seq)
+F_HIST_END = 21  # R_HISTORY: seqs F_NEXT .. F_HIST_END-1 were rolled to history
+F_GEN = 22  # the shard's segment generation when the last follow call began
 F_WORDS = 24
 
 # --- filter control words --------------------------------------------------------------------
@@ -105,7 +107,13 @@ R_LAPPED = 3
 from the columns is set up. Deliver the output, tell the user, call again."""
 R_GAP = 4
 """A record's first seq is past F_NEXT (counted in F_GAPS): a backfill is set up. Call again."""
-RESULT_NAMES = ("idle", "full", "names", "lapped", "gap")
+# 5: the change record's rows were overwritten by a roll (the segment started a new
+#    generation); a backfill from the columns was started, which continues in history
+R_ROLLED = 5
+# 6: the next seqs were rolled to history: the caller delivers [F_NEXT, F_HIST_END) from
+#    there and sets F_NEXT (everything returned before comes first)
+R_HISTORY = 6
+RESULT_NAMES = ("idle", "full", "names", "lapped", "gap", "rolled", "history")
 
 RUN_TABLE = 0
 RUN_COUNT = 1
@@ -288,6 +296,9 @@ def follow(hdr, slots, seg8, off, st, want, ven_ok, pairs, fctl, rec, runs, rows
     sym1 = _col32(seg8, off, 1, S.COL_SYMBOL, cap)
     ven0 = _col32(seg8, off, 0, S.COL_VENUE, cap)
     ven1 = _col32(seg8, off, 1, S.COL_VENUE, cap)
+    # a caller that reads the rows after this returns checks the generation again: a roll
+    # in between may have overwritten them
+    st[F_GEN] = load_acquire(hdr64, S.GENERATION_I64)
     nr = 0
     nu = 0
     nd = 0
@@ -328,6 +339,13 @@ def follow(hdr, slots, seg8, off, st, want, ven_ok, pairs, fctl, rec, runs, rows
                 if c > 0:
                     st[F_LAST_TS] = ts1[i + c - 1]
             else:
+                n0 = st[F_BF_N0]
+                n1 = st[F_BF_N1]
+                first = min(seq0[0] if n0 > 0 else _BIG, seq1[0] if n1 > 0 else _BIG)
+                if nxt < first:
+                    # older than anything in memory: rolled to history
+                    st[F_HIST_END] = min(first, st[F_BF_END])
+                    return R_HISTORY, nr, nu
                 # nxt is in neither table: cannot happen for committed seqs; count, never hide
                 nn = min(min(s0, s1), st[F_BF_END])
                 st[F_LOST] += nn - nxt
@@ -367,6 +385,10 @@ def follow(hdr, slots, seg8, off, st, want, ven_ok, pairs, fctl, rec, runs, rows
             return R_GAP, nr, nu
         skip = nxt - fs
         left = cnt - skip
+        if (t == 0 or t == 1) and (seq0 if t == 0 else seq1)[fr + skip] != nxt:
+            # the record's rows are gone: a roll reset the segment since it was published
+            _start_backfill(st, hdr, seg8, off, 0, 0, True)
+            return R_ROLLED, nr, nu
         if t != 0 and t != 1:
             c = left  # not a table of ours: nothing to deliver (a newer writer's record kind)
         elif fctl[FC_ALL0 + t] == 0 and (rec[7] & fctl[FC_MASK0 + t]) == 0:

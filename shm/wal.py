@@ -38,18 +38,21 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import lz4.block
 import numpy as np
 
 from shm.errors import CorruptRecord, UsedAfterFork, WalLocked, WalWriteError
+from shm import wal_kernels as K
 from shm.layout import wal as L
 
-__all__ = ["WalWriter", "WalScan", "scan", "truncate_to", "decode", "FSYNC_POLICIES"]
+__all__ = ["WalWriter", "WalScan", "scan", "truncate_to", "decode", "decode_into",
+           "start_after_roll", "FSYNC_POLICIES"]
 
 FSYNC_POLICIES = ("batch", "interval", "off")
 
@@ -83,13 +86,13 @@ def _file_header_bytes(shard: int) -> bytes:
 
 
 def _seal_record(buf: bytearray, rtype: int, shard: int, flags: int, first_seq: int,
-                 row_count: int, payload_len: int, raw_len: int) -> None:
+                 row_count: int, payload_len: int, raw_len: int, seq_span: int = 0) -> None:
     """Fill in the header of a record whose payload already sits at RECORD_HEADER_SIZE."""
     mv = memoryview(buf)
     payload_crc = zlib.crc32(mv[L.RECORD_HEADER_SIZE:L.RECORD_HEADER_SIZE + payload_len])
     L.RECORD_HEADER_STRUCT.pack_into(buf, 0, L.RECORD_MAGIC, L.VERSION, rtype, shard, flags,
                                      first_seq, row_count, payload_len, raw_len, payload_crc,
-                                     0, 0)
+                                     seq_span, 0)
     _U32.pack_into(buf, L.RH_HEADER_CRC_OFFSET, zlib.crc32(mv[:L.RECORD_HEADER_CRC_SPAN]))
 
 
@@ -122,7 +125,7 @@ class WalWriter:
 
     def __init__(self, path: str | os.PathLike, shard: int, fsync: str = "interval",
                  interval_ms: float = 10, compress: bool = True,
-                 scan: "WalScan | None" = None) -> None:
+                 scan: "WalScan | None" = None, background: bool = False) -> None:
         self.path = os.fspath(path)
         self.shard = int(shard)
         if not 0 <= self.shard <= 0xFFFFFFFF:
@@ -140,6 +143,7 @@ class WalWriter:
         self.synced_end = 0
         self.sync_count = 0
         self.next_seq: int | None = None
+        self._last_seq: dict[int, int] = {}  # table id -> last seq appended
         self._last_sync_ns = time.monotonic_ns()
 
         # Policies are picked here, once, so the append path never branches on them.
@@ -151,8 +155,36 @@ class WalWriter:
             "off": _false,
         }[fsync]
         self._encode = _encode_lz4 if compress else _encode_raw
+        self._syncer: threading.Thread | None = None
 
         self._open(scan)
+        if background and fsync == "interval":
+            # A flush takes milliseconds on a real disk: done inline it would stall the
+            # append path every interval. A thread flushes instead (fdatasync releases the
+            # GIL) and the append path never syncs under this policy.
+            self._after_batch = _nothing
+            self._idle_sync = _false
+            self._stop_syncer = threading.Event()
+            self._syncer = threading.Thread(target=self._sync_loop, name="wayy-wal-sync",
+                                            daemon=True)
+            self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        while not self._stop_syncer.wait(self.interval_ns / 1e9):
+            end = self.end
+            fd = self._fd
+            if fd is None or self._failed is not None:
+                return
+            if end == self.synced_end:
+                continue
+            try:
+                _fdatasync(fd)
+            except OSError as exc:
+                self._failed = f"WAL {self.path}: fdatasync failed: {exc.strerror}"
+                return
+            self._last_sync_ns = time.monotonic_ns()
+            self.synced_end = end
+            self.sync_count += 1
 
     # --- opening -------------------------------------------------------------------------
     def _open(self, given: "WalScan | None") -> None:
@@ -187,6 +219,7 @@ class WalWriter:
                     f"{found.good_end})) before appending")
             self.end = self.synced_end = size
             self.next_seq = found.next_seq
+            self._last_seq = dict(found.last_seq)
         except BaseException:
             self._fd = None
             os.close(fd)
@@ -227,19 +260,25 @@ class WalWriter:
 
     # --- appending -----------------------------------------------------------------------
     def append_batch(self, table_id: int, first_seq: int,
-                     columns: Mapping[str, np.ndarray]) -> int:
+                     columns: Mapping[str, np.ndarray], compress: bool | None = None) -> int:
         """Append one batch of rows of table REC_TRADES or REC_QUOTES; return bytes written.
 
         `columns` maps every column name of `TABLE_COLUMNS[table_id]` to a 1-D array of equal
-        length; other dtypes are accepted when numpy casts them safely. Row i gets seq
-        first_seq + i, and first_seq must continue the previous batch exactly. An empty batch
-        writes nothing and returns 0.
+        length; other dtypes are accepted when numpy casts them safely. The "seq" column may
+        be left out: row i then gets seq first_seq + i. Seqs must increase strictly within
+        the batch (trusted from the caller; the first and last are checked) and start after
+        the last seq of the previous batch of the same table; first_seq must equal seq[0].
+        An empty batch writes nothing and returns 0. `compress` overrides the writer's
+        setting for this record (LZ4 is kept only when it saves space either way).
         """
         self._check_usable()
         schema = L.TABLE_COLUMNS.get(table_id)
         if schema is None:
             raise ValueError(f"table_id {table_id} is not a batch record type "
                              f"({sorted(L.TABLE_COLUMNS)})")
+        if "seq" not in columns:
+            n0 = len(next(iter(columns.values()))) if columns else 0
+            columns = {**columns, "seq": np.arange(first_seq, first_seq + n0, dtype=np.int64)}
         if len(columns) != len(schema):
             extra = set(columns) - {name for name, _ in schema}
             missing = {name for name, _ in schema} - set(columns)
@@ -265,9 +304,15 @@ class WalWriter:
                              f"{[len(a) for a in arrays]}")
         if n == 0:
             return 0
-        if first_seq < 0 or (self.next_seq is not None and first_seq != self.next_seq):
-            raise ValueError(f"{self.path}: batch first_seq {first_seq} does not continue the "
-                             f"log (next seq is {self.next_seq})")
+        seq = arrays[-1]
+        last_seq = int(seq[-1])
+        prev = self._last_seq.get(table_id, -1)
+        if first_seq < 0 or int(seq[0]) != first_seq or first_seq <= prev \
+                or last_seq - first_seq < n - 1 or last_seq - first_seq > 0xFFFFFFFF:
+            raise ValueError(f"{self.path}: {L.TABLE_NAMES[table_id]} batch seqs "
+                             f"{int(seq[0])}..{last_seq} (first_seq {first_seq}, {n} rows) do "
+                             f"not continue the log (last {L.TABLE_NAMES[table_id]} seq is "
+                             f"{prev})")
         raw_len = n * L.ROW_SIZE[table_id]
         if raw_len > L.MAX_PAYLOAD:
             raise ValueError(f"batch of {n} rows is {raw_len} bytes, over {L.MAX_PAYLOAD}")
@@ -280,10 +325,14 @@ class WalWriter:
             # the one copy that has to happen anyway.
             np.frombuffer(buf, dtype, n, pos)[:] = a
             pos += n * dtype.itemsize
-        buf, flags, payload_len = self._encode(buf, raw_len)
-        _seal_record(buf, table_id, self.shard, flags, first_seq, n, payload_len, raw_len)
+        encode = self._encode if compress is None else (_encode_lz4 if compress
+                                                         else _encode_raw)
+        buf, flags, payload_len = encode(buf, raw_len)
+        _seal_record(buf, table_id, self.shard, flags, first_seq, n, payload_len, raw_len,
+                     last_seq - first_seq)
         self._write(buf)
-        self.next_seq = first_seq + n
+        self._last_seq[table_id] = last_seq
+        self.next_seq = max(self.next_seq or 0, last_seq + 1)
         self._after_batch()
         return len(buf)
 
@@ -345,6 +394,27 @@ class WalWriter:
             return WalWriteError(self._failed, self.path, exc.errno)
         return WalWriteError(f"{what}; cut back to {self.end}", self.path, exc.errno,
                              truncated_to=self.end)
+
+    def mark(self) -> tuple:
+        """A point to `rewind` to: the end of the log and its seq bookkeeping."""
+        return (self.end, dict(self._last_seq), self.next_seq)
+
+    def rewind(self, mark: tuple) -> None:
+        """Cut the records appended since `mark` off the file (a pass that cannot be completed
+        must not leave half of itself in the log). A failed cut makes the writer unusable."""
+        self._check_usable()
+        end, last_seq, next_seq = mark
+        if end == self.end:
+            return
+        try:
+            os.ftruncate(self._fd, end)
+        except OSError as exc:
+            self._failed = f"WAL {self.path}: cutting back to {end} failed: {exc.strerror}"
+            raise WalWriteError(self._failed, self.path, exc.errno) from exc
+        self.end = end
+        self.synced_end = min(self.synced_end, end)
+        self._last_seq = dict(last_seq)
+        self.next_seq = next_seq
 
     # --- syncing -------------------------------------------------------------------------
     def sync(self) -> None:
@@ -408,6 +478,10 @@ class WalWriter:
                                 f"closed in forked child {os.getpid()}")
         if self._fd is None:
             return
+        if self._syncer is not None:
+            self._stop_syncer.set()
+            self._syncer.join()
+            self._syncer = None
         try:
             if self._failed is None and self.synced_end != self.end:
                 self._sync()
@@ -469,6 +543,11 @@ class WalScan:
     damage_offset: int | None
     next_record_offset: int | None
     next_seq: int | None
+    last_seq: dict = field(default_factory=dict)  # record type -> last seq in the good prefix
+    # seq from which this log holds rows: every smaller seq is in history (REC_ROLL), else 0
+    roll_seq: int = 0
+    # the bytes scanned, when scan(keep_buffer=True): decode reads them instead of the file
+    buffer: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def damaged_bytes(self) -> int:
@@ -541,7 +620,7 @@ def _read_file(path: str) -> tuple[np.ndarray, int]:
     return buf[:got], got
 
 
-def _map_prefix(path: str, limit: int) -> tuple[np.ndarray, int]:
+def _map_prefix(path: str, limit: int, populate: bool = False) -> tuple[np.ndarray, int]:
     """The first `limit` bytes of the file, mapped read-only (fewer if the file is shorter).
 
     Mapping is safe here where it is not in `scan`: a good prefix holds only complete records,
@@ -553,7 +632,8 @@ def _map_prefix(path: str, limit: int) -> tuple[np.ndarray, int]:
         size = min(os.fstat(f.fileno()).st_size, limit)
         if size == 0:
             return np.empty(0, dtype=np.uint8), 0
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        mm = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
     return np.frombuffer(mm, dtype=np.uint8, count=size), size
 
 
@@ -612,7 +692,29 @@ def _scan_buffer(buf: np.ndarray, size: int, path: str, shard: int | None) -> Wa
     crc32 = zlib.crc32
     records: list[tuple] = []
     expected_seq: int | None = None
-    pos = L.FILE_HEADER_SIZE
+    last_seq: dict[int, int] = {}
+    # the fast path: a compiled loop validates record after record and stops at the first
+    # that fails a check; the Python loop below then says what is wrong with it
+    kstate = np.full(K.SC_WORDS, -1, np.int64)
+    kstate[K.SC_POS] = L.FILE_HEADER_SIZE
+    kstate[K.SC_RECORDS] = 0
+    kstate[K.SC_ROLL] = 0
+    fast = []
+    while True:
+        out = np.empty((min(1 << 16, (size - int(kstate[K.SC_POS])) // h + 1), K.R_WORDS),
+                       np.int64)
+        got = K.scan_records(buf, size, file_shard, kstate, out)
+        if got:
+            fast.append(out[:got])
+        if got < len(out):
+            break
+    pos = int(kstate[K.SC_POS])
+    expected_seq = int(kstate[K.SC_EXPECTED]) if kstate[K.SC_EXPECTED] >= 0 else None
+    roll_seq = int(kstate[K.SC_ROLL])
+    for t in L.BATCH_TYPES:
+        if kstate[K.SC_LAST + t] >= 0:
+            last_seq[t] = int(kstate[K.SC_LAST + t])
+    had = int(kstate[K.SC_RECORDS])
     damage: str | None = None
     seq_break = False
     while pos < size:
@@ -621,7 +723,7 @@ def _scan_buffer(buf: np.ndarray, size: int, path: str, shard: int | None) -> Wa
             damage = f"torn record: {left} of {h} header bytes"
             break
         (magic, version, rtype, rshard, flags, first_seq, row_count, payload_len, raw_len,
-         payload_crc, reserved, header_crc) = unpack(mv, pos)
+         payload_crc, seq_span, header_crc) = unpack(mv, pos)
         if magic != L.RECORD_MAGIC:
             if not buf[pos:].any():
                 damage = f"zero-filled tail of {left} bytes"
@@ -633,11 +735,11 @@ def _scan_buffer(buf: np.ndarray, size: int, path: str, shard: int | None) -> Wa
             damage = (f"record header checksum 0x{header_crc:08x}, computed "
                       f"0x{computed:08x}")
             break
-        if version != L.VERSION or rshard != file_shard or reserved != 0:
-            damage = (f"record version {version} / shard {rshard} / reserved {reserved} in a "
-                      f"version {L.VERSION} WAL of shard {file_shard}")
+        if version != L.VERSION or rshard != file_shard:
+            damage = (f"record version {version} / shard {rshard} in a version {L.VERSION} "
+                      f"WAL of shard {file_shard}")
             break
-        why = check_lengths(rtype, flags, row_count, payload_len, raw_len)
+        why = check_lengths(rtype, flags, row_count, payload_len, raw_len, seq_span)
         if why is not None:
             damage = why
             break
@@ -653,31 +755,52 @@ def _scan_buffer(buf: np.ndarray, size: int, path: str, shard: int | None) -> Wa
             damage = "nonzero record padding"
             break
         if rtype in L.BATCH_TYPES:
-            # Intact records with a seq break are a writer bug, not a torn write.
-            if expected_seq is not None and first_seq != expected_seq:
-                kind = "gap" if first_seq > expected_seq else "overlap"
-                damage = f"seq {kind}: batch starts at {first_seq}, expected {expected_seq}"
+            # Intact records whose seqs go back are a writer bug, not a torn write.
+            prev = last_seq.get(rtype, -1)
+            if first_seq <= prev:
+                damage = (f"seq overlap: {L.TABLE_NAMES[rtype]} batch starts at {first_seq}, "
+                          f"after {L.TABLE_NAMES[rtype]} seq {prev}")
                 seq_break = True
                 break
             if first_seq < 0:
                 damage = f"negative first_seq {first_seq}"
                 seq_break = True
                 break
-            expected_seq = first_seq + row_count
+            last_seq[rtype] = first_seq + seq_span
+            expected_seq = max(expected_seq or 0, first_seq + seq_span + 1)
+        elif rtype == L.REC_ROLL:
+            if records or had or first_seq < 0:
+                damage = (f"roll record at offset {pos} is not the first record"
+                          if records or had else f"roll record with negative seq {first_seq}")
+                seq_break = True
+                break
+            roll_seq = first_seq
+            expected_seq = first_seq
+            for t in L.BATCH_TYPES:
+                last_seq[t] = first_seq - 1
         records.append((pos, rtype, flags, first_seq, row_count, payload_len, raw_len))
         pos = end
 
     recs = np.array(records, dtype=SCAN_RECORD_DTYPE) if records else empty
+    if fast:
+        rows = np.concatenate(fast)
+        frecs = np.empty(len(rows), dtype=SCAN_RECORD_DTYPE)
+        for name, col in (("offset", K.R_OFFSET), ("type", K.R_TYPE), ("flags", K.R_FLAGS),
+                          ("first_seq", K.R_FIRST_SEQ), ("row_count", K.R_ROW_COUNT),
+                          ("payload_len", K.R_PAYLOAD_LEN), ("raw_len", K.R_RAW_LEN)):
+            frecs[name] = rows[:, col]
+        recs = np.concatenate([frecs, recs]) if len(recs) else frecs
     if damage is None:
         return WalScan(path, file_shard, created_ns, creator_pid, size, recs, pos, None, None,
-                       None, None, expected_seq)
+                       None, None, expected_seq, last_seq, roll_seq=roll_seq)
     following = _find_next_record(buf, pos + 8, size)
     kind = "mid-file" if seq_break or following is not None else "tail"
     return WalScan(path, file_shard, created_ns, creator_pid, size, recs, pos, damage, kind,
-                   pos, following, expected_seq)
+                   pos, following, expected_seq, last_seq, roll_seq=roll_seq)
 
 
-def scan(path: str | os.PathLike, shard: int | None = None) -> WalScan:
+def scan(path: str | os.PathLike, shard: int | None = None,
+         keep_buffer: bool = False) -> WalScan:
     """Read a WAL and validate every record; stop at the first bad one.
 
     Raises LayoutMismatch when the file is not a WAL of this format version (or, with
@@ -685,8 +808,67 @@ def scan(path: str | os.PathLike, shard: int | None = None) -> WalScan:
     fails. Damage after the file header is reported in the returned WalScan, never raised.
     """
     path = os.fspath(path)
-    buf, size = _read_file(path)
-    return _scan_buffer(buf, size, path, shard)
+    if keep_buffer:
+        # the caller owns the file (nobody cuts it while mapped): map it with its pages
+        # populated, which is several times faster than reading into fresh memory
+        buf, size = _map_prefix(path, 1 << 62, populate=True)
+    else:
+        buf, size = _read_file(path)
+    found = _scan_buffer(buf, size, path, shard)
+    if keep_buffer:
+        # only the owner of the file (recovery, with the writer's lock) should keep it:
+        # decode then trusts these bytes instead of the file
+        object.__setattr__(found, "buffer", buf)
+    return found
+
+
+def start_after_roll(path: str | os.PathLike, shard: int, next_seq: int,
+                     symbols: list[str], venues: dict[int, str]) -> None:
+    """Replace the WAL at `path` with a new one that starts at `next_seq`, atomically.
+
+    The new file holds the file header, a REC_ROLL record (every smaller seq is in history)
+    and a name record for each symbol (ids 0..) and venue (`venues`: id -> name, the empty
+    venue 0 left out), is fsynced under a temporary name and renamed over `path`: a crash
+    leaves the old log or the new one, never a mix. The caller must not hold a WalWriter
+    on `path` (close it first).
+    """
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    buf = bytearray(_file_header_bytes(shard))
+    rec = bytearray(L.RECORD_HEADER_SIZE)
+    _seal_record(rec, L.REC_ROLL, shard, 0, next_seq, 0, 0, 0)
+    buf += rec
+    for rtype, names in ((L.REC_SYMBOL, dict(enumerate(symbols))), (L.REC_VENUE, venues)):
+        for ident, name in names.items():
+            nb = bytearray(L.RECORD_HEADER_SIZE + L.padded(L.NAME_PAYLOAD_SIZE))
+            L.NAME_PAYLOAD_STRUCT.pack_into(nb, L.RECORD_HEADER_SIZE, ident,
+                                            name.encode("ascii"))
+            _seal_record(nb, rtype, shard, 0, L.NO_SEQ, 1, L.NAME_PAYLOAD_SIZE,
+                         L.NAME_PAYLOAD_SIZE)
+            buf += nb
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(buf)
+            done = 0
+            while done < len(buf):
+                done += os.write(fd, view[done:])
+            _fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise WalWriteError(f"cannot start a new WAL at {path}: {exc.strerror}", path,
+                            exc.errno) from exc
 
 
 def truncate_to(path: str | os.PathLike, good_end: int) -> int:
@@ -739,7 +921,10 @@ def decode(source: str | os.PathLike | WalScan, min_seq: int | None = None) -> d
     that does not decompress to raw_len, one id bound to two names) and when a WalScan no
     longer matches the file.
     """
-    if isinstance(source, WalScan):
+    if isinstance(source, WalScan) and source.buffer is not None:
+        found = source
+        buf = source.buffer
+    elif isinstance(source, WalScan):
         found = source
         buf, size = _map_prefix(found.path, found.good_end)
         if size < found.good_end:
@@ -768,30 +953,60 @@ def decode(source: str | os.PathLike | WalScan, min_seq: int | None = None) -> d
     return result
 
 
+def decode_into(found: WalScan, targets: Mapping[int, Mapping[str, np.ndarray]],
+                start: Mapping[int, int]) -> dict:
+    """Decode a scanned WAL's batch rows straight into caller-owned column arrays.
+
+    `targets[rtype][column]` receives the rows of that table from row `start[rtype]` on, in
+    file order (recovery passes the shard's shared-memory columns: no intermediate copy).
+    The caller checks capacity first (`found.records` has the row counts). Returns
+    {"rows": {rtype: n}, "symbols": {id: name}, "venues": {id: name}}.
+    """
+    buf = found.buffer if found.buffer is not None else _map_prefix(found.path,
+                                                                     found.good_end)[0]
+    mv = memoryview(buf)
+    recs = found.records
+    rows = {}
+    for rtype, dst in targets.items():
+        schema = L.TABLE_COLUMNS[rtype]
+        mine = recs[recs["type"] == rtype]
+        cols = []
+        for name, dtype in schema:
+            col = dst[name]
+            if col.dtype != dtype or not col.flags.c_contiguous:
+                raise ValueError(f"decode_into: column {name!r} must be contiguous {dtype}")
+            cols.append(col.view(np.uint8))
+        capacity = min(len(dst[name]) for name, _ in schema)
+        lz4 = mine["flags"] & L.FLAG_LZ4 != 0
+        scratch = np.empty(int(mine["raw_len"][lz4].max()) if lz4.any() else 0, np.uint8)
+        got = K.decode_table(buf, np.ascontiguousarray(mine["offset"]),
+                             mine["flags"].astype(np.int64), mine["row_count"].astype(np.int64),
+                             mine["payload_len"].astype(np.int64),
+                             mine["raw_len"].astype(np.int64), tuple(cols),
+                             np.array([dt.itemsize for _, dt in schema], np.int64),
+                             start.get(rtype, 0), capacity, scratch)
+        if got < 0:
+            off = int(mine["offset"][-got - 1])
+            raise CorruptRecord(f"{found.path}: record at offset {off} does not decode "
+                                f"(a bad LZ4 block, or more rows than the columns hold)")
+        rows[rtype] = got
+    return {"rows": rows,
+            "symbols": _decode_names(mv, recs[recs["type"] == L.REC_SYMBOL], found.path),
+            "venues": _decode_names(mv, recs[recs["type"] == L.REC_VENUE], found.path)}
+
+
 def _decode_table(mv: memoryview, recs: np.ndarray, rtype: int, min_seq: int | None,
                   path: str) -> dict[str, np.ndarray]:
     schema = L.TABLE_COLUMNS[rtype]
-    first = recs["first_seq"]
     count = recs["row_count"]
-    if min_seq is not None:
-        keep = first + count > min_seq
-        recs, first, count = recs[keep], first[keep], count[keep]
-        skip = np.clip(min_seq - first, 0, None)
-    else:
-        skip = np.zeros(len(recs), dtype=np.int64)
-    kept = count - skip
-    total = int(kept.sum())
+    total = int(count.sum())
     out = {name: np.empty(total, dtype=dtype) for name, dtype in schema}
-    # seq of every output row in one vectorised step: row j of record k is first[k]+skip[k]+j.
-    starts = np.cumsum(kept) - kept
-    out["seq"] = np.arange(total, dtype=np.int64) + np.repeat(first + skip - starts, kept)
 
     h = L.RECORD_HEADER_SIZE
     columns = [(out[name], dtype) for name, dtype in schema]
     decompress = lz4.block.decompress
     row = 0
-    for (offset, _t, flags, _fs, n, payload_len, raw_len), s in zip(recs.tolist(),
-                                                                   skip.tolist()):
+    for offset, _t, flags, _fs, n, payload_len, raw_len in recs.tolist():
         p0 = offset + h
         if flags & L.FLAG_LZ4:
             try:
@@ -806,11 +1021,15 @@ def _decode_table(mv: memoryview, recs: np.ndarray, rtype: int, min_seq: int | N
         else:
             data = mv
             pos = p0
-        m = n - s
         for dst, dtype in columns:
-            dst[row:row + m] = np.frombuffer(data, dtype, n, pos)[s:]
+            dst[row:row + n] = np.frombuffer(data, dtype, n, pos)
             pos += n * dtype.itemsize
-        row += m
+        row += n
+    if min_seq is not None and total:
+        # seqs interleave across tables, so a record may hold rows on both sides of min_seq
+        keep = out["seq"] >= min_seq
+        if not keep.all():
+            out = {name: col[keep] for name, col in out.items()}
     return out
 
 

@@ -86,7 +86,7 @@ def test_struct_formats_agree_with_dtypes_and_offsets():
     fvalues = [L.FILE_MAGIC, 1, 32, 4, 5, -6, 7, 8]
     fh = np.frombuffer(L.FILE_HEADER_STRUCT.pack(*fvalues), dtype=L.FILE_HEADER_DTYPE)[0]
     assert [int(fh[name]) for name in L.FILE_HEADER_DTYPE.names] == fvalues
-    assert L.ROW_SIZE[L.REC_TRADES] == 32 and L.ROW_SIZE[L.REC_QUOTES] == 48
+    assert L.ROW_SIZE[L.REC_TRADES] == 40 and L.ROW_SIZE[L.REC_QUOTES] == 56
 
 
 # --- round trips ---------------------------------------------------------------------------
@@ -147,16 +147,22 @@ def test_lz4_only_when_smaller(tmp_path):
     path = tmp_path / "w.wal"
     with WalWriter(path, 0, fsync="off") as w:
         w.append_batch(L.REC_TRADES, 0, trades(1000, compressible=True))
-        w.append_batch(L.REC_TRADES, 1000, trades(1000, compressible=False))
-        w.append_batch(L.REC_TRADES, 2000, trades(1, compressible=False))
+        noisy = trades(1000, compressible=False)
+        # seqs with random gaps (the other table's rows sit between): nothing to squeeze
+        noisy["seq"] = 1000 + np.cumsum(np.random.default_rng(7).integers(1, 2**21, 1000))
+        w.append_batch(L.REC_TRADES, int(noisy["seq"][0]), noisy)
+        w.append_batch(L.REC_TRADES, int(noisy["seq"][-1]) + 1, trades(1, compressible=False))
     r = scan(path).records
     raw = 1000 * L.ROW_SIZE[L.REC_TRADES]
     assert r["flags"][0] == L.FLAG_LZ4 and r["payload_len"][0] < raw // 4
-    assert r["flags"][1] == 0 and r["payload_len"][1] == raw
+    # random values: only the seq column's constant high bytes squeeze out
+    assert r["flags"][1] == L.FLAG_LZ4 and raw * 3 // 4 < r["payload_len"][1] < raw
     # One row does not compress: stored raw.
     assert r["flags"][2] == 0 and r["payload_len"][2] == L.ROW_SIZE[L.REC_TRADES]
     assert os.path.getsize(path) == (L.FILE_HEADER_SIZE + 3 * L.RECORD_HEADER_SIZE
-                                     + L.padded(int(r["payload_len"][0])) + raw + 32)
+                                     + L.padded(int(r["payload_len"][0]))
+                                     + L.padded(int(r["payload_len"][1]))
+                                     + L.ROW_SIZE[L.REC_TRADES])
 
 
 def test_batch_validation(tmp_path):
@@ -173,8 +179,12 @@ def test_batch_validation(tmp_path):
             w.append_batch(L.REC_SYMBOL, 0, good)
         assert w.append_batch(L.REC_TRADES, 0, {k: v[:0] for k, v in good.items()}) == 0
         w.append_batch(L.REC_TRADES, 0, good)
-        with pytest.raises(ValueError, match="next seq is 4"):
-            w.append_batch(L.REC_TRADES, 5, good)
+        with pytest.raises(ValueError, match="last trades seq is 3"):
+            w.append_batch(L.REC_TRADES, 2, good)
+        with pytest.raises(ValueError, match="do not continue"):  # seq[0] != first_seq
+            w.append_batch(L.REC_TRADES, 9, {**good, "seq": np.arange(10, 14)})
+        w.append_batch(L.REC_TRADES, 9, good)  # a gap: quotes may hold seqs 4..8
+        assert w.next_seq == 13
         with pytest.raises(ValueError):
             w.append_symbol(1, "ÄPPLE")
         with pytest.raises(ValueError):
@@ -182,7 +192,7 @@ def test_batch_validation(tmp_path):
         with pytest.raises(ValueError):
             w.append_venue(-1, "XNAS")
     s = scan(tmp_path / "v.wal")
-    assert s.damage is None and s.next_seq == 4
+    assert s.damage is None and s.next_seq == 13
 
 
 def test_castable_and_strided_columns(tmp_path):

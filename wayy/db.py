@@ -3,21 +3,33 @@
 Every shard is mapped read-only. A query takes one commit snapshot per shard and reads only
 committed rows, so it sees whole batches, never waits for a writer, and a writer never waits
 for it. Results are copies (named numpy columns), safe to keep after the database moves on.
+
+Tables read history on disk (``<db>/hist``, :mod:`wayy.history`) and memory as one: a shard's
+rolled partitions come before its memory rows, memory rows already in history (a roll caught
+between writing its partition and resetting the segment) are skipped, and a query that a roll
+overtakes (the shard's generation moved) simply runs again. With no ``hist`` directory the
+cost is one cached check, so memory-only queries stay as fast as before.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
 
 from shm import query
+from shm.layout import shard as S
 from shm.layout import tables as T
 from shm.shard import ShardData
-from wayy.errors import InvalidInput, UnknownTable, translate
+from wayy import history as H
+from wayy.errors import InvalidInput, UnknownTable, WayyError, translate
 from wayy.manifest import Manifest, read_manifest
 from wayy.names import check_symbol, check_venue, shard_of
+
+
+_GEN = S.GENERATION_I64
 
 
 class Result:
@@ -75,6 +87,11 @@ class Database:
             for _ in range(self.nshards)
         ]
         self._sym_cache: dict[str, tuple[int, int]] = {}
+        self.history = H.HistoryStore(self.path)
+        self._all = tuple(range(self.nshards))
+        # memoryviews read a header word as a Python int ~3x faster than numpy indexing
+        self._hdr = [memoryview(d.hdr64) for d in self.shards]
+        self._gens = list(self._generations(self._all))
         self._tables = {name: Table(self, name) for name in T.TABLE_NAMES}
         self._pid = os.getpid()
         self._subscriptions: list = []
@@ -91,6 +108,26 @@ class Database:
     @property
     def tables(self) -> tuple[str, ...]:
         return T.TABLE_NAMES
+
+    # --- generations (a roll resets a shard's segment and bumps its generation) ------------
+    def _generations(self, shards) -> tuple[int, ...]:
+        return tuple([self._hdr[k][_GEN] for k in shards])
+
+    def _sync(self, shards) -> tuple[int, ...]:
+        """Generations of ``shards`` now. When one moved (a roll), that shard's names are
+        read again and the history listing at once (the roll wrote its partition first)."""
+        gens = self._generations(shards)
+        moved = False
+        for k, g in zip(shards, gens):
+            if g != self._gens[k]:
+                self._gens[k] = g
+                self._names[k] = {"sym": np.empty(0, "U16"), "ven": np.empty(0, "U16"),
+                                  "sym_ids": {}, "ven_ids": {}}
+                moved = True
+        if moved:
+            self._sym_cache.clear()
+            self.history.refresh()
+        return gens
 
     # --- names ----------------------------------------------------------------------------
     def _refresh_names(self, k: int) -> dict:
@@ -121,10 +158,13 @@ class Database:
         return k, sid
 
     def symbols(self) -> list[str]:
-        """Every symbol that has ticked, across shards, sorted."""
-        out: list[str] = []
+        """Every symbol that has ticked, across shards and history, sorted."""
+        out: set[str] = set()
         for k in range(self.nshards):
-            out.extend(self._refresh_names(k)["sym"].tolist())
+            out.update(self._refresh_names(k)["sym"].tolist())
+        for p in self.history.partitions():
+            names = p.names()[0]
+            out.update(names[p.array("sym_rows") > 0].tolist())
         return sorted(out)
 
     # --- subscriptions (wayy.subscribe) -----------------------------------------------------
@@ -208,9 +248,13 @@ class Database:
         if self._reg is not None:
             self._reg.close()
             self._reg = None
+        for h in self._hdr:
+            h.release()
+        self._hdr = []
         for d in self.shards:
             d.close()
         self.shards = []
+        self.history.close()
 
     def __enter__(self) -> "Database":
         return self
@@ -223,7 +267,14 @@ class Database:
 
 
 class Table:
-    """One table across all shards: ``len``, ``tail``, ``between``."""
+    """One table across all shards, history on disk and memory together: ``len``, ``tail``,
+    ``between``.
+
+    Order of results: ``between`` (and ``tail`` without a symbol) returns rows in ``ts``
+    order; rows with equal ``ts`` come in shard order, then ``seq`` order (a shard's history
+    before its memory, as its seqs are older). ``tail`` with a symbol returns that symbol's
+    rows in arrival (``seq``) order, as memory has always done.
+    """
 
     def __init__(self, db: Database, name: str) -> None:
         self.db = db
@@ -232,10 +283,56 @@ class Table:
         self.columns = T.COLUMNS[self.id]
 
     def __len__(self) -> int:
-        return sum(d.committed(self.id) for d in self.db.shards)
+        """Rows in history and memory (a row in both during a roll counts once)."""
+        db = self.db
+        if time.monotonic() < db.history.empty_until:  # no history: memory only
+            total = sum([d.committed(self.id) for d in db.shards])
+            if [h[_GEN] for h in db._hdr] == db._gens:  # no roll since the last sync
+                return total
+        return self._consistent(db._all, self._count)
 
     def __repr__(self) -> str:
         return f"<wayy.Table {self.name}: {len(self)} rows>"
+
+    # --- reading history and memory consistently ------------------------------------------
+    def _consistent(self, shards, read):
+        """``read()`` between two looks at the generations of ``shards``: a roll (segment
+        reset) during the read makes it read again, so rows never vanish between a stale
+        history listing and a reset segment, and never come from a half-reused one."""
+        for _ in range(1000):
+            gens = self.db._sync(shards)
+            out = read()
+            if self.db._generations(shards) == gens:
+                return out
+        raise WayyError(f"{self.name}: the database rolled 1000 times during one query",
+                        path=self.db.path)
+
+    def _hist(self) -> dict[int, list[H.Partition]]:
+        """This table's partitions per shard (listing re-checked at most every refresh_s)."""
+        self.db.history.poll()
+        return self.db.history.by_shard(self.id)
+
+    def _mem_lo(self, k: int, committed: int) -> int:
+        """First memory row of shard ``k`` not already in history (seq > history's last)."""
+        last = self.db.history.last_seq(self.id, k)
+        if last < 0 or committed == 0:
+            return 0
+        seq = self.db.shards[k].cols[self.id]["seq"][:committed]
+        return int(np.searchsorted(seq, last, side="right"))
+
+    def _venue_id(self, k: int, venue: str) -> int:
+        vid = self.db._names[k]["ven_ids"].get(venue)
+        if vid is None:
+            vid = self.db._refresh_names(k)["ven_ids"].get(venue, -1)
+        return vid
+
+    def _count(self) -> int:
+        parts = self._hist()
+        total = 0
+        for k, d in enumerate(self.db.shards):
+            c = d.committed(self.id)
+            total += c - (self._mem_lo(k, c) if k in parts else 0)
+        return total + sum(p.rows for ps in parts.values() for p in ps)
 
     def _gather(self, k: int, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
         d = self.db.shards[k]
@@ -259,83 +356,211 @@ class Table:
             cols[c] = np.empty(0, "U16") if c in ("symbol", "venue") else d[c][:0].copy()
         return Result(self.name, cols)
 
+    # --- tail -------------------------------------------------------------------------------
     def tail(self, n: int = 20, symbol: str | None = None, venue: str | None = None) -> Result:
-        """The last ``n`` committed rows (oldest first), of one symbol if given.
+        """The last ``n`` rows (oldest first) matching ``symbol`` and ``venue`` when given,
+        from memory and, when memory holds fewer, from history on disk.
 
-        With a symbol this follows the per-symbol index: O(n) whatever the table size. Without
-        one, the last ``n`` rows of every shard are merged by timestamp. ``venue`` filters
-        the rows found (it may then return fewer than ``n``).
+        With a symbol this follows the per-symbol index in memory: O(n) whatever the table
+        size; rows come in arrival order. Without one, the last ``n`` rows of every shard are
+        merged by timestamp. A ``venue`` keeps looking further back until ``n`` rows of that
+        venue are found (or there are no more).
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise InvalidInput(f"n must be a non-negative int, got {n!r}")
-        n = int(n)
+        if n.__class__ is not int or n < 0:
+            n = H._check_n(n)
+        if venue is None and time.monotonic() < self.db.history.empty_until:
+            res = self._tail_memory_only(n, symbol)
+            if res is not None:
+                return res
         if venue is not None:
             check_venue(venue)
+        if symbol is None:
+            return self._consistent(self.db._all, lambda: self._tail_all(n, venue))
+        k = self.db.symbol_id(symbol)[0]
+        return self._consistent((k,), lambda: self._tail_symbol(n, symbol, venue))
+
+    def _tail_memory_only(self, n: int, symbol: str | None) -> Result | None:
+        """tail() when there is no history and no roll under way: the memory path alone, as
+        fast as before history existed. None: take the general path.
+
+        One look at the generations, after reading, is enough: if they still equal those
+        the history listing was synced to, no reset happened before or during the read."""
+        db = self.db
         if symbol is not None:
-            k, sid = self.db.symbol_id(symbol)
-            if sid < 0 or n == 0:
-                return self._empty()
+            found = db._sym_cache.get(symbol)
+            if found is None or n == 0:
+                return None
+            k, sid = found
+            d = db.shards[k]
+            out = np.empty(n, np.int64)
+            got = query.tail_symbol(d.last[self.id], d.prev[self.id], d.committed(self.id),
+                                    sid, n, out)
+            res = Result(self.name, self._gather(k, out[:got]))
+            # rows read before a reset of the generation this listing is synced to: valid
+            return res if db._hdr[k][_GEN] == db._gens[k] else None
+        parts = []
+        for k, d in enumerate(db.shards):
+            committed = d.committed(self.id)
+            lo = max(0, committed - n)
+            if committed > lo:
+                parts.append(self._gather(k, slice(lo, committed)))
+        res = self._merge(parts)
+        if len(res) > n:
+            res = Result(self.name, H.tail_of(res.columns, n))
+        return res if [h[_GEN] for h in db._hdr] == db._gens else None
+
+    def _tail_symbol(self, n: int, symbol: str, venue: str | None) -> Result:
+        k, sid = self.db.symbol_id(symbol)
+        parts = self._hist()
+        mem = None
+        if sid >= 0 and n:
             d = self.db.shards[k]
             committed = d.committed(self.id)
-            out = np.empty(n, np.int64)
-            got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed, sid, n, out)
-            res = Result(self.name, self._gather(k, out[:got]))
-        else:
-            parts = []
-            for k, d in enumerate(self.db.shards):
-                committed = d.committed(self.id)
-                lo = max(0, committed - n)
-                if committed > lo:
-                    parts.append(self._gather(k, slice(lo, committed)))
-            res = self._merge(parts)
-            if len(res) > n:
-                res = Result(self.name, {c: v[len(res) - n:] for c, v in res.columns.items()})
-        if venue is not None:
-            keep = res.columns["venue"] == venue
-            res = Result(self.name, {c: v[keep] for c, v in res.columns.items()})
-        return res
+            lo = self._mem_lo(k, committed) if k in parts else 0
+            rows = self._mem_tail_rows(k, sid, n, venue, lo, committed)
+            if len(rows):
+                mem = self._gather(k, rows)
+        if not parts or not n:
+            if mem is None:
+                return self._empty()
+            return Result(self.name, mem)
+        pieces = []
+        for s in sorted(parts.keys() | {k}):
+            own = mem if s == k else None
+            need = n - (len(own["ts"]) if own is not None else 0)
+            old = self.db.history.shard_tail(parts[s], need, symbol, venue) \
+                if need > 0 and s in parts else None
+            got = [p for p in (old, own) if p is not None]
+            if got:
+                pieces.append(H.concat(got))
+        return self._result(pieces, n, by_ts=False)
 
+    def _mem_tail_rows(self, k: int, sid: int, n: int, venue: str | None, lo: int,
+                       committed: int) -> np.ndarray:
+        """Memory rows (>= lo) of the last ``n`` of symbol ``sid`` (and venue), ascending."""
+        d = self.db.shards[k]
+        vid = -1
+        if venue is not None and (vid := self._venue_id(k, venue)) < 0:
+            return np.empty(0, np.int64)
+        want = n
+        while True:
+            out = np.empty(want, np.int64)
+            got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed, sid, want,
+                                    out)
+            rows = out[:got]
+            cut = int(np.searchsorted(rows, lo)) if lo else 0
+            rows = rows[cut:]
+            if vid < 0:
+                return rows
+            match = rows[d.cols[self.id]["venue"].take(rows) == vid]
+            if len(match) >= n or got < want or cut:  # enough, or no older rows left
+                return match[len(match) - n:] if len(match) > n else match
+            want *= 4
+
+    def _tail_all(self, n: int, venue: str | None) -> Result:
+        parts = self._hist()
+        pieces = []
+        shards = sorted(parts.keys() | set(range(self.db.nshards))) if n else []
+        for s in shards:
+            got = []
+            if s < self.db.nshards:
+                d = self.db.shards[s]
+                committed = d.committed(self.id)
+                lo = self._mem_lo(s, committed) if s in parts else 0
+                if venue is None:
+                    lo = max(lo, committed - n)
+                    if committed > lo:
+                        got.append(self._gather(s, slice(lo, committed)))
+                elif (vid := self._venue_id(s, venue)) >= 0:
+                    cols = d.cols[self.id]
+                    rows = H.scan_back(cols["symbol"], cols["venue"], lo, committed, -1, vid, n)
+                    if len(rows):
+                        got.append(self._gather(s, rows))
+            need = n - (len(got[0]["ts"]) if got else 0)
+            if need > 0 and s in parts:
+                old = self.db.history.shard_tail(parts[s], need, None, venue)
+                if old is not None:
+                    got.insert(0, old)
+            if got:
+                pieces.append(H.concat(got))
+        return self._result(pieces, n, by_ts=True)
+
+    def _result(self, pieces: list[dict[str, np.ndarray]], n: int, by_ts: bool) -> Result:
+        """Per-shard pieces (each in seq order) -> the last ``n`` rows, merged by ts when
+        ``by_ts`` or when several shards contributed (else in seq order)."""
+        if not pieces:
+            return self._empty()
+        cols = H.merge_by_ts(pieces) if by_ts or len(pieces) > 1 else pieces[0]
+        return Result(self.name, H.tail_of(cols, n))
+
+    # --- between ----------------------------------------------------------------------------
     def between(self, start_ts: int | None = None, end_ts: int | None = None,
-                symbol: str | None = None) -> Result:
-        """Committed rows with start_ts <= ts < end_ts (either bound may be None), in
-        timestamp order, merged across shards; one symbol's rows if ``symbol`` is given."""
+                symbol: str | None = None, venue: str | None = None) -> Result:
+        """Rows with start_ts <= ts < end_ts (either bound may be None) from history and
+        memory, in timestamp order (equal timestamps: shard, then seq order); only
+        ``symbol``'s / ``venue``'s rows when given. Partitions and memory blocks whose ts
+        range cannot overlap are skipped unread."""
         start = _ts_bound(start_ts, "start_ts", np.iinfo(np.int64).min)
         end = _ts_bound(end_ts, "end_ts", np.iinfo(np.int64).max)
+        if venue is not None:
+            check_venue(venue)
+        db = self.db
+        if time.monotonic() < db.history.empty_until:  # no history: memory only
+            res = self._between(start, end, symbol, venue, {})
+            if [h[_GEN] for h in db._hdr] == db._gens:  # no roll since the last sync
+                return res
+        if symbol is None:
+            return self._consistent(db._all, lambda: self._between(start, end, None, venue))
+        k = db.symbol_id(symbol)[0]
+        return self._consistent((k,), lambda: self._between(start, end, symbol, venue))
+
+    def _between(self, start: int, end: int, symbol: str | None, venue: str | None,
+                 parts: dict[int, list[H.Partition]] | None = None) -> Result:
         if symbol is not None:
             k, sid = self.db.symbol_id(symbol)
-            if sid < 0:
-                return self._empty()
-            shards = [(k, sid)]
+            mem = {k: sid} if sid >= 0 else {}
         else:
-            shards = [(k, -1) for k in range(self.db.nshards)]
-        parts = []
-        for k, sid in shards:
-            d = self.db.shards[k]
-            committed = d.committed(self.id)
-            cols = d.cols[self.id]
-            rows = query.between_rows(cols["ts"], d.blk_min[self.id], d.blk_max[self.id],
-                                      committed, start, end, cols["symbol"], sid)
-            if len(rows) == 0:
-                continue
-            if query.is_contiguous(rows):
-                parts.append(self._gather(k, slice(int(rows[0]), int(rows[-1]) + 1)))
-            else:
-                parts.append(self._gather(k, rows))
-        return self._merge(parts)
+            mem = dict.fromkeys(self.db._all, -1)
+        if parts is None:
+            parts = self._hist()
+        pieces = []
+        shards = sorted(parts.keys() | mem.keys()) if parts else list(mem)
+        for s in shards:
+            for p in parts.get(s, ()):
+                got = H.part_between(p, start, end, symbol, venue)
+                if got is not None:
+                    pieces.append(got)
+            if s in mem:
+                got = self._mem_between(s, mem[s], start, end, venue, s in parts)
+                if got is not None:
+                    pieces.append(got)
+        return self._merge(pieces)
+
+    def _mem_between(self, k: int, sid: int, start: int, end: int, venue: str | None,
+                     has_hist: bool) -> dict[str, np.ndarray] | None:
+        d = self.db.shards[k]
+        vid = -1
+        if venue is not None and (vid := self._venue_id(k, venue)) < 0:
+            return None
+        committed = d.committed(self.id)
+        cols = d.cols[self.id]
+        rows = query.between_rows(cols["ts"], d.blk_min[self.id], d.blk_max[self.id],
+                                  committed, start, end, cols["symbol"], sid)
+        if has_hist and len(rows):
+            rows = rows[np.searchsorted(rows, self._mem_lo(k, committed)):]
+        if vid >= 0 and len(rows):
+            rows = rows[cols["venue"].take(rows) == vid]
+        if len(rows) == 0:
+            return None
+        if query.is_contiguous(rows):
+            return self._gather(k, slice(int(rows[0]), int(rows[-1]) + 1))
+        return self._gather(k, rows)
 
     def _merge(self, parts: list[dict[str, np.ndarray]]) -> Result:
         if not parts:
             return self._empty()
-        if len(parts) == 1:
-            cols = parts[0]
-        else:
-            cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
-        ts = cols["ts"]
-        if not query.is_sorted(ts):
-            # stable: equal timestamps keep shard-then-seq order; near-sorted input is cheap
-            order = np.argsort(ts, kind="stable")
-            cols = {c: v[order] for c, v in cols.items()}
-        return Result(self.name, cols)
+        # stable: equal timestamps keep shard-then-seq order; near-sorted input is cheap
+        return Result(self.name, H.merge_by_ts(parts))
 
 
 def _decode_names(raw: np.ndarray) -> np.ndarray:

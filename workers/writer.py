@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import threading
 import time
 
 import numpy as np
 
-from shm import inbound, ingest
+from shm import inbound, ingest, wal_kernels
 from shm.atomics import futex_wake
 from shm.layout import change_ring as CR
 from shm.layout import control as C
@@ -30,7 +31,11 @@ from shm import change_ring
 from shm.change_ring import ChangeRingWriter
 from shm.segment import pid_alive
 from shm.shard import Control, InboundRing, ShardData, segment_name
+from shm.errors import WalWriteError
 from workers.agent import Runner
+from workers import roll
+from workers.roll import RollConfig
+from workers.shard_log import ShardLog, WalConfig
 
 log = logging.getLogger("wayy.writer")
 
@@ -40,6 +45,8 @@ IDLE_SPIN_S = 50e-6  # keep polling this long after the last work, then sleep on
 IDLE_WAIT_NS = 100_000_000  # heartbeat resolution while idle
 STALL_DEAD_CHECK_S = 0.2  # a claim unfinished this long: is its producer alive?
 STALL_ZERO_HEADER_S = 5.0  # a claim with no header at all this long: pad over it
+WAL_RETRY_S = 0.5  # while the WAL cannot be written, try again this often
+PIPELINE_MIN_ROWS = 2048  # passes at least this big are logged on the WAL thread
 
 # Column pages are mapped ahead of the writer by a helper thread, so first-touch page faults
 # (4 us a page on a VM; ~50 ns a trades row) stay off the drain -> commit path. The window
@@ -64,10 +71,24 @@ def _pow2_at_least(n: int) -> int:
 class ShardWriter:
     """Agent that owns shard ``shard`` of the database with segment prefix ``prefix``."""
 
-    def __init__(self, prefix: str, shard: int) -> None:
+    def __init__(self, prefix: str, shard: int, db_path: str | None = None,
+                 wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None) -> None:
         self.name = f"writer-{shard}"
         self.prefix = prefix
         self.shard = shard
+        self.db_path = db_path
+        self.wal_cfg = wal_cfg if wal_cfg is not None and db_path is not None \
+            else WalConfig(enabled=False)
+        self.log: ShardLog | None = None
+        self._wal_retry_at = 0.0  # while the WAL cannot be written: when to try again
+        self._pending: _WalJob | None = None  # a pass whose WAL append is in flight
+        self._wal_stage: _WalStage | None = None
+        # rolls to history need the database directory; without one (a bare writer in a
+        # benchmark) the segment simply fills up
+        self.roll_cfg = roll_cfg if roll_cfg is not None and db_path is not None \
+            else RollConfig(daily=False, fill=None)
+        self._roll_seen = 0  # roll requests (`wayy roll`) answered
+        self._day = ""  # the UTC day the segment's rows belong to
         self.state = np.zeros(ingest.N_STATE, np.int64)
         self.batches = np.zeros((MAX_BATCHES_PER_PASS, ingest.B_WORDS), np.int64)
         self._last_work = 0.0
@@ -99,6 +120,12 @@ class ShardWriter:
         ingest.rebuild_htab(d.ven_names.view(np.uint8), int(st[ingest.S_NVEN]), self.htab_v)
         # a previous writer of this shard may have died mid-pass: drop what it left uncommitted
         ingest.repair_after_crash(self.seg8, d.off, d.hdr64, st)
+        if self.wal_cfg.enabled:
+            cfg = self.wal_cfg
+            self.log = ShardLog(self.db_path, self.shard, cfg.fsync, cfg.interval_ms,
+                                cfg.compress)
+            self.log.recover(d, st)
+            self._wal_stage = _WalStage(self.log, d)
         ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
         c = self.ctl.counters
         c[C.C_WRITER_PID] = os.getpid()
@@ -108,6 +135,10 @@ class ShardWriter:
         c[C.C_ROWS_QUOTES] = st[ingest.S_QUOTES]
         self.ring.hdr32[L.WRITER_PID_I32] = os.getpid()
         c[C.C_STATE] = C.STATE_RUNNING
+        # a request made while the previous writer ran and not yet acted on is answered
+        self._roll_seen = int(c[C.C_ROLL_REQUESTS_SEEN])
+        first_ts = [int(d.cols[t]["ts"][0]) for t in (T.TRADES, T.QUOTES) if st[t] > 0]
+        self._day = roll.utc_date(min(first_ts) if first_ts else time.time_ns())
         # change records for local subscribers and the broker; a restarted writer continues
         # the same ring, so readers see one unbroken sequence of records
         self.changes = ChangeRingWriter.attach(segment_name(self.prefix, self.shard, "changes"))
@@ -118,6 +149,8 @@ class ShardWriter:
                             self.htab_v, st, self.ctl.rejects, self.batches)
         self._drain = inbound.entry_point(ingest.drain, *self._drain_args, 0, 0)
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
+        # requests made while no writer ran are answered by this one's first idle pass
+        self._roll_req = memoryview(r.hdr64)
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
@@ -129,29 +162,119 @@ class ShardWriter:
         if self._tail_hint[L.TAIL_I64] <= start_pos:  # nothing claimed: skip the kernel
             st[ingest.S_STALL_POS] = -1
             self._stall_pos = -1
-            return 0
+            return 1 if self._pending is not None and self._finish_pending() else 0
         if self.prefaulter is not None:
             # map the pages this pass may write, one call per column (cheaper than a fault
             # per page), unless the helper thread has already
             self.prefaulter.ensure(min(int(self._tail_hint[L.TAIL_I64]) - start_pos,
                                        MAX_BYTES_PER_PASS) // _MIN_ROW_BYTES + 1)
+        if self._wal_retry_at and time.monotonic() < self._wal_retry_at:
+            return 0
+        trades0 = int(st[ingest.S_TRADES])
+        quotes0 = int(st[ingest.S_QUOTES])
         now = time.time_ns()
         nb = self._drain(*self._drain_args, now, MAX_BYTES_PER_PASS)
         consumed = int(st[ingest.S_IN_POS]) - start_pos
         if consumed:
-            self._apply(nb, now)
+            if self.log is None:
+                self._apply(nb, now)
+            elif not self._log_and_apply(nb, now, trades0, quotes0):
+                return 0
+        elif self._pending is not None:
+            self._finish_pending()
         if st[ingest.S_STALL_POS] >= 0 and consumed == 0:
             self._check_stall(int(st[ingest.S_STALL_POS]))
         else:
             self._stall_pos = -1
         return consumed
 
-    def _apply(self, nb: int, now: int) -> None:
-        """Everything between drain and the next pass: commit, then release the ring."""
+    # --- the WAL stage -----------------------------------------------------------------
+    #
+    # A pass is committed only after its WAL append returned (durability before visibility).
+    # A big pass's append (checksum + write, ~40 ns a row) runs on a helper thread while this
+    # thread drains the next pass -- both release the GIL -- so under load the WAL costs
+    # little ingest rate; the commit waits for it at the start of the next pass. A small pass
+    # is logged inline: a thread handoff would cost a tick more latency than the append.
+    # At most one append is in flight, so records reach the file in pass order.
+
+    def _log_and_apply(self, nb: int, now: int, trades0: int, quotes0: int) -> bool:
+        """Log this pass and commit it, now or (big passes) once its append completes."""
+        if self._pending is not None and not self._finish_pending():
+            return False
         st = self.state
+        rows = int(st[ingest.S_TRADES]) - trades0 + int(st[ingest.S_QUOTES]) - quotes0
+        if rows < PIPELINE_MIN_ROWS or self.log.failed():
+            if not self._log_pass(trades0, quotes0, st):
+                return False
+            self._apply(nb, now)
+            return True
+        job = _WalJob(st.copy(), self.batches[:nb].copy(), nb, now, trades0, quotes0)
+        self._pending = job
+        self._wal_stage.submit(job)
+        return True
+
+    def _finish_pending(self) -> bool:
+        """Wait for the append in flight, then commit its pass (False: it failed, undone)."""
+        job = self._pending
+        self._pending = None
+        job.done.wait()
+        if job.error is not None:
+            self._wal_failed(job.error)
+            return False
+        self._wal_ok()
+        self._apply(job.nb, job.now, job.state, job.batches)
+        return True
+
+    def _log_pass(self, trades0: int, quotes0: int, state: np.ndarray) -> bool:
+        """Append the pass to the WAL inline. False on a write error (the pass is undone)."""
+        try:
+            if self.log.failed():
+                self.log.reopen(self.data, self.state)
+            self.log.append_pass(self.data, state, trades0, quotes0)
+        except (WalWriteError, OSError) as exc:
+            self._wal_failed(exc)
+            return False
+        self._wal_ok()
+        return True
+
+    def _wal_failed(self, exc: BaseException) -> None:
+        """On a write error (disk full, I/O error): undo every uncommitted pass, refuse
+        producers with the reason, and retry later. Nothing is lost: the inbound ring keeps
+        the records until a commit releases them."""
+        snap = self.data.snapshot()
+        st = self.state
+        for i, j in ((ingest.S_TRADES, S.COMMIT_TRADES), (ingest.S_QUOTES, S.COMMIT_QUOTES),
+                     (ingest.S_NEXT_SEQ, S.COMMIT_NEXT_SEQ),
+                     (ingest.S_IN_POS, S.COMMIT_IN_POS)):
+            st[i] = snap[j]
+        ingest.repair_after_crash(self.seg8, self.data.off, self.data.hdr64, st)
+        if not self._wal_retry_at:
+            log.error("shard %d: %s; not accepting ticks until the WAL can be written",
+                      self.shard, exc)
+            inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_DISK)
+            self.ctl.counters[C.C_STATE] = C.STATE_DEGRADED
+        self._wal_retry_at = time.monotonic() + WAL_RETRY_S
+
+    def _wal_ok(self) -> None:
+        if self._wal_retry_at:
+            log.warning("shard %d: WAL writable again; accepting ticks", self.shard)
+            self._wal_retry_at = 0.0
+            self.ctl.counters[C.C_STATE] = C.STATE_RUNNING
+            inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
+
+    def _apply(self, nb: int, now: int, snap: np.ndarray | None = None,
+               batches: np.ndarray | None = None) -> None:
+        """Everything between drain and the next pass: commit, then release the ring.
+
+        ``snap``/``batches``: the state and change records of an earlier pass whose WAL
+        append just completed (the working state has moved on since)."""
+        st = self.state if snap is None else snap
         ingest.commit(self.data.hdr64, st, now)
+        if snap is not None:
+            self.state[ingest.S_BATCHES] = snap[ingest.S_BATCHES]
         ch = self.changes
-        ingest.publish_changes(ch._hdr, ch._slots, ch._wctl, self.batches, nb)
+        ingest.publish_changes(ch._hdr, ch._slots, ch._wctl,
+                               self.batches if batches is None else batches, nb)
         ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
         c = self.ctl.counters
         c[C.C_ROWS_TRADES] = st[ingest.S_TRADES]
@@ -162,7 +285,15 @@ class ShardWriter:
     def idle(self, work: int) -> None:
         """Spin briefly after work (more may be coming), then sleep on the ring's futex."""
         now = time.monotonic()
+        req = int(self._roll_req[L.ROLL_REQUESTS_I64])
+        if req != self._roll_seen:
+            self._roll_seen = req
+            self.roll("request")
+            self.ctl.counters[C.C_ROLL_REQUESTS_SEEN] = req
         if now - self._rate_t >= 1.0:
+            why = roll.due(self.roll_cfg, self.data, self.state, self._day)
+            if why is not None:
+                self.roll(why)
             rows = int(self.state[ingest.S_TRADES] + self.state[ingest.S_QUOTES])
             c = self.ctl.counters
             c[C.C_RATE] = int((rows - self._rate_rows) / (now - self._rate_t))
@@ -179,6 +310,33 @@ class ShardWriter:
         self.ctl.counters[C.C_IDLE_LOOPS] += 1
         inbound.writer_wait(self.ring.hdr64, self.ring.hdr32, self.state[ingest.S_IN_POS],
                             IDLE_WAIT_NS)
+
+    def roll(self, why: str) -> dict | None:
+        """Move the committed rows to history and start a new generation (workers/roll.py).
+
+        A failure (disk full, say) leaves the segment as it was; the next trigger retries."""
+        if self._pending is not None and not self._finish_pending():
+            return None
+        if self.db_path is None:
+            return None
+        today = roll.utc_date(time.time_ns())
+        label = self._day if why == "day" else today
+        try:
+            stats = roll.roll(self.db_path, self.data, self.state, self.log, label,
+                              self.roll_cfg.keep_days)
+        except Exception as exc:  # noqa: BLE001  (never take the writer down; retried)
+            log.error("shard %d: roll (%s) failed: %s", self.shard, why, exc)
+            if self.log is not None and self.log.writer is None:
+                # failed between closing the old WAL and opening the new one: reopen
+                self.log.recover(self.data, self.state)
+            return None
+        self._day = today
+        c = self.ctl.counters
+        c[C.C_ROWS_TRADES] = self.state[ingest.S_TRADES]
+        c[C.C_ROWS_QUOTES] = self.state[ingest.S_QUOTES]
+        c[C.C_LAST_ROLL_NS] = time.time_ns()
+        c[C.C_ROLLS] += 1
+        return stats
 
     def _check_stall(self, pos: int) -> None:
         """A record is claimed but not committed: wait, then pad over it if its producer died."""
@@ -207,8 +365,17 @@ class ShardWriter:
         self._stall_pos = -1
 
     def on_close(self) -> None:
-        """Close the ring to producers and mark the shard stopped."""
+        """Close the ring to producers, flush the WAL, and mark the shard stopped."""
         inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_STOPPED)
+        if self._pending is not None:
+            self._finish_pending()
+        if self._wal_stage is not None:
+            self._wal_stage.stop()
+        if self.log is not None:
+            try:
+                self.log.close()
+            except (WalWriteError, OSError) as exc:
+                log.error("shard %d: closing the WAL: %s", self.shard, exc)
         if getattr(self, "prefaulter", None) is not None:
             self.prefaulter.stop()
             self.prefaulter = None
@@ -216,6 +383,52 @@ class ShardWriter:
             self.changes.close()  # tells blocked subscribers the writer is gone
         self.ctl.counters[C.C_STATE] = C.STATE_STOPPED
         log.info("shard %d writer %d stopped", self.shard, os.getpid())
+
+
+class _WalJob:
+    """One pass handed to the WAL thread: what to log and what to commit after."""
+
+    __slots__ = ("state", "batches", "nb", "now", "trades0", "quotes0", "done", "error")
+
+    def __init__(self, state: np.ndarray, batches: np.ndarray, nb: int, now: int,
+                 trades0: int, quotes0: int) -> None:
+        self.state = state
+        self.batches = batches
+        self.nb = nb
+        self.now = now
+        self.trades0 = trades0
+        self.quotes0 = quotes0
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _WalStage:
+    """The thread that appends big passes to the WAL while the writer drains the next."""
+
+    def __init__(self, shard_log: ShardLog, data: ShardData) -> None:
+        self._log = shard_log
+        self._data = data
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="wayy-wal", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _WalJob) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._log.append_pass(self._data, job.state, job.trades0, job.quotes0)
+            except BaseException as exc:  # noqa: BLE001  (handed to the writer thread)
+                job.error = exc
+            job.done.set()
 
 
 class _Prefaulter:
@@ -280,6 +493,7 @@ def warm_up() -> None:
     from shm.segment import Segment  # noqa: F401  (import cost paid here too)
 
     change_ring.warm_up()
+    wal_kernels.warm_up()
     cr_hdr = np.zeros(CR.HEADER_I64, np.int64)
     cr_hdr[CR.CAPACITY_I64] = CR.MIN_CAPACITY
     ingest.publish_changes(cr_hdr, np.zeros(CR.MIN_CAPACITY * CR.RECORD_WORDS, np.int64),
@@ -308,6 +522,8 @@ def warm_up() -> None:
     ingest.release_inbound(ring, data8, 0)
     ingest.rebuild_htab(seg8, 0, htab)
     ingest.repair_after_crash(seg8, off, hdr64, st)
+    ingest.link_rows(seg8, off, hdr64, st, 0, 0)
+    ingest.bump_generation(np.zeros(S.HEADER_BYTES // 8, np.int64))
     ingest.pad_stalled(data8.view(np.int32), ring, 0)
     inbound.set_accepting(ring.view(np.int32), 0, 0)
     inbound.writer_wait(ring, ring.view(np.int32), 1 << 40, 0)
@@ -320,9 +536,12 @@ def warm_up() -> None:
     futex_wake(stop, 0, 1)
 
 
-def run(prefix: str, shard: int) -> None:
-    """Run a shard writer in this process until SIGTERM/SIGINT."""
-    runner = Runner(ShardWriter(prefix, shard))
+def run(prefix: str, shard: int, db_path: str | None = None,
+        wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None) -> None:
+    """Run a shard writer in this process until SIGTERM/SIGINT (with a WAL in ``db_path``
+    unless ``wal_cfg`` disables it; rolling to history per ``roll_cfg`` and when `wayy roll`
+    bumps the inbound ring's roll_requests word)."""
+    runner = Runner(ShardWriter(prefix, shard, db_path, wal_cfg, roll_cfg))
     runner.install_signals()
     runner.run()
 
@@ -336,7 +555,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     m = read_manifest(args.db)
-    run(m.prefix, args.shard)
+    run(m.prefix, args.shard, m.path,
+        WalConfig(enabled=m.wal, fsync=m.fsync, interval_ms=m.fsync_interval_ms),
+        RollConfig(daily=m.roll_daily, fill=m.roll_fill, keep_days=m.history_days))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ C_RATE = 7  # rows/s accepted, over the last second
 C_RESTARTS = 8  # writer restarts by the supervisor
 C_LAST_EXIT = 9  # exit status or -signal of the last writer death
 C_IDLE_LOOPS = 10
+C_ROLLS = 11  # rolls done (each one answers every roll request made before it)
+C_LAST_ROLL_NS = 12  # wall time of the last roll
+C_ROLL_REQUESTS_SEEN = 13  # the inbound ring's roll_requests value last acted on
 N_COUNTERS = 16
 COUNTERS_I64 = COUNTERS_OFFSET // 8
 
@@ -47,4 +50,5 @@ STATE_RUNNING = 1
 STATE_STOPPING = 2
 STATE_STOPPED = 3
 STATE_DEAD = 4  # the supervisor saw the writer die and is restarting it
-STATE_NAMES = ("created", "running", "stopping", "stopped", "restarting")
+STATE_DEGRADED = 5  # running, but refusing ticks: the WAL cannot be written (disk full, I/O)
+STATE_NAMES = ("created", "running", "stopping", "stopped", "restarting", "wal-blocked")

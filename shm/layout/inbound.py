@@ -11,6 +11,8 @@
     264  writer_pid    i32
     320  wake_word     i32   futex word the writer sleeps on             [own cache line]
     324  writer_sleeping i32 1 while the writer is (about to be) asleep on wake_word
+    384  roll_requests i64   bumped by `wayy roll`; the writer rolls when it moves
+                                                                           [own cache line]
     4096 data: `capacity` bytes of records
 
     record (64-byte aligned, never split by the end of the ring)
@@ -46,6 +48,7 @@ REFUSE_REASON_OFFSET = ACCEPTING_OFFSET + 4
 WRITER_PID_OFFSET = REFUSE_REASON_OFFSET + 4
 WAKE_WORD_OFFSET = ACCEPTING_OFFSET + common.CACHE_LINE
 WRITER_SLEEPING_OFFSET = WAKE_WORD_OFFSET + 4
+ROLL_REQUESTS_OFFSET = WAKE_WORD_OFFSET + common.CACHE_LINE
 HEADER_BYTES = common.PAGE
 DATA_OFFSET = HEADER_BYTES
 
@@ -59,6 +62,7 @@ REFUSE_REASON_I32 = REFUSE_REASON_OFFSET // 4
 WRITER_PID_I32 = WRITER_PID_OFFSET // 4
 WAKE_WORD_I32 = WAKE_WORD_OFFSET // 4
 WRITER_SLEEPING_I32 = WRITER_SLEEPING_OFFSET // 4
+ROLL_REQUESTS_I64 = ROLL_REQUESTS_OFFSET // 8
 
 # record header
 REC_LENGTH_OFFSET = 0

@@ -29,7 +29,7 @@ Record (RECORD_HEADER_SIZE = 48 bytes, then the payload, then zero padding to 8 
      +-------------------------------+---------------+---------------+
     32              36              40              44              48
      +---------------+---------------+---------------+---------------+
-     | raw_len       | payload_crc   | reserved (0)  | header_crc    |
+     | raw_len       | payload_crc   | seq_span      | header_crc    |
      +---------------+---------------+---------------+---------------+
     48
      +---------------------------------------------------------------+
@@ -47,16 +47,26 @@ append) from "the header is garbage" (corruption) instead of guessing.
 
 Record types and their payloads:
 
-    REC_TRADES  first_seq = seq of row 0, row_count = n; columns back to back:
-                ts i64[n] | symbol_id i32[n] | venue_id i32[n] | price f64[n] | size f64[n]
+    REC_TRADES  first_seq = seq of row 0, row_count = n, seq_span = seq of row n-1 minus
+                first_seq; columns back to back:
+                ts i64[n] | symbol_id i32[n] | venue_id i32[n] | price f64[n] | size f64[n] |
+                seq i64[n]
     REC_QUOTES  as trades with: ts i64[n] | symbol_id i32[n] | venue_id i32[n] |
-                bid f64[n] | ask f64[n] | bid_size f64[n] | ask_size f64[n]
+                bid f64[n] | ask f64[n] | bid_size f64[n] | ask_size f64[n] | seq i64[n]
     REC_SYMBOL  row_count = 1, first_seq = NO_SEQ; payload: id i32 | name 16 bytes ASCII,
     REC_VENUE   NUL-padded (NAME_PAYLOAD_SIZE = 20 bytes)
-    REC_ROLL    reserved: end-of-file marker for log rolling; first_seq = next seq, no payload
+    REC_ROLL    the log starts after a roll: every row with a smaller seq is in history;
+                first_seq = the next seq, row_count = 0, no payload. Only as the first
+                record of a file (a writer starts a new file at each roll, with REC_ROLL and
+                then the name records of every symbol and venue it knows)
 
-Row i of a batch has seq = first_seq + i; batch records carry contiguous seq ranges in file
-order (across both tables, since seq is per shard).
+seq is per shard and shared by both tables, so one writer pass that took trades and quotes
+interleaved gives a trades record and a quotes record whose seq ranges interleave: each record
+carries its rows' seq column, strictly increasing, and within a table the records' seqs
+increase strictly in file order. Name records and seq_span = 0 carry no rows.
+
+Version history: 1 had no seq column (rows of a record had contiguous seqs); 2 adds it and
+turns the reserved header word into seq_span.
 """
 
 from __future__ import annotations
@@ -70,7 +80,7 @@ from shm.errors import CorruptRecord, LayoutMismatch
 # "WYWL" and "WYWR" read as ASCII in a hex dump of the little-endian words.
 FILE_MAGIC = 0x4C575957
 RECORD_MAGIC = 0x52575957
-VERSION = 1
+VERSION = 2
 ALIGNMENT = 8
 
 # --- file header: each offset follows from the previous field ----------------------------------
@@ -106,21 +116,21 @@ RH_ROW_COUNT_OFFSET = RH_FIRST_SEQ_OFFSET + 8
 RH_PAYLOAD_LEN_OFFSET = RH_ROW_COUNT_OFFSET + 4
 RH_RAW_LEN_OFFSET = RH_PAYLOAD_LEN_OFFSET + 4
 RH_PAYLOAD_CRC_OFFSET = RH_RAW_LEN_OFFSET + 4
-RH_RESERVED_OFFSET = RH_PAYLOAD_CRC_OFFSET + 4
-RH_HEADER_CRC_OFFSET = RH_RESERVED_OFFSET + 4
+RH_SEQ_SPAN_OFFSET = RH_PAYLOAD_CRC_OFFSET + 4
+RH_HEADER_CRC_OFFSET = RH_SEQ_SPAN_OFFSET + 4
 RECORD_HEADER_SIZE = RH_HEADER_CRC_OFFSET + 4
 RECORD_HEADER_CRC_SPAN = RH_HEADER_CRC_OFFSET
 
 RECORD_HEADER_STRUCT = struct.Struct("<IHHIIqIIIIII")
 RECORD_HEADER_DTYPE = np.dtype({
     "names": ["magic", "version", "type", "shard", "flags", "first_seq", "row_count",
-              "payload_len", "raw_len", "payload_crc", "reserved", "header_crc"],
+              "payload_len", "raw_len", "payload_crc", "seq_span", "header_crc"],
     "formats": ["<u4", "<u2", "<u2", "<u4", "<u4", "<i8", "<u4", "<u4", "<u4", "<u4", "<u4",
                 "<u4"],
     "offsets": [RH_MAGIC_OFFSET, RH_VERSION_OFFSET, RH_TYPE_OFFSET, RH_SHARD_OFFSET,
                 RH_FLAGS_OFFSET, RH_FIRST_SEQ_OFFSET, RH_ROW_COUNT_OFFSET,
                 RH_PAYLOAD_LEN_OFFSET, RH_RAW_LEN_OFFSET, RH_PAYLOAD_CRC_OFFSET,
-                RH_RESERVED_OFFSET, RH_HEADER_CRC_OFFSET],
+                RH_SEQ_SPAN_OFFSET, RH_HEADER_CRC_OFFSET],
     "itemsize": RECORD_HEADER_SIZE,
 })
 
@@ -152,6 +162,7 @@ TABLE_COLUMNS: dict[int, tuple[tuple[str, np.dtype], ...]] = {
         ("venue_id", np.dtype("<i4")),
         ("price", np.dtype("<f8")),
         ("size", np.dtype("<f8")),
+        ("seq", np.dtype("<i8")),
     ),
     REC_QUOTES: (
         ("ts", np.dtype("<i8")),
@@ -161,6 +172,7 @@ TABLE_COLUMNS: dict[int, tuple[tuple[str, np.dtype], ...]] = {
         ("ask", np.dtype("<f8")),
         ("bid_size", np.dtype("<f8")),
         ("ask_size", np.dtype("<f8")),
+        ("seq", np.dtype("<i8")),
     ),
 }
 ROW_SIZE = {t: sum(dt.itemsize for _, dt in cols) for t, cols in TABLE_COLUMNS.items()}
@@ -192,7 +204,7 @@ def check_file_header(path: str, magic: int, version: int, header_len: int, shar
 
 
 def check_record_lengths(rtype: int, flags: int, row_count: int, payload_len: int,
-                         raw_len: int) -> str | None:
+                         raw_len: int, seq_span: int = 0) -> str | None:
     """Return why a record's type/length fields are inconsistent, or None when they agree.
 
     Returns a reason instead of raising because the scanner turns it into a damage report.
@@ -213,11 +225,15 @@ def check_record_lengths(rtype: int, flags: int, row_count: int, payload_len: in
         if row_count == 0 or raw_len != row_count * ROW_SIZE[rtype]:
             return (f"{TABLE_NAMES[rtype]} batch of {row_count} rows needs "
                     f"{row_count * ROW_SIZE[rtype]} raw bytes, header says {raw_len}")
+        if seq_span < row_count - 1:
+            return f"{row_count} rows cannot have strictly increasing seqs spanning {seq_span}"
+    elif seq_span != 0:
+        return f"record type {rtype} carries no rows but seq_span {seq_span}"
     elif rtype in NAME_TYPES:
         if row_count != 1 or raw_len != NAME_PAYLOAD_SIZE:
             return f"name record with row_count {row_count}, raw_len {raw_len}"
-    elif raw_len != 0:  # REC_ROLL
-        return f"roll record with {raw_len} payload bytes"
+    elif raw_len != 0 or row_count != 0:  # REC_ROLL
+        return f"roll record with {raw_len} payload bytes, {row_count} rows"
     return None
 
 

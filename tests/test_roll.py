@@ -1,0 +1,220 @@
+"""Rolls: shard writers move their rows to history on disk and start over, and queries,
+restarts and crashes in the middle of a roll never lose or repeat a row."""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import wayy
+from tests.conftest import run_cli, wait_for
+from tests.test_durability import SYMS, publish_mixed, snapshot, assert_same
+
+T0 = 1_700_000_000_000_000_000
+
+
+def partitions(path: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(path, "hist", "*", "*", "shard-*")))
+
+
+def committed_in_memory(path: str) -> int:
+    from shm.layout import tables as T
+    from shm.shard import ShardData
+    from wayy.manifest import read_manifest
+
+    m = read_manifest(path)
+    total = 0
+    for k in range(m.shards):
+        d = ShardData.attach(m.prefix, k)
+        total += d.committed(T.TRADES) + d.committed(T.QUOTES)
+        d.close()
+    return total
+
+
+def test_roll_moves_rows_to_history_and_queries_do_not_notice(db_factory):
+    d = db_factory("--shards", "2", "--feed", "none", "--no-redis")
+    sent = publish_mixed(d.path, 40)
+    db = wayy.attach(d.path)
+    wait_for(lambda: len(db["trades"]) == sent, what="trades committed")
+    before = snapshot(d.path)
+    r = run_cli("roll", "--db", d.path)
+    assert r.returncode == 0, r.stderr
+    assert "shard 0: rolled" in r.stdout and "shard 1: rolled" in r.stdout
+    assert len(partitions(d.path)) == 4  # 2 tables x 2 shards
+    assert committed_in_memory(d.path) == 0  # shared memory starts over
+    assert_same(before, snapshot(d.path))  # ...and queries read history instead
+    assert len(db["trades"]) == sent
+
+    more = publish_mixed(d.path, 5, seed=4, first_price=10_000_000.0)
+    wait_for(lambda: len(db["trades"]) == sent + more, what="trades after the roll")
+    r = db["trades"].between()
+    assert len(r) == sent + more and len(np.unique(r["price"])) == sent + more
+    tail = db["trades"].tail(3, symbol="S07")
+    assert len(tail) == 3
+    db.close()
+    after = snapshot(d.path)
+    assert run_cli("verify", "--db", d.path).returncode == 0
+
+    d.stop()  # history stays, the new WAL holds only what came after the roll
+    d2 = db_factory("--shards", "2", "--feed", "none", "--no-redis")
+    assert_same(after, snapshot(d2.path))
+
+
+def test_fill_roll_keeps_a_small_segment_from_filling_up(db_factory):
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis", "--capacity", "16384",
+                   "--roll-fill", "0.5")
+    p = wayy.Producer(d.path)
+    n, sent = 2000, 0
+    db = wayy.attach(d.path)
+    for i in range(30):  # 60,000 rows through a 16,384-row table
+        p.publish_batch("trades", {"ts": np.full(n, T0 + i), "symbol": SYMS[np.arange(n) % 40],
+                                   "price": sent + 1.0 + np.arange(n), "size": np.ones(n)})
+        sent += n
+        # the fill check runs about once a second: pace so a roll can keep up
+        wait_for(lambda: len(db["trades"]) == sent, timeout=20, what="rows committed")
+        if i % 4 == 3:
+            time.sleep(1.1)
+    st = d.status()["shards"][0]
+    assert st["rejects"]["full"] == 0
+    assert len(partitions(d.path)) >= 2
+    r = db["trades"].between()
+    np.testing.assert_array_equal(np.sort(r["price"]), np.arange(1, sent + 1, dtype=float))
+    np.testing.assert_array_equal(np.sort(r["seq"]), np.arange(sent))
+    db.close()
+    p.close()
+
+
+def _ingest(path: str, seconds: float, q) -> None:
+    p = wayy.Producer(path, timeout=60)
+    rng = np.random.default_rng(os.getpid())
+    sent = 0
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        time.sleep(0.003)
+        n = int(rng.integers(1, 1000))
+        p.publish_batch("trades", {"ts": np.full(n, T0), "symbol": SYMS[rng.integers(0, 40, n)],
+                                   "price": np.arange(sent, sent + n, dtype=float) + 1,
+                                   "size": np.full(n, 1.0)})
+        sent += n
+    p.close()
+    q.put(sent)
+
+
+@pytest.mark.slow
+def test_writer_killed_during_rolls_loses_and_repeats_nothing(db_factory):
+    """Rolls requested again and again under load, the writer SIGKILLed at random moments
+    around them (while writing history, swapping the WAL, resetting the segment)."""
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis", "--fsync", "batch",
+                   "--capacity", str(2**22))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    prod = ctx.Process(target=_ingest, args=(d.path, 10.0, q))
+    prod.start()
+    rnd = random.Random(11)
+    kills = rolls = 0
+    from shm import inbound
+    from shm.segment import db_prefix
+    from shm.shard import InboundRing
+
+    ring = InboundRing.attach(db_prefix(os.path.realpath(d.path)), 0)
+    try:
+        deadline = time.monotonic() + 9.5
+        while time.monotonic() < deadline:
+            time.sleep(rnd.uniform(0.1, 0.5))
+            s = d.status()["shards"][0]
+            if s["state"] != "running":
+                continue
+            inbound.request_roll(ring.hdr64, ring.hdr32)
+            rolls += 1
+            if rnd.random() < 0.6:
+                time.sleep(rnd.uniform(0.0, 0.25))
+                os.kill(s["writer_pid"], signal.SIGKILL)
+                kills += 1
+        sent = q.get(timeout=120)
+        prod.join(60)
+        assert prod.exitcode == 0
+    finally:
+        ring.close()
+        if prod.is_alive():
+            prod.kill()
+    assert kills >= 3 and rolls >= 6
+    db = wayy.attach(d.path)
+    wait_for(lambda: len(db["trades"]) >= sent, timeout=60, what="every row after the kills")
+    r = db["trades"].between()
+    assert len(r) == sent
+    np.testing.assert_array_equal(np.sort(r["price"]), np.arange(1, sent + 1, dtype=float))
+    np.testing.assert_array_equal(np.sort(r["seq"]), np.arange(sent))
+    db.close()
+    assert partitions(d.path)
+    assert run_cli("verify", "--db", d.path).returncode == 0
+    d.stop()
+    d2 = db_factory("--shards", "1", "--feed", "none", "--no-redis", "--capacity", str(2**22))
+    db = wayy.attach(d2.path)
+    r = db["trades"].between()
+    assert len(r) == sent  # history + WAL after a full restart: still exactly once
+    np.testing.assert_array_equal(np.sort(r["seq"]), np.arange(sent))
+    db.close()
+
+
+def test_subscriber_behind_across_a_roll_gets_every_row_once_from_history(db_factory,
+                                                                          tmp_path):
+    d = db_factory("--shards", "2", "--feed", "none", "--no-redis")
+    db = wayy.attach(d.path)
+    ticks = db.subscribe("trades", idle="block")  # polled later: it falls behind
+    aapl = db.subscribe("ticks:S07", idle="block")
+    batches = db.subscribe("quotes", batch_size=50, max_latency_ms=100)
+    ckpt = str(tmp_path / "ckpt")
+    first = db.subscribe("trades", checkpoint=ckpt)
+    sent = publish_mixed(d.path, 20)
+    wait_for(lambda: len(db["trades"]) == sent, what="trades committed")
+    got_first = [first.poll(1.0).seq for _ in range(100)]  # 100 delivered, checkpointed
+    first.save_checkpoint()
+    first.stop()
+    quotes_before = len(db["quotes"])
+
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    more = publish_mixed(d.path, 5, seed=8, first_price=10_000_000.0)
+    wait_for(lambda: len(db["trades"]) == sent + more, what="trades after the roll")
+    total_quotes = len(db["quotes"])
+    assert total_quotes > quotes_before
+
+    def drain(sub):
+        out = []
+        while (item := sub.poll(0.5)) is not None:
+            out.append(item)
+        return out
+
+    got = drain(ticks)
+    assert len(got) == sent + more
+    seqs = {}
+    for t in got:
+        seqs.setdefault(t.shard, []).append(t.seq)
+    for k, s in seqs.items():
+        assert s == sorted(s) and len(set(s)) == len(s)  # in order, no duplicate
+    assert sorted(t.price for t in got) == sorted(db["trades"].between()["price"].tolist())
+
+    want = db["trades"].between(symbol="S07")
+    got7 = drain(aapl)
+    assert sorted(t.seq for t in got7) == sorted(want["seq"].tolist())
+    assert all(t.symbol == "S07" for t in got7)
+
+    got_b = drain(batches)
+    got_b += drain(batches)  # quotes committed after the first look
+    assert sum(len(b) for b in got_b) == len(db["quotes"]) >= total_quotes
+    assert all(b.table == "quotes" for b in got_b)
+
+    # a subscriber restarted from a checkpoint taken before the roll resumes from history
+    again = db.subscribe("trades", checkpoint=ckpt)
+    rest = drain(again)
+    assert len(rest) + len(got_first) == sent + more
+    assert len({(t.shard, t.seq) for t in rest}) == len(rest)
+    for sub in (ticks, aapl, batches, again):
+        sub.stop()
+    db.close()

@@ -1,0 +1,92 @@
+"""Rows a local subscriber needs that a roll has already moved to history on disk.
+
+A subscriber that is behind when its shard rolls (or that starts from a checkpoint, `from_seq`
+or `from_ts` older than the shard's memory) is told so by the follow kernel
+(``shm.subscribers.R_HISTORY``: seqs ``F_NEXT .. F_HIST_END - 1`` of shard k are on disk).
+This module reads exactly those rows back from the shard's partitions, keeps what the
+subscription's channels want, and returns them in seq order, both tables merged, as
+``(table id, columns)`` pieces the subscription delivers like rows from memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shm.layout import tables as T
+from wayy import history as H
+
+
+def _wanted(rules, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Mask of rows that one table's channel rules (wayy.subscribe._Rules) want."""
+    sym, ven = cols["symbol"], cols["venue"]
+    if rules.all_any:
+        return np.ones(len(sym), bool)
+    m = np.zeros(len(sym), bool)
+    if rules.all_venues:
+        m |= np.isin(ven, list(rules.all_venues))
+    if rules.syms_any:
+        m |= np.isin(sym, list(rules.syms_any))
+    for s, vs in rules.sym_venues.items():
+        m |= (sym == s) & np.isin(ven, list(vs))
+    return m
+
+
+def read(store: H.HistoryStore, shard: int, lo: int, hi: int,
+         rules: tuple) -> tuple[list[tuple[int, dict[str, np.ndarray]]], int]:
+    """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want.
+
+    Returns (pieces in seq order, seqs found): each piece is (table id, columns) with names
+    decoded. ``hi - lo - found`` seqs are not in history (retention removed them).
+    """
+    store.refresh()
+    found = 0
+    parts: list[tuple[int, dict[str, np.ndarray]]] = []
+    for t in (T.TRADES, T.QUOTES):
+        for p in store.by_shard(t).get(shard, []):
+            if p.last_seq < lo or p.first_seq >= hi:
+                continue
+            seq = p.array("seq")
+            a = int(np.searchsorted(seq, lo))
+            b = int(np.searchsorted(seq, hi))
+            if b <= a:
+                continue
+            found += b - a
+            cols = H.gather(p, slice(a, b))
+            if rules[t].empty():
+                continue
+            keep = _wanted(rules[t], cols)
+            if not keep.all():
+                cols = {c: v[keep] for c, v in cols.items()}
+            if len(cols["seq"]):
+                parts.append((t, cols))
+    # both tables share the shard's seq: deliver in seq order, runs of one table at a time
+    if len(parts) > 1:
+        seqs = np.concatenate([c["seq"] for _, c in parts])
+        which = np.concatenate([np.full(len(c["seq"]), i) for i, (_, c) in enumerate(parts)])
+        rowi = np.concatenate([np.arange(len(c["seq"])) for _, c in parts])
+        order = np.argsort(seqs, kind="stable")
+        which, rowi = which[order], rowi[order]
+        cut = np.flatnonzero(np.diff(which)) + 1
+        out = []
+        for s, e in zip(np.r_[0, cut], np.r_[cut, len(which)]):
+            i = int(which[s])
+            t, cols = parts[i]
+            out.append((t, {c: v[rowi[s:e]] for c, v in cols.items()}))
+        parts = out
+    return parts, found
+
+
+def tick_rows(shard: int, t: int, cols: dict[str, np.ndarray]) -> list[tuple]:
+    """The Tick field tuples (wayy.subscribe.Tick order) of one history piece."""
+    n = len(cols["seq"])
+    ts = cols["ts"].tolist()
+    sym = cols["symbol"].tolist()
+    ven = cols["venue"].tolist()
+    seq = cols["seq"].tolist()
+    none = [None] * n
+    if t == T.TRADES:
+        return list(zip(ts, sym, ven, cols["price"].tolist(), cols["size"].tolist(), none,
+                        none, none, none, seq, [shard] * n, ["trades"] * n))
+    return list(zip(ts, sym, ven, none, none, cols["bid"].tolist(), cols["ask"].tolist(),
+                    cols["bid_size"].tolist(), cols["ask_size"].tolist(), seq, [shard] * n,
+                    ["quotes"] * n))

@@ -1,0 +1,353 @@
+"""A shard writer's write-ahead log: recovery at start, one append per pass, disk-full handling.
+
+The writer calls, in order:
+
+    log = ShardLog(db_path, shard, fsync=..., interval_ms=...)
+    log.recover(data, state)      before going live: make the WAL and the segment agree
+    log.append_pass(...)          after each drain, before the commit (durability first)
+    log.close()                   on stop (flushes under every policy)
+
+What "agree" means at start, with S = the segment's committed next seq and W = the WAL's:
+
+    fresh segment (S == 0), W > 0   the database was stopped or the machine restarted: load
+                                    every WAL row into the segment (bulk), commit, go on at W
+    live segment, W > S             the previous writer died between WAL append and commit:
+                                    those rows are still in the inbound ring (released only
+                                    after a commit), so the WAL is cut back to S and the ring
+                                    is drained again -- same rows, same seqs, logged once
+    live segment, W < S             the WAL lost records the segment still has (a damaged
+                                    WAL cut back to its good prefix): the missing rows are
+                                    logged again from the segment
+    W == S                          nothing to do
+
+A torn tail (a crash mid-append) is cut off and logged with its byte count. Mid-file damage
+is cut off too, but first the whole damaged file is copied aside (``*.damaged-<ns>``) and the
+damage is logged as an error: nothing after it is trusted, and `wayy verify` keeps reporting
+the copy until an operator removes it. A WAL of another shard or format version stops the
+writer with an error naming both.
+
+Where the WAL lives: ``<db>/wal/shard-<k>.wal``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from shm import ingest, wal
+from shm.errors import WalWriteError
+from shm.layout import shard as S
+from shm.layout import tables as T
+from shm.layout import wal as WL
+from shm.shard import ShardData
+
+log = logging.getLogger("wayy.wal")
+
+WAL_DIR = "wal"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+# Compress a pass's records only when the pass is small: under heavy load LZ4 (~650 MB/s
+# here) would cost more writer time than the whole drain, and ingest speed comes first.
+COMPRESS_MAX_ROWS = 4096
+
+_REC = {T.TRADES: WL.REC_TRADES, T.QUOTES: WL.REC_QUOTES}
+_WAL_NAMES = {T.TRADES: ("ts", "symbol_id", "venue_id", "price", "size", "seq"),
+              T.QUOTES: ("ts", "symbol_id", "venue_id", "bid", "ask", "bid_size", "ask_size",
+                         "seq")}
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """How writers log: `wayy start --fsync batch|interval|off [--no-wal]`."""
+
+    enabled: bool = True
+    fsync: str = "interval"
+    interval_ms: float = 10.0
+    compress: str = "auto"  # "auto" (small passes only) | "always" | "never"
+
+
+def wal_path(db_path: str, shard: int) -> str:
+    """The WAL file of ``shard`` in the database directory."""
+    return os.path.join(db_path, WAL_DIR, f"shard-{shard}.wal")
+
+
+def _populate(ranges: list[tuple[int, int]]) -> None:
+    for addr, nbytes in ranges:
+        ingest.populate(addr, nbytes, _PAGE)
+
+
+class RecoveryError(Exception):
+    """The WAL cannot be applied to this segment (too many rows, names, a bad file)."""
+
+
+class ShardLog:
+    """The WAL of one shard, owned by its writer process."""
+
+    def __init__(self, db_path: str, shard: int, fsync: str = "interval",
+                 interval_ms: float = 10.0, compress: str = "auto") -> None:
+        self.path = wal_path(db_path, shard)
+        self.shard = shard
+        self.fsync = fsync
+        self.interval_ms = interval_ms
+        self.compress = compress  # "auto" | "always" | "never"
+        self.writer: wal.WalWriter | None = None
+        self.logged_symbols = 0  # names with ids below these are in the WAL
+        self.logged_venues = 1  # venue 0 is the empty venue, never logged
+        self.stats: dict = {}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+    # --- start ----------------------------------------------------------------------------
+    def recover(self, data: ShardData, state: np.ndarray) -> dict:
+        """Bring the WAL and the segment into agreement (see the module docstring), open the
+        WAL for appending, and return what was done (also kept in ``self.stats``)."""
+        t0 = time.perf_counter()
+        found = (wal.scan(self.path, self.shard, keep_buffer=True)
+                 if os.path.exists(self.path) else None)
+        stats = {"loaded_rows": 0, "relogged_rows": 0, "dropped_uncommitted_bytes": 0,
+                 "truncated_bytes": 0, "damage": None}
+        if found is not None and found.damage is not None:
+            stats["damage"] = found.reason
+            if found.mid_file:
+                aside = f"{self.path}.damaged-{time.time_ns()}"
+                shutil.copyfile(self.path, aside)
+                log.error("shard %d: WAL %s: %s; copied aside to %s and cut back to the "
+                          "good prefix (%d bytes dropped)", self.shard, self.path,
+                          found.reason, aside, found.damaged_bytes)
+            else:
+                log.warning("shard %d: WAL %s: %s; cut back to %d bytes", self.shard,
+                            self.path, found.reason, found.good_end)
+            stats["truncated_bytes"] = wal.truncate_to(self.path, found.good_end)
+            found = wal.scan(self.path, self.shard)
+
+        if found is not None and found.roll_seq and self._holds_rolled_rows(data, state,
+                                                                            found.roll_seq):
+            # the writer died in a roll after starting the new WAL, before resetting the
+            # segment: the rows are in history, finish the roll
+            from workers.roll import reset_segment
+
+            reset_segment(data, state)
+            stats["finished_roll"] = True
+            log.warning("shard %d: finished an interrupted roll (rows before seq %d are in "
+                        "history)", self.shard, found.roll_seq)
+        committed_seq = int(state[ingest.S_NEXT_SEQ])
+        # a segment nobody ever committed to (a new run of the database), as opposed to one
+        # with zero rows after a roll, whose WAL tail may be a pass the ring still holds
+        fresh = int(data.hdr64[S.COMMIT_IDX_I64]) == 0
+        wal_next = found.next_seq if found is not None and found.next_seq is not None else 0
+        if found is not None and fresh and wal_next > 0:
+            stats["loaded_rows"] = self._load(found, data, state)
+        elif found is not None and wal_next > committed_seq:
+            cut = self._first_record_from(found, committed_seq)
+            stats["dropped_uncommitted_bytes"] = wal.truncate_to(self.path, cut)
+            found = wal.scan(self.path, self.shard)
+        if found is not None:
+            self._count_logged_names(found)
+        self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
+                                    interval_ms=self.interval_ms,
+                                    compress=self.compress != "never", scan=found,
+                                    background=True)
+        if not fresh and (self.writer.next_seq or 0) < committed_seq:
+            stats["relogged_rows"] = self._relog(data, state, self.writer.next_seq or 0)
+        stats["seconds"] = time.perf_counter() - t0
+        self.stats = stats
+        if stats["loaded_rows"]:
+            log.info("shard %d: recovered %d rows from %s in %.3fs (%.1fM rows/s)", self.shard,
+                     stats["loaded_rows"], self.path, stats["seconds"],
+                     stats["loaded_rows"] / max(stats["seconds"], 1e-9) / 1e6)
+        if stats["dropped_uncommitted_bytes"]:
+            log.info("shard %d: dropped %d WAL bytes of an uncommitted pass (drained again "
+                     "from the inbound ring)", self.shard, stats["dropped_uncommitted_bytes"])
+        if stats["relogged_rows"]:
+            log.warning("shard %d: logged %d rows again from shared memory that the WAL had "
+                        "lost", self.shard, stats["relogged_rows"])
+        return stats
+
+    @staticmethod
+    def _holds_rolled_rows(data: ShardData, state: np.ndarray, roll_seq: int) -> bool:
+        return any(int(state[t]) > 0 and int(data.cols[t]["seq"][0]) < roll_seq
+                   for t in (T.TRADES, T.QUOTES))
+
+    def start_after_roll(self, data: ShardData, state: np.ndarray) -> None:
+        """Replace the WAL with one that starts at the next seq and names every symbol and
+        venue (roll step 2); the rows before are in history now."""
+        from workers.roll import names_of
+
+        self.writer.close()
+        self.writer = None
+        syms, vens = names_of(data, state)
+        wal.start_after_roll(self.path, self.shard, int(state[ingest.S_NEXT_SEQ]), syms,
+                             {i: v for i, v in enumerate(vens) if i > 0})
+        found = wal.scan(self.path, self.shard)
+        self._count_logged_names(found)
+        self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
+                                    interval_ms=self.interval_ms,
+                                    compress=self.compress != "never", scan=found,
+                                    background=True)
+
+    @staticmethod
+    def _first_record_from(found: wal.WalScan, seq: int) -> int:
+        """Offset of the first batch record holding seq >= ``seq`` (the file end if none).
+
+        A pass's records are all committed or none, so no record straddles ``seq``.
+        """
+        recs = found.records
+        batch = np.isin(recs["type"], list(WL.BATCH_TYPES)) & (recs["first_seq"] >= seq)
+        hits = np.flatnonzero(batch)
+        return int(recs["offset"][hits[0]]) if hits.size else found.good_end
+
+    def _count_logged_names(self, found: wal.WalScan) -> None:
+        recs = found.records
+        # ids are assigned densely, so the record count tells which ids are logged
+        self.logged_symbols = int(np.count_nonzero(recs["type"] == WL.REC_SYMBOL))
+        self.logged_venues = 1 + int(np.count_nonzero(recs["type"] == WL.REC_VENUE))
+
+    def _load(self, found: wal.WalScan, data: ShardData, state: np.ndarray) -> int:
+        """Bulk-load every row of the WAL into a fresh segment and commit it."""
+        # Fresh shared memory costs a page fault per 4 KiB on first write, more than copying
+        # the rows: a thread maps the column pages (one madvise per column, no GIL held)
+        # while this one decodes.
+        recs = found.records
+        ranges = []
+        for t in (T.TRADES, T.QUOTES):
+            n = min(int(recs["row_count"][recs["type"] == _REC[t]].sum()), data.capacity)
+            r0 = int(state[t])
+            ranges += [(a[r0:r0 + n].ctypes.data, a[r0:r0 + n].nbytes)
+                       for a in (*data.cols[t].values(), data.prev[t])]
+        mapper = threading.Thread(target=_populate, args=(ranges,), name="wayy-wal-map")
+        mapper.start()
+        try:
+            return self._load_decoded(found, data, state)
+        finally:
+            mapper.join()
+
+    def _load_decoded(self, found: wal.WalScan, data: ShardData, state: np.ndarray) -> int:
+        recs = found.records
+        for t in (T.TRADES, T.QUOTES):
+            n = int(recs["row_count"][recs["type"] == _REC[t]].sum())
+            if int(state[t]) + n > data.capacity:
+                raise RecoveryError(
+                    f"{self.path} holds {n} {T.TABLE_NAMES[t]} rows; this database holds "
+                    f"{data.capacity} per table per shard (start with a larger --capacity)")
+        targets = {_REC[t]: {wn: data.cols[t][cn] for wn, cn in zip(
+            _WAL_NAMES[t], ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq"))}
+            for t in (T.TRADES, T.QUOTES)}
+        out = wal.decode_into(found, targets, {_REC[t]: int(state[t]) for t in (0, 1)})
+        syms, vens = out["symbols"], out["venues"]
+        if syms and sorted(syms) != list(range(len(syms))):
+            raise RecoveryError(f"{self.path}: symbol ids {sorted(syms)[:8]}... are not dense")
+        if vens and sorted(vens) != list(range(1, len(vens) + 1)):
+            raise RecoveryError(f"{self.path}: venue ids are not dense from 1")
+        if len(syms) > data.max_symbols or len(vens) + 1 > data.max_venues:
+            raise RecoveryError(
+                f"{self.path} names {len(syms)} symbols and {len(vens)} venues; this database "
+                f"holds {data.max_symbols} and {data.max_venues} per shard (start with larger "
+                f"--max-symbols / --max-venues)")
+        total = 0
+        for t in (T.TRADES, T.QUOTES):
+            n = out["rows"][_REC[t]]
+            if n == 0:
+                continue
+            r0 = int(state[t])
+            c = data.cols[t]
+            # the index must never follow an id without a name (a hostile or damaged WAL)
+            if (int(c["symbol"][r0:r0 + n].max()) >= len(syms)
+                    or int(c["symbol"][r0:r0 + n].min()) < 0
+                    or int(c["venue"][r0:r0 + n].max()) > len(vens)
+                    or int(c["venue"][r0:r0 + n].min()) < 0):
+                raise RecoveryError(f"{self.path}: {T.TABLE_NAMES[t]} rows name ids without "
+                                    f"a name record")
+            ingest.link_rows(data.seg.buf, data.off, data.hdr64, state, t, n)
+            total += n
+        for i, name in syms.items():
+            data.sym_names[i] = name.encode()
+        for i, name in vens.items():
+            data.ven_names[i] = name.encode()
+        data.hdr32[S.N_SYMBOLS_I32] = len(syms)
+        data.hdr32[S.N_VENUES_I32] = len(vens) + 1
+        state[ingest.S_NSYM] = len(syms)
+        state[ingest.S_NVEN] = len(vens) + 1
+        state[ingest.S_NEXT_SEQ] = max(int(state[ingest.S_NEXT_SEQ]), found.next_seq or 0)
+        ingest.commit(data.hdr64, state, time.time_ns())
+        return total
+
+    def _relog(self, data: ShardData, state: np.ndarray, from_seq: int) -> int:
+        """Append the committed rows with seq >= from_seq from the segment to the WAL."""
+        self.log_names(data, state)
+        total = 0
+        for t in (T.TRADES, T.QUOTES):
+            n = int(state[t])
+            seq = data.cols[t]["seq"][:n]
+            lo = int(np.searchsorted(seq, from_seq))
+            if lo < n:
+                self._append_table(data, t, lo, n)
+                total += n - lo
+        return total
+
+    # --- running --------------------------------------------------------------------------
+    def log_names(self, data: ShardData, state: np.ndarray) -> None:
+        """Append name records for symbols and venues interned since the last call."""
+        w = self.writer
+        nsym = int(state[ingest.S_NSYM])
+        for i in range(self.logged_symbols, nsym):
+            w.append_symbol(i, data.sym_names[i].decode("ascii"))
+            self.logged_symbols = i + 1
+        nven = int(state[ingest.S_NVEN])
+        for i in range(self.logged_venues, nven):
+            w.append_venue(i, data.ven_names[i].decode("ascii"))
+            self.logged_venues = i + 1
+
+    def append_pass(self, data: ShardData, state: np.ndarray, trades0: int,
+                    quotes0: int) -> None:
+        """Log what one drain added (rows trades0.. and quotes0.. up to the state's counts),
+        names first. Raises WalWriteError; the caller must not commit then."""
+        w = self.writer
+        mark = w.mark()
+        names = (self.logged_symbols, self.logged_venues)
+        try:
+            if state[ingest.S_NSYM] > names[0] or state[ingest.S_NVEN] > names[1]:
+                self.log_names(data, state)
+            t1 = int(state[ingest.S_TRADES])
+            q1 = int(state[ingest.S_QUOTES])
+            if t1 > trades0:
+                self._append_table(data, T.TRADES, trades0, t1)
+            if q1 > quotes0:
+                self._append_table(data, T.QUOTES, quotes0, q1)
+        except WalWriteError:
+            # all of the pass or none of it: the rows are drained again once space returns
+            self.logged_symbols, self.logged_venues = names
+            w.rewind(mark)
+            raise
+
+    def _append_table(self, data: ShardData, t: int, lo: int, hi: int) -> None:
+        cols = data.cols[t]
+        columns = {wn: cols[cn][lo:hi] for wn, cn in zip(
+            _WAL_NAMES[t], ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq"))}
+        compress = None if self.compress != "auto" else (hi - lo) <= COMPRESS_MAX_ROWS
+        self.writer.append_batch(_REC[t], int(cols["seq"][lo]), columns, compress=compress)
+
+    def failed(self) -> bool:
+        """True when a flush failed: the writer must reopen the WAL (recover) before going on."""
+        return self.writer is not None and self.writer._failed is not None
+
+    def reopen(self, data: ShardData, state: np.ndarray) -> None:
+        """After a failed flush: close without flushing and recover from what is on disk."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except (WalWriteError, OSError):
+                pass
+            self.writer = None
+        self.recover(data, state)
+
+    def close(self) -> None:
+        """Flush and close (every policy flushes on close)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            finally:
+                self.writer = None

@@ -18,8 +18,17 @@ def load_average() -> float:
 
 
 @contextlib.contextmanager
-def running_db(*args: str, env: dict | None = None):
-    """Yield the path of a database started with ``wayy start --detach ARGS``; stop it after."""
+def running_db(*args: str, env: dict | None = None, redis: bool | None = None):
+    """Yield the path of a database started with ``wayy start --detach ARGS``; stop it after.
+
+    Without ``redis=True`` or a Redis option in ARGS it runs with ``--no-redis``: a broker
+    publishing to Redis would take a core from what the benchmark measures.
+    """
+    if redis is None:
+        redis = any(a.split("=")[0].startswith(("--redis", "--brokers", "--wire",
+                                                 "--stream-retention")) for a in args)
+    if not redis:
+        args = (*args, "--no-redis")
     path = tempfile.mkdtemp(prefix="wayy-bench-")
     db = os.path.join(path, "db")
     cmd = [sys.executable, "-m", "wayy.cli", "start", "--db", db, "--detach", *args]

@@ -53,11 +53,27 @@ class RunningDb:
         return self.proc.returncode
 
 
-def start_db(path: str, *args: str, timeout: float = 60.0) -> RunningDb:
-    """Start `wayy start --db path ...` and wait until every writer accepts ticks."""
+# options that put Redis under test; a start naming none of them runs with --no-redis
+REDIS_OPTIONS = ("--redis", "--no-redis", "--redis-port", "--redis-bind", "--redis-pubsub-limit",
+                 "--brokers", "--wire", "--stream-retention")
+
+
+def start_db(path: str, *args: str, timeout: float = 60.0, redis: bool | None = None
+             ) -> RunningDb:
+    """Start `wayy start --db path ...` and wait until every writer accepts ticks.
+
+    Redis: unless ``redis=True`` or ``args`` name a Redis option, the database runs with
+    ``--no-redis`` — the broker is one more process and one more local subscriber, which
+    tests of other parts should neither pay for nor count. ``redis=True``: the default
+    (embedded Redis and a broker), as a user's plain `wayy start` gets it.
+    """
     from wayy.errors import NotRunning
     from wayy.status import read_status
 
+    if redis is None:
+        redis = any(a.split("=")[0] in REDIS_OPTIONS for a in args)
+    if not redis:
+        args = (*args, "--no-redis")
     os.makedirs(path, exist_ok=True)
     log_path = os.path.join(path, "test-start.log")
     log = open(log_path, "w")
@@ -70,7 +86,7 @@ def start_db(path: str, *args: str, timeout: float = 60.0) -> RunningDb:
         if proc.poll() is not None:
             raise RuntimeError(f"wayy start exited with {proc.returncode}:\n{db.log()}")
         try:
-            st = read_status(path)
+            st = read_status(path, redis=False)
             if all(s["state"] == "running" for s in st["shards"]):
                 return db
         except NotRunning:
@@ -92,8 +108,8 @@ def db_factory(tmp_path):
     """Start databases on demand; every one is stopped and its segments removed at the end."""
     started: list[RunningDb] = []
 
-    def make(*args: str, name: str = "db") -> RunningDb:
-        db = start_db(str(tmp_path / name), *args)
+    def make(*args: str, name: str = "db", redis: bool | None = None) -> RunningDb:
+        db = start_db(str(tmp_path / name), *args, redis=redis)
         started.append(db)
         return db
 

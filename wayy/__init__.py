@@ -11,7 +11,7 @@
 Start a database with ``wayy start --shards 8 --db /data/markets`` (see ``wayy --help``).
 """
 
-from wayy import channels, ops, subscribe
+from wayy import channels, ops, remote, subscribe
 from wayy.channels import Channel, parse_channel
 from wayy.db import Database, Result, Table, attach
 from wayy.errors import (
@@ -48,9 +48,11 @@ __all__ = [
     "Overrun",
     "Channel",
     "parse_channel",
-    # modules users reach into, like ops: wayy.channels (channel names), wayy.subscribe
+    # modules users reach into, like ops: wayy.channels (channel names), wayy.subscribe,
+    # wayy.remote (remote subscribers through Redis)
     "channels",
     "subscribe",
+    "remote",
     "WayyError",
     "InvalidInput",
     "InvalidName",

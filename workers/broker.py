@@ -1,0 +1,824 @@
+"""The broker: every committed batch of its shards, out to Redis pub/sub channels and streams.
+
+The broker is a local subscriber (``wayy.subscribe``, batch mode, whole tables) of every shard
+(or of the subset it is given when ``--brokers N`` splits the shards). Per pass (``do_work``)
+it takes what was committed since the last pass, up to ``MAX_TXN_ROWS`` rows, groups it by
+symbol, and sends ONE MULTI/EXEC transaction to Redis holding, per symbol and table:
+
+    PUBLISH {kind}:{sym}            the symbol's rows (wire format: json | binary | binary+lz4)
+    PUBLISH {kind}:{sym}:{venue}    the rows of each named venue (no channel for venue "")
+    XADD    {kind}:{sym}:stream     MAXLEN ~ N | MINID ~ M-age   <M>-<L>   d <batch> p <P> k <shard>
+    HSET    wayy:broker:cursors     "<shard>:trades" <next seq> "<shard>:quotes" <next seq>
+
+(``kind`` is ``ticks`` for trades, ``quotes`` for quotes.) Because the cursor is written in
+the transaction that publishes, Redis holds exactly what was published up to the cursor: a
+broker killed at any point (SIGKILL included) starts again from the cursor, and whatever it
+publishes a second time (the pub/sub message of a transaction Redis lost on a crash, say)
+carries the same shard and seq, which consumers drop.
+
+Stream entry ids ``<M>-<L>``: ``L`` is the last seq of the entry's rows, ``M`` the running
+maximum, over the stream, of tick timestamps in milliseconds. Both are non-decreasing along a
+stream (a stream is one symbol, so one shard, whose seqs strictly increase), hence ids
+strictly increase; ``XRANGE key <T_ms>-0 +`` replays from tick time T (every earlier row has
+ts < T), and the seq is in the id. Field ``p`` is the ``L`` of the previous entry, so a reader
+can prove that nothing between two entries was trimmed. Streams always hold binary batches
+(binary+lz4 unless the wire is plain binary): one XADD per tick would cost more than the
+ticks. Retention: ``maxlen=N`` (entries per stream, ``MAXLEN ~``) or ``age=SECONDS`` (tick
+time before the stream's newest M, ``MINID ~``).
+
+Redis unreachable at start or lost while running: the broker retries with backoff (logged,
+never a crash); the shards never notice — the broker is a read-only subscriber whom the
+writers never wait for. After every (re)connection it reads its cursors back from Redis and
+re-subscribes from them (a Redis restarted from its append-only file may be behind what was
+published before the crash). Its state goes to ``<db>/broker-<index>.status.json`` every
+half second (``STATUS_FIELDS``), which ``wayy status`` reads
+(``wayy.remote.read_broker_status``).
+
+Started by the supervisor (``run(...)`` in a forked child) or on its own:
+``python -m workers.broker --db PATH --redis URL [--shards 0,1] [--wire binary+lz4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import hiredis
+import numpy as np
+
+from shm.layout import shard as S
+from shm.layout import tables as T
+from wayy import wire
+from wayy.channels import TABLE_KINDS
+from wayy.errors import InvalidInput, NotRunning, WayyError
+from wayy.remote import (
+    BROKER_CURSORS_KEY,
+    F_DATA,
+    F_PREV,
+    F_SHARD,
+    STREAM_SUFFIX,
+    RedisLink,
+    RedisRefused,
+    RedisUnavailable,
+    parse_id,
+    redact,
+)
+from workers.agent import Runner
+
+log = logging.getLogger("wayy.broker")
+
+MAX_TXN_ROWS = 1 << 16  # rows per transaction: bounds one EXEC (Redis blocks while it runs)
+IDLE_WAIT_S = 0.05  # longest sleep on the change rings between passes
+STATUS_EVERY_S = 0.5
+DRAIN_ON_CLOSE_S = 5.0  # on stop, publish what is committed for at most this long
+PING_IDLE_S = 1.0  # an idle broker pings Redis this often (health, and a quick reconnect)
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+LOG_DOWN_EVERY_S = 30.0
+DEFAULT_RETENTION = "maxlen=100000"
+STARTS = ("earliest", "latest")
+STATUS_FIELDS = ("pid", "index", "shards", "redis_url", "redis", "redis_error",
+                 "redis_since_ns", "wire", "retention", "started_ns", "updated_ns",
+                 "transactions", "published_rows", "messages", "bytes", "stream_entries",
+                 "errors", "reconnects", "per_shard")
+
+_BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
+_MULTI = hiredis.pack_command((b"MULTI",))
+_EXEC = hiredis.pack_command((b"EXEC",))
+_KIND = {T.TRADES: TABLE_KINDS["trades"], T.QUOTES: TABLE_KINDS["quotes"]}
+_TNAME = {T.TRADES: "trades", T.QUOTES: "quotes"}
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Retention:
+    """How streams are trimmed: ``maxlen`` entries (``MAXLEN ~``) or ``age_ms`` of tick time
+    behind the newest entry (``MINID ~``). Both None: never trimmed."""
+
+    maxlen: int | None = None
+    age_ms: int | None = None
+
+    @classmethod
+    def parse(cls, spec: "str | Retention | None") -> "Retention":
+        """``maxlen=100000``, ``age=3600`` (seconds; suffixes s, m, h, d), or ``none``."""
+        if isinstance(spec, Retention):
+            return spec
+        if spec is None or spec == "none":
+            return cls()
+        text = str(spec).strip()
+        if re.fullmatch(r"\d+[smhd]", text):
+            text = "age=" + text  # a bare duration: "6h"
+        m = re.fullmatch(r"(maxlen|age)=(\d+)([smhd]?)", text)
+        if not m:
+            raise InvalidInput(f"retention {spec!r}: use maxlen=ENTRIES, age=SECONDS (or 30m, "
+                               f"6h, 2d) or none")
+        n = int(m.group(2))
+        if n <= 0:
+            raise InvalidInput(f"retention {spec!r} must be positive")
+        if m.group(1) == "maxlen":
+            if m.group(3):
+                raise InvalidInput(f"retention {spec!r}: maxlen counts entries, no unit")
+            return cls(maxlen=n)
+        mult = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(3)]
+        return cls(age_ms=n * mult * 1000)
+
+    def __str__(self) -> str:
+        if self.maxlen is not None:
+            return f"maxlen={self.maxlen}"
+        if self.age_ms is not None:
+            return f"age={self.age_ms // 1000}"
+        return "none"
+
+    def trim_args(self, ms: int) -> tuple:
+        if self.maxlen is not None:
+            return (b"MAXLEN", b"~", self.maxlen)
+        if self.age_ms is not None:
+            return (b"MINID", b"~", max(0, ms - self.age_ms))
+        return ()
+
+
+# --- the agent -----------------------------------------------------------------------------------
+
+class Broker:
+    """Agent that publishes the committed batches of ``shards`` (None: all) to Redis."""
+
+    def __init__(self, db_path: str, shards: list[int] | None, redis_url: str,
+                 password: str | None = None, wire_format: str = "binary+lz4",
+                 retention: "str | Retention | None" = DEFAULT_RETENTION, index: int = 0,
+                 username: str | None = None, start: str = "earliest") -> None:
+        if wire_format not in wire.FORMATS:
+            raise InvalidInput(f"wire format {wire_format!r}: use one of "
+                               f"{', '.join(wire.FORMATS)}")
+        if start not in STARTS:
+            raise InvalidInput(f"start {start!r}: use earliest or latest")
+        self.name = f"broker-{index}"
+        self.db_path = os.path.realpath(db_path)
+        self.want_shards = None if shards is None else sorted(set(int(k) for k in shards))
+        self.redis_url = redis_url
+        self.wire = wire_format
+        self.retention = Retention.parse(retention)
+        self.index = index
+        self.start = start
+        # policies picked once (STYLE 15): the channel encoder, the stream encoder
+        self.encode = wire.encoder(wire_format)
+        self.stream_binary = wire_format != "json"
+        self.stream_compress = wire_format != "binary"
+        self.link = RedisLink(redis_url, username, password, timeout=5.0,
+                              name=f"wayy-broker-{index}")
+        self.db = None
+        self.sub = None
+        self.shards: list[int] = []
+        self._mine: set[int] = set()
+        self._stash = None
+        self._drained = False
+        self._seen_cursors: list | None = None
+        self.cursors: dict[int, list[int]] = {}  # committed in Redis: next seq per table
+        self._stream_last: dict[bytes, tuple[int, int]] = {}  # key -> (M, L) of the last id
+        self._names: dict[int, tuple] = {}  # shard -> (names object, its lists)
+        self._chan_cache: dict[tuple, object] = {}
+        self._last_ts: dict[int, int] = {}
+        self._retry_db = 0.0
+        self._retry_redis = 0.0
+        self._backoff = RETRY_MIN_S
+        self._down_logged = 0.0
+        self._status_due = 0.0
+        self._last_io = 0.0
+        self.redis_state = "connecting"
+        self.redis_error: str | None = None
+        self.redis_since_ns = time.time_ns()
+        self.started_ns = time.time_ns()
+        self.stats = {"transactions": 0, "published_rows": 0, "messages": 0, "bytes": 0,
+                      "stream_entries": 0, "errors": 0, "reconnects": 0}
+        self._status_path = os.path.join(self.db_path, f"{self.name}.status.json")
+
+    # --- agent -----------------------------------------------------------------------------
+    def on_start(self) -> None:
+        log.info("%s %d starting: %s, wire %s, retention %s", self.name, os.getpid(),
+                 redact(self.redis_url), self.wire, self.retention)
+        # load (or compile, once per machine) the codec kernels before the first batch
+        wire.warm_up()
+        self._write_status(force=True)
+
+    def do_work(self) -> int:
+        """One pass: make sure the database and Redis are there, then publish what is new.
+        Returns rows published (0 = nothing to do, or waiting to retry)."""
+        now = time.monotonic()
+        if self.db is None:
+            if now < self._retry_db or not self._attach():
+                return 0
+        if not self.link.connected:
+            if now < self._retry_redis:
+                return 0
+            if not self._connect():
+                return 0
+        if self.sub is None and not self._resubscribe():
+            return 0
+        try:
+            items = self._collect()
+        except NotRunning as exc:
+            self._lost_db(exc)
+            return 0
+        if not items and self._stash is None and not self._cursor_moved():
+            return 0
+        try:
+            return self._publish(items) or 1
+        except RedisUnavailable as exc:
+            self._redis_down(exc)
+        except RedisRefused as exc:
+            self._redis_down(exc)
+        return 0
+
+    def idle(self, work: int) -> None:
+        """Sleep on the change rings (or until the next retry) when the pass found nothing."""
+        now = time.monotonic()
+        if now >= self._status_due:
+            self._write_status()
+        if work:
+            self._last_io = now
+            return
+        if self.link.connected and now - self._last_io > PING_IDLE_S:
+            # an idle broker still watches Redis: the status says whether it is up
+            self._last_io = now
+            try:
+                self.link.call("PING")
+            except (RedisUnavailable, RedisRefused) as exc:
+                self._redis_down(exc)
+                return
+        if self.sub is not None and self.link.connected:
+            try:
+                self._stash = self.sub.poll(timeout=IDLE_WAIT_S)
+            except NotRunning as exc:
+                self._lost_db(exc)
+            return
+        due = min(self._retry_db if self.db is None else now + IDLE_WAIT_S,
+                  self._retry_redis if not self.link.connected else now + IDLE_WAIT_S)
+        time.sleep(min(max(due - now, 0.005), IDLE_WAIT_S * 2))
+
+    def on_close(self) -> None:
+        """Publish what is committed (the supervisor stops writers before brokers), then
+        unmap and disconnect."""
+        deadline = time.monotonic() + DRAIN_ON_CLOSE_S
+        try:
+            while (self.sub is not None and self.link.connected
+                   and time.monotonic() < deadline and self.do_work()):
+                pass
+        except Exception as exc:  # noqa: BLE001  (stopping: report, never hang)
+            log.warning("%s: stopped before publishing everything: %s", self.name, exc)
+        self.redis_state = "stopped"
+        self._write_status(force=True)
+        self._close_sub()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        self.link.close()
+        log.info("%s stopped: %d rows in %d transactions", self.name,
+                 self.stats["published_rows"], self.stats["transactions"])
+
+    # --- the database ------------------------------------------------------------------------
+    def _attach(self) -> bool:
+        import wayy
+
+        try:
+            self.db = wayy.attach(self.db_path)
+        except WayyError as exc:
+            self._retry_db = time.monotonic() + 1.0
+            if time.monotonic() - self._down_logged > LOG_DOWN_EVERY_S:
+                self._down_logged = time.monotonic()
+                log.warning("%s: database at %s not available (%s); retrying", self.name,
+                            self.db_path, exc)
+            return False
+        n = self.db.nshards
+        if self.want_shards is None:
+            self.shards = list(range(n))
+        else:
+            bad = [k for k in self.want_shards if not 0 <= k < n]
+            if bad:
+                raise InvalidInput(f"{self.name}: shards {bad} do not exist; the database has "
+                                   f"{n} (0..{n - 1})")
+            self.shards = list(self.want_shards)
+        self._mine = set(self.shards)
+        self._names = {}
+        log.info("%s: attached %s, publishing shards %s", self.name, self.db_path,
+                 ",".join(map(str, self.shards)))
+        return True
+
+    def _lost_db(self, exc: BaseException) -> None:
+        log.warning("%s: the database stopped (%s); waiting for it to come back", self.name,
+                    exc)
+        self._close_sub()
+        if self.db is not None:
+            try:
+                self.db.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.db = None
+        self._retry_db = time.monotonic() + 1.0
+
+    def _close_sub(self) -> None:
+        self._stash = None
+        if self.sub is not None:
+            try:
+                self.sub.stop()
+            except Exception:  # noqa: BLE001
+                pass
+            self.sub = None
+
+    def _resubscribe(self) -> bool:
+        """Follow every shard from the cursors Redis holds (a local batch subscription)."""
+        self._close_sub()
+        start = {}
+        for k in self.shards:
+            c = self.cursors.get(k)
+            if c is not None:
+                start[k] = min(c)
+        for _attempt in range(2):
+            try:
+                # idle "block": between passes the broker sleeps on the rings' futex words
+                # (woken by the next commit) instead of spinning, which on a small machine
+                # would take CPU from the writers and Redis.
+                # max_latency_ms=1e-9 is 0 ns once truncated: every pass of the subscription
+                # hands over everything it read (nothing waits in its accumulators), which
+                # _next_cursors relies on
+                self.sub = self.db.subscribe(["trades", "quotes"], batch_size=MAX_TXN_ROWS,
+                                             max_latency_ms=1e-9, from_seq=start or None,
+                                             idle="block")
+                assert self.sub.max_latency_ns == 0
+                break
+            except NotRunning as exc:
+                self._lost_db(exc)
+                return False
+            except InvalidInput as exc:
+                if "past the database's next seq" not in str(exc) or exc.shard is None:
+                    raise
+                # Redis holds the progress of an earlier database at this path, recreated
+                # without its history: publish this one from its start
+                k = exc.shard
+                log.error("%s: Redis' cursor for shard %d (%s) is past the database's next "
+                          "seq: the database was recreated; publishing shard %d from seq 0",
+                          self.name, k, self.cursors.get(k), k)
+                self.cursors[k] = [0, 0]
+                start[k] = 0
+                if not self._write_cursors_now([k]):
+                    return False
+        if self.sub is None:
+            return False
+        for k in self.shards:
+            if k not in self.cursors:
+                nxt = self.sub.cursors()[k]
+                self.cursors[k] = list(nxt)
+                # persist where "latest" began, so a crash before the first publish
+                # does not move it
+                if self.start == "latest" and not self._write_cursors_now([k]):
+                    return False
+        return True
+
+    # --- Redis ---------------------------------------------------------------------------------
+    def _connect(self) -> bool:
+        try:
+            self.link.connect()
+            raw = self.link.call("HGETALL", BROKER_CURSORS_KEY)
+        except (RedisUnavailable, RedisRefused) as exc:
+            self._redis_down(exc)
+            return False
+        got: dict[int, list[int]] = {}
+        for f, v in zip(raw[::2], raw[1::2]):
+            try:
+                k, _, t = f.decode().partition(":")
+                got.setdefault(int(k), [-1, -1])[T.TABLE_IDS[t]] = int(v)
+            except (ValueError, KeyError, UnicodeDecodeError):
+                log.warning("%s: ignoring a malformed cursor field %r", self.name, f)
+        self.cursors = {}
+        for k in self.shards:
+            c = got.get(k)
+            if c is not None and min(c) >= 0:
+                self.cursors[k] = c
+            elif self.start == "earliest":
+                self.cursors[k] = [0, 0]
+        self._stream_last = {}
+        was = self.redis_state
+        self.redis_state = "ok"
+        self.redis_error = None
+        self.redis_since_ns = time.time_ns()
+        self._backoff = RETRY_MIN_S
+        if was == "down":
+            log.info("%s: Redis at %s is back; resuming from cursors %s", self.name,
+                     self.link.where, self._fmt_cursors())
+        else:
+            log.info("%s: connected to Redis at %s; cursors %s", self.name, self.link.where,
+                     self._fmt_cursors())
+        # whatever the subscription had consumed beyond Redis' cursors is published again
+        self._close_sub()
+        return self._resubscribe()
+
+    def _fmt_cursors(self) -> str:
+        return " ".join(f"{k}:{c[0]}/{c[1]}" for k, c in sorted(self.cursors.items())) or "none"
+
+    def _redis_down(self, exc: BaseException) -> None:
+        self.link.close()
+        self._close_sub()
+        now = time.monotonic()
+        if self.redis_state != "down":
+            self.redis_state = "down"
+            self.redis_since_ns = time.time_ns()
+            self.stats["reconnects"] += 1
+        self.redis_error = str(exc)
+        if now - self._down_logged > LOG_DOWN_EVERY_S or self._backoff == RETRY_MIN_S:
+            self._down_logged = now
+            log.warning("%s: Redis unavailable (%s); retrying with backoff, the shards are "
+                        "not affected", self.name, exc)
+        self._retry_redis = now + self._backoff
+        self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+        self._write_status(force=True)
+
+    def _write_cursors_now(self, shards: list[int]) -> bool:
+        """HSET the cursors of ``shards`` at once (outside a publish). False: Redis is down."""
+        args = []
+        for k in shards:
+            c = self.cursors[k]
+            args += [f"{k}:trades", c[0], f"{k}:quotes", c[1]]
+        try:
+            self.link.call("HSET", BROKER_CURSORS_KEY, *args)
+        except (RedisUnavailable, RedisRefused) as exc:
+            self._redis_down(exc)
+            return False
+        return True
+
+    # --- collecting and publishing ---------------------------------------------------------------
+    def _collect(self) -> list:
+        """Batches committed since the last pass, up to MAX_TXN_ROWS rows."""
+        items = []
+        rows = 0
+        if self._stash is not None:
+            items.append(self._stash)
+            rows = len(self._stash)
+            self._stash = None
+        poll = self.sub.poll
+        self._drained = False
+        while rows < MAX_TXN_ROWS:
+            b = poll(0)
+            if b is None:
+                self._drained = True
+                break
+            items.append(b)
+            rows += len(b)
+        return items
+
+    def _next_cursors(self) -> dict[int, list[int]]:
+        """Per shard, the next seq to publish of each table, given what was collected.
+
+        The subscription's cursors are per table, and in poll mode a table's cursor moves
+        only when a batch of that table is handed over. Drained (nothing more queued, every
+        pass flushes what it read), every row below the larger of the two was handed over,
+        whichever table it is in: both move there, so a table that stopped ticking does not
+        hold the shard's resume point back. Never behind what Redis holds."""
+        allc = self.sub.cursors()
+        if self._drained:
+            cur = {k: [max(allc[k])] * 2 for k in self.shards}
+        else:
+            cur = {k: list(allc[k]) for k in self.shards}
+        for k, c in cur.items():
+            old = self.cursors.get(k)
+            if old is not None:
+                c[0], c[1] = max(c[0], old[0]), max(c[1], old[1])
+        return cur
+
+    def _cursor_moved(self) -> bool:
+        """Whether the subscription moved past what Redis holds without handing over rows
+        (rows of other brokers' shards, or rows Redis already has)."""
+        cur = self.sub.cursors()
+        if cur == self._seen_cursors:
+            return False
+        self._seen_cursors = cur
+        return any(self._next_cursors()[k] != self.cursors.get(k) for k in self.shards)
+
+    def _batch_names(self, b) -> tuple[list[str], list[str]]:
+        """(symbol names, venue names) that ``b``'s symbol / venue ids index: the shard's
+        interned names for rows from memory, the batch's own for rows read back from history.
+        (wayy.Batch keeps them in ``_names``; converted to lists once per names object.)"""
+        key = b._names  # noqa: SLF001  (no public accessor yet; same package family)
+        cached = self._names.get(b.shard)
+        if cached is not None and cached[0][0] is key[0] and cached[0][1] is key[1]:
+            return cached[1]
+        lists = (key[0].tolist(), key[1].tolist())
+        self._names[b.shard] = (key, lists)
+        return lists
+
+    def _publish(self, items: list) -> int:
+        """One MULTI/EXEC: every symbol group's PUBLISHes and XADD, and the cursors."""
+        cmds: list[bytes] = []
+        add = cmds.append
+        pack = hiredis.pack_command
+        pending_ids: dict[bytes, tuple[int, int]] = {}
+        rows = nbytes = nmsg = 0
+        last_ts: dict[int, int] = {}
+        groups = []
+        for b in items:
+            k = b.shard
+            if k not in self._mine:
+                continue
+            t = T.TABLE_IDS[b.table]
+            floor = self.cursors[k][t]
+            seq = b["seq"]
+            if len(seq) == 0 or int(seq[-1]) < floor:
+                continue
+            cols = {c: b[c] for c in ("ts", "symbol_id", "venue_id", "seq")}
+            for c in T.VALUE_COLUMNS[t]:
+                cols[c] = b[c]
+            if int(seq[0]) < floor:  # republished after a restart: Redis has these rows
+                cut = int(np.searchsorted(seq, floor, "left"))
+                cols = {c: v[cut:] for c, v in cols.items()}
+            groups.extend(self._groups(k, t, cols, self._batch_names(b)))
+        self._load_stream_ids([g[2] for g in groups])
+        for k, t, skey, ch, chv, wb, ts_max in groups:
+            try:
+                msgs = self.encode(wb)
+            except wire.WireError as exc:  # rows the writer accepted should always encode
+                self._error(f"cannot encode {len(wb)} rows of {wb.symbol} (shard {k}, seq "
+                            f"{int(wb.seq[0])}..{int(wb.seq[-1])}), not published: {exc}")
+                continue
+            for m in msgs:
+                add(pack((b"PUBLISH", ch, m)))
+                nbytes += len(m)
+            nmsg += len(msgs)
+            if chv is not None:  # one named venue: the same messages
+                for m in msgs:
+                    add(pack((b"PUBLISH", chv, m)))
+                    nbytes += len(m)
+                nmsg += len(msgs)
+            elif len(wb.venues) > 1:
+                for j, v in enumerate(wb.venues):
+                    if not v:
+                        continue
+                    sel = np.flatnonzero(wb.venue == j)
+                    vb = wire.WireBatch(wb.table, k, wb.symbol, [v],
+                                        np.zeros(len(sel), np.int32), wb.ts[sel], wb.seq[sel],
+                                        {c: a[sel] for c, a in wb.values.items()})
+                    chv = self._venue_channel(t, wb.symbol, v)
+                    for m in self.encode(vb):
+                        add(pack((b"PUBLISH", chv, m)))
+                        nbytes += len(m)
+                        nmsg += 1
+            # the stream entry: one binary batch
+            if skey in self._stream_last and self._stream_last[skey] is _BAD_STREAM:
+                continue  # not a stream (reported when found): pub/sub only
+            if self.stream_binary and len(msgs) == 1:
+                data = msgs[0]
+            else:
+                data = wire.encode_binary(wb, compress=self.stream_compress)
+            prev_ms, prev_l = pending_ids.get(skey) or self._stream_last.get(skey, (0, -1))
+            ms = max(prev_ms, ts_max // 1_000_000)
+            last = int(wb.seq[-1])
+            if last <= prev_l and ms == prev_ms:
+                # seqs went back (a recreated database): keep ids increasing
+                ms = prev_ms + 1
+            add(pack((b"XADD", skey, *self.retention.trim_args(ms), f"{ms}-{last}".encode(),
+                      F_DATA, data, F_PREV, str(prev_l).encode(), F_SHARD, str(k).encode())))
+            pending_ids[skey] = (ms, last)
+            rows += len(wb)
+            if ts_max > last_ts.get(k, 0):
+                last_ts[k] = ts_max
+        new = self._next_cursors()
+        changed = [k for k in self.shards if new[k] != self.cursors.get(k)]
+        if changed:
+            args = []
+            for k in changed:
+                args += [f"{k}:trades".encode(), new[k][0], f"{k}:quotes".encode(), new[k][1]]
+            add(pack((b"HSET", BROKER_CURSORS_KEY, *args)))
+        if not cmds:
+            return 0
+        n = len(cmds)
+        link = self.link
+        link.send(b"".join((_MULTI, *cmds, _EXEC)))
+        replies = link.read_replies(n + 2)  # +OK, QUEUED x n, the EXEC array
+        res = replies[-1]
+        queued_err = next((r for r in replies[:-1] if isinstance(r, hiredis.ReplyError)), None)
+        if isinstance(res, hiredis.ReplyError) or res is None:
+            # EXECABORT (e.g. OOM at queue time): nothing was applied. Start over from the
+            # cursors, after a backoff
+            raise RedisRefused(f"transaction refused: {queued_err or res}")
+        for r in res:
+            if isinstance(r, hiredis.ReplyError):
+                self._error(f"Redis refused a command of the transaction: {r}")
+                # a failed XADD leaves our idea of the stream's last id unsure: reload it
+                self._stream_last = {}
+                pending_ids = {}
+        self._stream_last.update(pending_ids)
+        for k in changed:
+            self.cursors[k] = new[k]
+        self._last_ts.update(last_ts)
+        st = self.stats
+        st["transactions"] += 1
+        st["published_rows"] += rows
+        st["messages"] += nmsg
+        st["bytes"] += nbytes
+        st["stream_entries"] += len(groups)
+        return rows
+
+    def _groups(self, k: int, t: int, cols: dict, names: tuple[list, list]) -> list:
+        """Split one shard's rows of one table into per-symbol wire batches (seq order kept):
+        ``(shard, table, stream key, channel, venue channel or None, batch, max ts)``."""
+        sid = cols["symbol_id"]
+        vid = cols["venue_id"]
+        n = len(sid)
+        if n == 0:
+            return []
+        smin, smax = int(sid.min()), int(sid.max())
+        vmin, vmax = int(vid.min()), int(vid.max())
+        syms, vens = names
+        vcols = T.VALUE_COLUMNS[t]
+        table = _TNAME[t]
+        if smin == smax:  # one symbol (the common case of a busy symbol, or one tick)
+            bounds = [(smin, 0, n)]
+            src = cols
+        else:
+            order = np.argsort(sid, kind="stable")
+            ss = sid[order]
+            cuts = (np.flatnonzero(ss[1:] != ss[:-1]) + 1).tolist()
+            edges = [0, *cuts, n]
+            firsts = ss[edges[:-1]].tolist()
+            bounds = [(firsts[i], edges[i], edges[i + 1]) for i in range(len(firsts))]
+            src = {c: v[order] for c, v in cols.items() if c != "symbol_id"}
+        one_venue = vmin == vmax
+        out = []
+        for s, a, b in bounds:
+            sym = syms[s]
+            ch, skey = self._channel(t, sym)
+            v = src["venue_id"][a:b]
+            if one_venue or (len(bounds) > 1 and int(v.min()) == int(v.max())):
+                v0 = vmin if one_venue else int(v[0])
+                venues = [vens[v0]]
+                vidx = np.zeros(b - a, np.int32)
+                chv = self._venue_channel(t, sym, venues[0]) if venues[0] else None
+            else:
+                u, inv = np.unique(v, return_inverse=True)
+                venues = [vens[i] for i in u.tolist()]
+                vidx = inv.astype(np.int32)
+                chv = None
+            ts = src["ts"][a:b]
+            wb = wire.WireBatch(table, k, sym, venues, vidx, ts, src["seq"][a:b],
+                                {c: src[c][a:b] for c in vcols})
+            out.append((k, t, skey, ch, chv, wb, int(ts.max())))
+        return out
+
+    def _channel(self, t: int, sym: str) -> tuple[bytes, bytes]:
+        """(channel, stream key) of a symbol's table, as bytes (cached)."""
+        key = (t, sym)
+        found = self._chan_cache.get(key)
+        if found is None:
+            if len(self._chan_cache) > 1_000_000:
+                self._chan_cache.clear()
+            kind = _KIND[t]
+            found = self._chan_cache[key] = (f"{kind}:{sym}".encode(),
+                                             f"{kind}:{sym}:{STREAM_SUFFIX}".encode())
+        return found
+
+    def _venue_channel(self, t: int, sym: str, venue: str) -> bytes:
+        key = (t, sym, venue)
+        found = self._chan_cache.get(key)
+        if found is None:
+            found = self._chan_cache[key] = f"{_KIND[t]}:{sym}:{venue}".encode()
+        return found
+
+    def _error(self, text: str) -> None:
+        """Count an error; log the first ten, then one in a thousand."""
+        self.stats["errors"] += 1
+        n = self.stats["errors"]
+        if n <= 10 or n % 1000 == 0:
+            log.error("%s: %s (%d errors so far)", self.name, text, n)
+
+    def _load_stream_ids(self, keys: list[bytes]) -> None:
+        """The last id of every stream not seen since the connection began (XINFO STREAM's
+        last-generated-id: right even when retention trimmed the stream empty)."""
+        missing = [k for k in dict.fromkeys(keys) if k not in self._stream_last]
+        if not missing:
+            return
+        replies = self.link.pipeline([(b"XINFO", b"STREAM", k) for k in missing])
+        for key, r in zip(missing, replies):
+            if isinstance(r, hiredis.ReplyError):
+                if "no such key" in str(r).lower():
+                    self._stream_last[key] = (0, -1)
+                    continue
+                # e.g. WRONGTYPE: someone else's key has the stream's name. Keep publishing
+                # the channels; the status and the log say the stream is not written.
+                self._stream_last[key] = _BAD_STREAM
+                self._error(f"{key.decode()} is not usable as a stream ({r}); its entries are "
+                            f"not written until it is removed")
+                continue
+            f = dict(zip(r[::2], r[1::2]))
+            lid = f.get(b"last-generated-id", b"0-0")
+            ms, n = parse_id(lid)
+            self._stream_last[key] = (ms, n if lid != b"0-0" else -1)
+
+    # --- status ----------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What the status file holds (STATUS_FIELDS)."""
+        per_shard = {}
+        if self.db is not None:
+            for k in self.shards:
+                d = self.db.shards[k]
+                snap = d.snapshot()
+                head = int(snap[S.COMMIT_NEXT_SEQ])
+                c = self.cursors.get(k)
+                newest = max((int(d.cols[t]["ts"][int(snap[t]) - 1])
+                              for t in (T.TRADES, T.QUOTES) if snap[t] > 0), default=0)
+                lag = None
+                if c:  # per table: a table with no new rows keeps an old cursor, not a lag
+                    lag = sum(int(snap[t]) - int(np.searchsorted(
+                        d.cols[t]["seq"][:int(snap[t])], c[t])) for t in (T.TRADES, T.QUOTES))
+                pub_ts = self._last_ts.get(k)
+                lag_s = 0.0 if lag == 0 else (
+                    (newest - pub_ts) / 1e9 if pub_ts and lag else None)
+                per_shard[str(k)] = {"cursor": c, "next_seq": head, "lag_rows": lag,
+                                     "lag_s": lag_s}
+        return {"pid": os.getpid(), "index": self.index, "shards": self.shards,
+                "redis_url": redact(self.redis_url), "redis": self.redis_state,
+                "redis_error": self.redis_error, "redis_since_ns": self.redis_since_ns,
+                "wire": self.wire, "retention": str(self.retention),
+                "started_ns": self.started_ns, "updated_ns": time.time_ns(), **self.stats,
+                "per_shard": per_shard}
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._status_due:
+            return
+        self._status_due = now + STATUS_EVERY_S
+        try:
+            doc = self.status()
+        except Exception as exc:  # noqa: BLE001  (status must never stop the broker)
+            doc = {"pid": os.getpid(), "index": self.index, "redis": self.redis_state,
+                   "redis_error": self.redis_error, "updated_ns": time.time_ns(),
+                   "status_error": str(exc)}
+        tmp = f"{self._status_path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self._status_path)
+        except OSError as exc:
+            log.debug("%s: cannot write %s: %s", self.name, self._status_path, exc)
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+def run(db_path: str, shards: list[int] | None, redis_url: str, password: str | None = None,
+        wire: str = "binary+lz4", retention: "str | Retention | None" = DEFAULT_RETENTION,
+        index: int = 0, username: str | None = None, start: str = "earliest") -> None:
+    """Run one broker until SIGTERM/SIGINT (the supervisor forks this).
+
+    ``shards``: the shards to publish (None: all); ``redis_url``: ``redis://host:port/db`` or
+    ``unix:///path``; ``password`` (and ``username``) override the URL's; ``wire``: json,
+    binary or binary+lz4; ``retention``: ``maxlen=N``, ``age=SECONDS`` or ``none``;
+    ``index``: this broker's number when several split the shards (names its status file
+    ``broker-<index>.status.json`` and its Redis client name); ``start``: where a shard with
+    no cursor in Redis begins — ``earliest`` (every row the database holds) or ``latest``.
+    """
+    runner = Runner(Broker(db_path, shards, redis_url, password, wire, retention, index,
+                           username, start))
+    runner.install_signals()
+    runner.run()
+
+
+def split_shards(nshards: int, brokers: int) -> list[list[int]]:
+    """Shards of each of ``brokers`` brokers (round robin): ``--brokers N``."""
+    if brokers < 1:
+        raise InvalidInput(f"--brokers must be at least 1, got {brokers}")
+    brokers = min(brokers, nshards)
+    return [list(range(i, nshards, brokers)) for i in range(brokers)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m workers.broker",
+                                description="Publish a running wayy database to Redis.")
+    p.add_argument("--db", required=True, help="database directory")
+    p.add_argument("--redis", required=True, help="redis://[user:pass@]host:port[/db] or "
+                                                  "unix:///path")
+    p.add_argument("--password-file", help="file holding the Redis password")
+    p.add_argument("--username", help="Redis ACL user")
+    p.add_argument("--shards", help="comma-separated shards (default: all)")
+    p.add_argument("--wire", default="binary+lz4", choices=wire.FORMATS)
+    p.add_argument("--retention", default=DEFAULT_RETENTION,
+                   help="maxlen=ENTRIES, age=SECONDS (or 30m, 6h, 2d), or none")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--start", default="earliest", choices=STARTS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    password = os.environ.get("WAYY_REDIS_PASSWORD")
+    if a.password_file:
+        with open(a.password_file) as f:
+            password = f.read().strip()
+    shards = None if not a.shards else [int(x) for x in a.shards.split(",") if x.strip()]
+    try:
+        run(a.db, shards, a.redis, password, a.wire, a.retention, a.index, a.username, a.start)
+    except WayyError as exc:
+        raise SystemExit(f"broker: error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

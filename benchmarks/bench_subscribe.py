@@ -1,20 +1,38 @@
 """Local subscribers: latency, throughput, and what subscribers cost the writer. One JSON line.
 
 Every phase runs real processes against a database started with `wayy start --detach`
-(1 shard, no feed), and its peer in the same run.
+(1 shard, no feed, --no-redis: the broker is another reader of the ring and would share the
+two cores; --with-broker adds it), and its peer in the same run.
 
   latency      producer -> subscriber callback, one trade per publish, paced at RATE ticks/s
                (10k and 100k), with 1 and 3 subscriber processes, for each idle strategy.
                The producer stamps ``ts = time.time_ns()`` just before ``publish``; each
                callback records ``time.time_ns() - tick.ts``. Percentiles pool all
                subscribers' samples (the first 10% of each run are warm-up and dropped).
-               The path is: producer -> inbound ring -> shard writer (drain, commit) -> change
-               ring -> subscriber (follow kernel, tick, callback).
+               The path is: producer -> inbound ring -> shard writer (drain, WAL append,
+               commit) -> change ring -> subscriber (follow kernel, tick, callback).
+               Each callback also reads the writer's commit stamp (taken just before its
+               drain), which splits the figure: ``to_writer`` = producer stamp -> writer
+               drain start (the producer's publish call and, when the writer sleeps, its futex
+               wake-up); ``writer_to_cb`` = the rest (drain, WAL, commit, publish, the
+               subscriber's wake-up and its Python up to the callback).
+               Run for each WAL setting (--wal on,off: the default fsync=interval, and
+               --no-wal) and each writer idle policy (--writer-idle): ``as-is`` is
+               workers/writer.py unchanged; ``adaptive``, ``poll`` and ``spin:US`` patch it
+               in the database's launcher process (before the writers fork) -- proposals
+               measured here before they are applied to the writer (_patch_writer_idle).
+               All databases run at once and every configuration runs once per round,
+               --rounds times, in alternating order; the figures are medians over rounds
+               (a shared machine's background load then falls on every configuration).
   zmq          the same ticks over pyzmq PUB/SUB on ipc://, same pacing, same subscriber
-               counts: the peer. (zmq's subscriber blocks in recv; there is no writer hop.)
+               counts, in the same rounds: the peer. (zmq's subscriber blocks in recv;
+               there is no writer hop.)
   hop          the subscriber's own share: a process that plays the shard writer (writes a
                row, commits, publishes the change record; ts stamped just before the commit)
                -> subscriber callback, at 10k ticks/s, one subscriber, each idle strategy.
+  ring         the mechanism's floor: a numba kernel publishes change records (stamped inside
+               the kernel) and a numba kernel in another process reads them, spinning or
+               sleeping on the futex (no Python on either side), 10k records/s.
   throughput   one subscriber, in this process, over 2M committed trades (500 symbols):
                batch mode (batch_size 65536, zero-copy views) from the change ring and from
                the columns (backfill); per-tick callbacks (trivial callback) for every row,
@@ -24,30 +42,40 @@ Every phase runs real processes against a database started with `wayy start --de
                attached (per-tick callbacks that wait 1 ms per tick: they fall further behind
                with every batch), alternating, median of the runs.
 
-    PYTHONPATH=. python benchmarks/bench_subscribe.py [--seconds 2] [--quick]
+    PYTHONPATH=. python benchmarks/bench_subscribe.py [--seconds 2] [--rounds 3] [--quick]
+        [--wal on,off] [--writer-idle as-is,adaptive] [--phases latency,zmq,hop,ring,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import wayy  # noqa: E402
-from benchmarks._db import load_average, running_db, wait_rows  # noqa: E402
+from benchmarks._db import REPO, load_average, running_db, wait_rows  # noqa: E402
+from shm import change_ring as CR  # noqa: E402
+from shm import ingest  # noqa: E402
 from shm import subscribers as K  # noqa: E402
+from shm.atomics import clock_monotonic_ns, cpu_relax, load_acquire  # noqa: E402
+from shm.layout import inbound as IL  # noqa: E402
+from shm.layout import shard as S  # noqa: E402
 
 FORK = mp.get_context("fork")
 IDLES = ("spin", "yield", "backoff", "block")
@@ -73,22 +101,141 @@ def _pct(a: np.ndarray) -> dict:
             "max_us": round(float(us.max()), 1)}
 
 
+# --- the database, with a writer idle policy -----------------------------------------------------
+
+# The writer idle policy proposed for workers/writer.py (and a kernel for shm/inbound.py),
+# measured here by patching the class in the launcher process before `wayy start` forks the
+# writers. It wraps the writer's own idle (so whatever else that method does -- rate,
+# heartbeat, rolls -- still runs on every busy pass) and changes two things:
+#  1. the writer polls for new input inside a kernel (_writer_poll: a cached read of the
+#     inbound tail every ~50 ns, the GIL released) instead of going round its Python loop:
+#     it sees a commit ~0.1 us after it lands, and its WAL fsync thread gets the GIL at once
+#     (a writer polling in Python holds it; measured, that costs the WAL path more than the
+#     poll saves);
+#  2. when ticks have been arriving faster than every ADAPTIVE_MAX_S / 2 on average, it polls
+#     up to ADAPTIVE_MAX_S after its last work instead of ADAPTIVE_BASE_S (IDLE_SPIN_S). At
+#     10k ticks/s it then never sleeps, so a producer pays no futex wake and a tick no writer
+#     wake-up; below 8k ticks/s it sleeps as before (no CPU burnt for ticks that come seldom).
+# It polls without sched_yield on purpose: measured on this shared 2-core machine, a yield
+# hands the core to a background task for its whole time slice (milliseconds) and the writer
+# then misses the tick it was polling for -- worse than sleeping on the futex.
+ADAPTIVE_BASE_S = 50e-6
+ADAPTIVE_MAX_S = 250e-6
+ADAPTIVE_EWMA = 0.125  # weight of the newest gap: an average over the last ~8
+
+
+@numba.njit(nogil=True)
+def _writer_poll(hdr64, pos, max_ns):
+    """Poll the inbound ring's tail until it passes ``pos`` (1) or ``max_ns`` passes (0)."""
+    deadline = clock_monotonic_ns() + max_ns
+    while True:
+        for _ in range(64):
+            if load_acquire(hdr64, IL.TAIL_I64) > pos:
+                return 1
+            cpu_relax()
+        if clock_monotonic_ns() >= deadline:
+            return 0
+
+
+def _patch_writer_idle(policy: str) -> None:
+    """Install ``policy`` in workers.writer, in this process: as-is; adaptive (the proposal
+    above); poll (1. alone: the kernel poll, over IDLE_SPIN_S only); spin:US (the writer's
+    own Python poll, IDLE_SPIN_S = US)."""
+    if policy == "as-is":
+        return
+    import workers.writer as W
+
+    if policy.startswith("spin:"):
+        W.IDLE_SPIN_S = float(policy[5:]) * 1e-6
+        return
+    if policy not in ("adaptive", "poll"):
+        raise SystemExit(f"unknown writer idle policy {policy!r}")
+    longest = ADAPTIVE_MAX_S if policy == "adaptive" else ADAPTIVE_BASE_S
+    orig = W.ShardWriter.idle
+    hdr = np.zeros(IL.DATA_OFFSET // 8, np.int64)
+    _writer_poll(hdr, 0, 0)  # compile here, before the writers fork
+    W.IDLE_SPIN_S = ADAPTIVE_BASE_S
+
+    def idle(self, work: int) -> None:
+        now = time.monotonic()
+        gap = getattr(self, "_gap", 1.0)
+        if work:
+            self._gap = gap + (min(now - self._last_work, 1.0) - gap) * ADAPTIVE_EWMA
+        elif self._stall_pos < 0:
+            window = longest if gap * 2 <= longest else ADAPTIVE_BASE_S
+            quiet = now - self._last_work
+            if quiet < window and _writer_poll(self.ring.hdr64,
+                                               int(self.state[ingest.S_IN_POS]),
+                                               int((window - quiet) * 1e9)):
+                return  # input is there: the next pass takes it
+        orig(self, work)  # no input within the window: the writer's own idle sleeps
+
+    W.ShardWriter.idle = idle
+
+
+@contextlib.contextmanager
+def database(*args: str, writer_idle: str = "as-is", broker: bool = False):
+    """Like benchmarks._db.running_db (--shards 1 --feed none --no-redis), started through
+    this file's launcher so ``writer_idle`` is in force in the forked writers."""
+    if not broker:
+        args = ("--no-redis", *args)
+    if writer_idle == "as-is":
+        with running_db("--shards", "1", "--feed", "none", *args) as path:
+            yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="wayy-bench-")
+    path = os.path.join(tmp, "db")
+    cmd = [sys.executable, os.path.abspath(__file__), "--launch", writer_idle, "start", "--db",
+           path, "--detach", "--shards", "1", "--feed", "none", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if r.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"wayy start failed: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run([sys.executable, "-m", "wayy.cli", "stop", "--db", path],
+                       capture_output=True, cwd=REPO)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _launch(argv: list[str]) -> None:
+    """``bench_subscribe.py --launch POLICY start ...``: wayy's CLI with a writer policy."""
+    _patch_writer_idle(argv[0])
+    from wayy.cli import main as cli
+
+    cli(args=argv[1:], prog_name="wayy")
+
+
 # --- latency: wayy ---------------------------------------------------------------------------
 
-def _wayy_sub(path: str, idle: str, n_max: int, ready, out) -> None:
+def _wayy_sub(path: str, idle: str, n_max: int, ready, out, split: bool = False) -> None:
+    """A subscriber process: (callback time - tick ts) per tick, and with ``split`` also the
+    writer's commit stamp (its drain start) - tick ts, or -1 when that commit is not the
+    tick's own (the subscriber was behind)."""
     _timer_slack_1us()
     db = wayy.attach(path)
-    lat = np.zeros(n_max, np.int64)
+    lat = np.zeros((n_max, 2), np.int64)
     n = [0]
     now = time.time_ns
+    hdr = db.shards[0].hdr64
+    snap = np.zeros(S.COMMIT_SLOT_WORDS, np.int64)
+    snapshot = ingest.snapshot
+    snapshot(hdr, snap)
 
     def cb(t):
+        x = now()
         if t.price == STOP_PRICE:
             sub.stop()
             return
         i = n[0]
         if i < n_max:
-            lat[i] = now() - t.timestamp
+            ts = t.timestamp
+            lat[i, 0] = x - ts
+            if split:  # after the stamp: costs the next tick, not this one
+                snapshot(hdr, snap)
+                lat[i, 1] = snap[S.COMMIT_NS] - ts \
+                    if snap[S.COMMIT_NEXT_SEQ] == t.seq + 1 else -1
             n[0] = i + 1
 
     sub = db.subscribe("ticks:" + T_SYMBOL, callback=cb, idle=idle)
@@ -125,7 +272,8 @@ def latency_wayy(path: str, rate: float, nsubs: int, idle: str, seconds: float) 
     for _ in range(nsubs):
         ready = FORK.Event()
         r, w = FORK.Pipe(duplex=False)
-        p = FORK.Process(target=_wayy_sub, args=(path, idle, n_max, ready, w), daemon=True)
+        p = FORK.Process(target=_wayy_sub, args=(path, idle, n_max, ready, w, True),
+                         daemon=True)
         p.start()
         if not ready.wait(30):
             raise RuntimeError("subscriber did not start")
@@ -143,13 +291,19 @@ def latency_wayy(path: str, rate: float, nsubs: int, idle: str, seconds: float) 
     samples = []
     for p, r in zip(procs, pipes):
         if r.poll(60):
-            a = np.frombuffer(r.recv_bytes(), np.int64)
+            a = np.frombuffer(r.recv_bytes(), np.int64).reshape(-1, 2)
             samples.append(a[len(a) // 10:])
         p.join(30)
         if p.is_alive():
             p.kill()
     prod.close()
-    res = _pct(np.concatenate(samples) if samples else np.zeros(0, np.int64))
+    a = np.concatenate(samples) if samples else np.zeros((0, 2), np.int64)
+    res = _pct(a[:, 0])
+    own = a[:, 1] >= 0  # the tick's own commit: the split is meaningful
+    if own.any():
+        res["to_writer"] = _pct(a[own, 1])
+        res["writer_to_cb"] = _pct(a[own, 0] - a[own, 1])
+        res["own_commit_share"] = round(float(own.mean()), 3)
     res["sent"] = sent
     res["received_per_sub"] = [int(len(s) / 0.9) for s in samples]
     return res
@@ -303,14 +457,90 @@ def latency_hop(rate: float, idle: str, seconds: float) -> dict:
     s.start()
     sready.wait(30)
     go.set()
-    a = np.frombuffer(r.recv_bytes(), np.int64) if r.poll(seconds + 60) else np.zeros(0)
+    a = np.frombuffer(r.recv_bytes(), np.int64).reshape(-1, 2)[:, 0] \
+        if r.poll(seconds + 60) else np.zeros(0, np.int64)
     s.join(30)
     done.set()
     w.join(30)
     for p in (s, w):
         if p.is_alive():
             p.kill()
+    # the subscriber registry (and anything a killed process left) goes with the directory
+    from shm.segment import db_prefix, list_segments, unlink_quiet
+
+    for name in list_segments(db_prefix(os.path.realpath(path))):
+        unlink_quiet(name)
+    shutil.rmtree(path, ignore_errors=True)
     return _pct(a[len(a) // 10:].astype(np.int64))
+
+
+# --- ring: the mechanism's floor, no Python on the path -------------------------------------------
+
+@numba.njit(nogil=True)
+def _ring_stamp_publish(hdr, slots, wctl, i):
+    """Publish record ``i`` stamped (ts_first) with the monotonic clock, inside the kernel."""
+    now = clock_monotonic_ns()
+    CR.publish(hdr, slots, wctl, i, 1, 0, i, now, now, 1)
+
+
+@numba.njit(nogil=True)
+def _ring_follow(hdr, slots, wctl, lat, block):
+    """Read records 0 .. len(lat)-1 as they come; lat[i] = read time - publish stamp.
+    Spins (PAUSE) between polls, or with ``block`` sleeps on the futex. Returns records read."""
+    rec = np.zeros(8, np.int64)
+    pos = 0
+    n = lat.shape[0]
+    while pos < n:
+        st = CR.read(hdr, slots, pos, rec)
+        if st == CR.OK:
+            lat[pos] = clock_monotonic_ns() - rec[5]
+            pos += 1
+        elif st == CR.LAPPED:
+            return pos
+        elif block:
+            if CR.wait_once(hdr, wctl, pos, 100_000_000) == CR.CLOSED:
+                return pos
+        else:
+            cpu_relax()
+    return pos
+
+
+def _ring_reader(name: str, n: int, block: bool, ready, out) -> None:
+    with CR.ChangeRingReader.attach(name) as r:
+        lat = np.zeros(n, np.int64)
+        _ring_follow(r.hdr, r.slots, r.wctl, lat[:0], block)  # compile before going live
+        ready.set()
+        got = _ring_follow(r.hdr, r.slots, r.wctl, lat, block)
+        out.send_bytes(lat[:got].tobytes())
+
+
+def latency_ring(rate: float, seconds: float, block: bool) -> dict:
+    """One writer (this process, paced from Python, stamped inside the kernel) -> one reader
+    process following in a kernel: the change ring's own latency."""
+    name = f"/wayy.bench.ring.{os.getpid()}"
+    n = int(rate * seconds)
+    w = CR.ChangeRingWriter.create(name, 1 << 16)
+    try:
+        scratch = CR.ChangeRingWriter.create(name + "x", 2)  # compile on a throw-away ring
+        _ring_stamp_publish(scratch.hdr, scratch.slots, scratch.wctl, 0)
+        scratch.close()
+        scratch.unlink()
+        ready = FORK.Event()
+        r, wp = FORK.Pipe(duplex=False)
+        p = FORK.Process(target=_ring_reader, args=(name, n, block, ready, wp), daemon=True)
+        p.start()
+        ready.wait(60)
+        time.sleep(0.05)
+        hdr, slots, wctl = w.hdr, w.slots, w.wctl
+        _pace(rate, seconds, lambda i: _ring_stamp_publish(hdr, slots, wctl, i))
+        a = np.frombuffer(r.recv_bytes(), np.int64) if r.poll(60) else np.zeros(0, np.int64)
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+    finally:
+        w.close()
+        w.unlink()
+    return _pct(a[len(a) // 10:])
 
 
 # --- throughput ----------------------------------------------------------------------------------
@@ -330,8 +560,7 @@ def _preload(path: str, rows: int, batch: int = 2000) -> None:
 
 def throughput(rows: int) -> dict:
     out = {}
-    with running_db("--shards", "1", "--feed", "none", "--capacity", str(1 << 22),
-                    "--ring-bytes", str(64 << 20)) as path:
+    with database("--capacity", str(1 << 22), "--ring-bytes", str(64 << 20)) as path:
         db = wayy.attach(path)
         got = [0]
 
@@ -421,11 +650,13 @@ def writer_rate(path: str, rows: int) -> float:
     return rows / el
 
 
-def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0) -> dict:
+def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0,
+                                 db_args: tuple = ()) -> dict:
     res = {"none": [], "slow4": []}
     capacity = ((2 * runs + 1) * rows + (1 << 20) + 1023) // 1024 * 1024
-    with running_db("--shards", "1", "--feed", "none", "--capacity", str(capacity),
-                    "--ring-bytes", str(64 << 20)) as path:
+    # --roll-fill 0: a roll to history when the table passes 90% would stall one run
+    with database("--capacity", str(capacity), "--ring-bytes", str(64 << 20),
+                  "--roll-fill", "0", *db_args) as path:
         writer_rate(path, rows)  # warm-up: page faults of the first rows, caches
         for _ in range(runs):
             res["none"].append(writer_rate(path, rows))
@@ -461,7 +692,74 @@ def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0) -> 
             "slow4_all": [round(x) for x in res["slow4"]]}
 
 
+WAL_ARGS = {"on": (), "off": ("--no-wal",)}  # on: the default, fsync interval
+
+
+def _median_of_runs(runs: list[dict]) -> dict:
+    """Per figure, the median over the rounds (and the rounds' p50s, to show the spread)."""
+    out = {"rounds": len(runs), "p50_runs": [r.get("p50_us") for r in runs]}
+    for k in ("p50_us", "p99_us", "p999_us", "max_us"):
+        vals = [r[k] for r in runs if k in r]
+        if vals:
+            out[k] = round(statistics.median(vals), 1)
+    for part in ("to_writer", "writer_to_cb"):
+        vals = [r[part]["p50_us"] for r in runs if part in r]
+        if vals:
+            out[part + "_p50_us"] = round(statistics.median(vals), 1)
+    out["load_1min"] = [r.get("load_1min") for r in runs]
+    return out
+
+
+def latency_rounds(args, phases: set, wals: list, idles: list, subs: list,
+                   rates: tuple) -> dict:
+    """Every latency configuration (each WAL setting x writer policy x rate x subscribers x
+    idle strategy, and the pyzmq peer), ``args.rounds`` times, interleaved: all databases run
+    at once and every round visits every configuration for ``args.seconds``, so background
+    load that comes and goes on a shared machine falls on all of them alike."""
+    keys = []
+    if "latency" in phases:
+        keys += [(f"wal_{w}/writer_{p}", f"wayy_{i}_{r // 1000}k_{n}sub", r, n, i)
+                 for w in wals for p in args.writer_idle.split(",")
+                 for r in rates for n in subs for i in idles]
+    if "zmq" in phases:
+        keys += [("zmq", f"zmq_ipc_{r // 1000}k_{n}sub", r, n, None) for r in rates
+                 for n in subs]
+    runs: dict = {k[:2]: [] for k in keys}
+    # rows each database takes: every round, every rate x subscribers x idle (+ margin); no
+    # roll to history in the middle of a run (--roll-fill 0)
+    per_db = args.rounds * len(subs) * len(idles) * sum(int(r * args.seconds) + 10
+                                                        for r in rates)
+    capacity = max(1 << 23, (per_db + (1 << 20) + 1023) // 1024 * 1024)
+    with contextlib.ExitStack() as stack:
+        paths = {}
+        for cfg in sorted({k[0] for k in keys if k[0] != "zmq"}):
+            wal, policy = cfg[len("wal_"):].split("/writer_")
+            paths[cfg] = stack.enter_context(database(
+                "--capacity", str(capacity), "--roll-fill", "0", *WAL_ARGS[wal],
+                writer_idle=policy, broker=args.with_broker))
+        for rnd in range(args.rounds):
+            for cfg, key, rate, nsubs, idle in (keys if rnd % 2 == 0 else keys[::-1]):
+                if cfg == "zmq":
+                    r = latency_zmq(rate, nsubs, args.seconds)
+                else:
+                    r = latency_wayy(paths[cfg], rate, nsubs, idle, args.seconds)
+                r["load_1min"] = load_average()
+                runs[(cfg, key)].append(r)
+                print(f"round {rnd}", cfg, key, {k: r.get(k) for k in (
+                    "p50_us", "p99_us", "load_1min")}, file=sys.stderr, flush=True)
+    lat: dict = {}
+    for (cfg, key), rs in runs.items():
+        if cfg == "zmq":
+            lat[key] = _median_of_runs(rs)
+        else:
+            lat.setdefault(cfg, {})[key] = _median_of_runs(rs)
+    return lat
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--launch":
+        _launch(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="per latency configuration")
     ap.add_argument("--rows", type=int, default=2_000_000, help="throughput phase rows")
@@ -470,43 +768,54 @@ def main() -> None:
     ap.add_argument("--slow-ms", type=float, default=1.0,
                     help="what each of the 4 slow subscribers waits per tick")
     ap.add_argument("--quick", action="store_true", help="10k/s only, fewer configurations")
-    ap.add_argument("--phases", default="latency,zmq,hop,throughput,writer",
+    ap.add_argument("--phases", default="latency,zmq,hop,ring,throughput,writer",
                     help="comma-separated subset of the phases to run")
+    ap.add_argument("--wal", default="on,off",
+                    help="WAL settings to run the latency and writer phases with: on (the "
+                         "default start, fsync interval), off (--no-wal)")
+    ap.add_argument("--writer-idle", default="as-is,adaptive",
+                    help="writer idle policies for the latency phase: as-is, adaptive, "
+                         "spin:US (see the module doc)")
+    ap.add_argument("--idles", default=",".join(IDLES), help="subscriber idle strategies")
+    ap.add_argument("--subs", default="1,3", help="subscriber counts for the latency phase")
+    ap.add_argument("--with-broker", action="store_true",
+                    help="start Redis and the broker too (the default `wayy start`)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="latency: every configuration runs once per round, rounds in "
+                         "alternating order; figures are medians over the rounds")
     args = ap.parse_args()
     phases = set(args.phases.split(","))
+    wals = args.wal.split(",")
+    idles = args.idles.split(",")
+    subs = [int(x) for x in args.subs.split(",")]
     _timer_slack_1us()
     K.warm_up()
     out = {"bench": "subscribe", "machine": platform.machine(), "cpus": os.cpu_count(),
-           "load_1min_start": load_average()}
+           "load_1min_start": load_average(), "broker": args.with_broker}
     rates = (10_000,) if args.quick else (10_000, 100_000)
     lat = {}
-    if "latency" in phases:
-        with running_db("--shards", "1", "--feed", "none", "--capacity", str(1 << 23)) as path:
-            for rate in rates:
-                for nsubs in (1, 3):
-                    for idle in IDLES:
-                        key = f"wayy_{idle}_{rate // 1000}k_{nsubs}sub"
-                        lat[key] = latency_wayy(path, rate, nsubs, idle, args.seconds)
-                        print(key, lat[key], file=sys.stderr, flush=True)
-    if "zmq" in phases:
-        for rate in rates:
-            for nsubs in (1, 3):
-                key = f"zmq_ipc_{rate // 1000}k_{nsubs}sub"
-                lat[key] = latency_zmq(rate, nsubs, args.seconds)
-                print(key, lat[key], file=sys.stderr, flush=True)
+    if "latency" in phases or "zmq" in phases:
+        lat.update(latency_rounds(args, phases, wals, idles, subs, rates))
     if "hop" in phases:
-        for idle in IDLES:
+        for idle in idles:
             key = f"hop_{idle}_10k_1sub"
             lat[key] = latency_hop(10_000, idle, args.seconds)
+            print(key, lat[key], file=sys.stderr, flush=True)
+    if "ring" in phases:
+        for block in (False, True):
+            key = f"ring_{'futex' if block else 'spin'}_10k"
+            lat[key] = latency_ring(10_000, args.seconds, block)
             print(key, lat[key], file=sys.stderr, flush=True)
     out["latency"] = lat
     if "throughput" in phases:
         out["throughput"] = throughput(args.rows)
         print("throughput", out["throughput"], file=sys.stderr, flush=True)
     if "writer" in phases:
-        out["writer"] = writer_with_slow_subscribers(args.writer_rows, args.writer_runs,
-                                                     args.slow_ms)
-        print("writer", out["writer"], file=sys.stderr, flush=True)
+        out["writer"] = {}
+        for wal in wals:
+            out["writer"][f"wal_{wal}"] = w = writer_with_slow_subscribers(
+                args.writer_rows, args.writer_runs, args.slow_ms, WAL_ARGS[wal])
+            print("writer", wal, w, file=sys.stderr, flush=True)
     out["load_1min_end"] = load_average()
     print(json.dumps(out))
 

@@ -42,6 +42,8 @@ import numba
 import numpy as np
 
 from shm.atomics import (
+    clock_monotonic_ns,
+    cpu_relax,
     fence_acquire,
     fence_full,
     fetch_add,
@@ -66,6 +68,7 @@ __all__ = [
     "read",
     "read_many",
     "wait_once",
+    "spin_wait",
     "wait_any",
     "waiter_enter",
     "waiter_leave",
@@ -323,6 +326,29 @@ def wait_once(hdr, wctl, pos, timeout_ns):
         st = _ready(hdr, pos)
     fetch_add(wctl, L.WAITERS_I32, np.int32(-1))
     return st
+
+
+@numba.njit(cache=True, nogil=True)
+def spin_wait(hdr, pos, max_ns):
+    """Poll (PAUSE between reads, no system call) until position ``pos`` is published, the
+    ring closes, or ``max_ns`` passes. Returns OK, CLOSED or NOT_READY, like ``wait_once``.
+
+    For readers that trade a core for latency: the poll is a plain cached read of the tail
+    until the writer's store invalidates the line, so a publish is seen ~0.1 us later, and
+    the GIL is released meanwhile. Reads the clock only every 64 polls.
+    """
+    st = _ready(hdr, pos)
+    if st != NOT_READY or max_ns <= 0:
+        return st
+    deadline = clock_monotonic_ns() + max_ns
+    while True:
+        for _ in range(64):
+            if load_acquire(hdr, L.TAIL_I64) > pos:
+                return OK
+            cpu_relax()
+        st = _ready(hdr, pos)
+        if st != NOT_READY or clock_monotonic_ns() >= deadline:
+            return st
 
 
 @numba.njit(cache=True, nogil=True)
@@ -645,13 +671,15 @@ def wait_any(readers: "list[ChangeRingReader]", positions, timeout_ns: int) -> i
     """
     global _have_waitv
     n = len(readers)
+    for r in readers:  # once per reader here; the views below skip the per-access check
+        r._check()
     if n == 1 or _have_waitv is False:
         r = readers[0]
         t = timeout_ns if n == 1 else min(timeout_ns, 1_000_000)
-        st = int(wait_once(r.hdr, r.wctl, int(positions[0]), t))
+        st = int(wait_once(r._hdr, r._wctl, int(positions[0]), t))
         if st == NOT_READY and n > 1:
             for r, p in zip(readers, positions):
-                if int(_ready(r.hdr, int(p))) != NOT_READY:
+                if int(_ready(r._hdr, int(p))) != NOT_READY:
                     return OK
         return OK if st != NOT_READY else NOT_READY
     entered = []
@@ -659,13 +687,13 @@ def wait_any(readers: "list[ChangeRingReader]", positions, timeout_ns: int) -> i
         waiters = (_FutexWaitv * n)()
         sleep = True
         for i, (r, p) in enumerate(zip(readers, positions)):
-            word = int(waiter_enter(r.hdr, r.wctl, int(p)))
+            word = int(waiter_enter(r._hdr, r._wctl, int(p)))
             entered.append(r)
             if word < 0:
                 sleep = False
                 break
             waiters[i].val = word & 0xFFFFFFFF
-            waiters[i].uaddr = r.wctl.ctypes.data + L.FUTEX_WORD_OFFSET
+            waiters[i].uaddr = r._wctl.ctypes.data + L.FUTEX_WORD_OFFSET
             waiters[i].flags = _FUTEX2_SIZE_U32
         if not sleep:
             return OK
@@ -684,12 +712,12 @@ def wait_any(readers: "list[ChangeRingReader]", positions, timeout_ns: int) -> i
         else:
             _have_waitv = True
         for r, p in zip(readers, positions):
-            if int(_ready(r.hdr, int(p))) != NOT_READY:
+            if int(_ready(r._hdr, int(p))) != NOT_READY:
                 return OK
         return NOT_READY
     finally:
         for r in entered:
-            waiter_leave(r.wctl)
+            waiter_leave(r._wctl)
 
 
 def warm_up() -> None:
@@ -712,6 +740,7 @@ def warm_up() -> None:
         read(h, s, 0, out)
         read_many(h, s, 0, out2d, 2)
         wait_once(h, wctl, 0, 0)
+        spin_wait(h, 0, 0)
         waiter_enter(h, wctl, 0)
         waiter_leave(wctl)
         _ready(h, 0)

@@ -12,6 +12,7 @@ import mmap
 import multiprocessing
 import os
 import re
+import threading
 import time
 import traceback
 
@@ -493,6 +494,87 @@ def test_blocking_wait_returns_closed_when_writer_closes(ring_name):
         assert st == C.CLOSED and t_woke - t0 < 500_000_000
     finally:
         w.close()
+
+
+def test_spin_wait_statuses(ring):
+    w, r = ring
+    t0 = time.monotonic_ns()
+    assert C.spin_wait(r.hdr, 0, 20_000_000) == C.NOT_READY  # nothing came: timed out
+    assert time.monotonic_ns() - t0 >= 20_000_000
+    assert C.spin_wait(r.hdr, 0, 0) == C.NOT_READY
+    w.publish(0, 1, 0, 0, 0, 0, 0)
+    assert C.spin_wait(r.hdr, 0, 10 * 10**9) == C.OK
+    assert w.wctl[L.WAITERS_I32] == 0  # polling readers never register as waiters
+    w.close()
+    assert C.spin_wait(r.hdr, 1, 10 * 10**9) == C.CLOSED  # at once, not after 10 s
+    assert C.spin_wait(r.hdr, 0, 10 * 10**9) == C.OK  # what was published still reads OK
+
+
+def test_spin_wait_releases_the_gil_and_sees_a_publish(ring):
+    # the publish comes from a Python thread of this process: if the spinning kernel held
+    # the GIL, that thread could not run and the spin would time out (NOT_READY)
+    w, r = ring
+    threading.Timer(0.05, w.publish, (0, 1, 0, 0, 0, 0, 0)).start()
+    assert C.spin_wait(r.hdr, 0, 5 * 10**9) == C.OK
+
+
+def _wait_any_in_child(names, positions, timeout_ns, q_ready):
+    readers = [C.ChangeRingReader.attach(n) for n in names]
+    try:
+        q_ready.put(os.getpid())
+        st = C.wait_any(readers, positions, timeout_ns)
+        return st, time.monotonic_ns()
+    finally:
+        for r in readers:
+            r.close()
+
+
+@pytest.fixture
+def two_rings():
+    names = [_new_name(), _new_name()]
+    ws = [C.ChangeRingWriter.create(n, 4) for n in names]
+    rs = [C.ChangeRingReader.attach(n) for n in names]
+    try:
+        yield names, ws, rs
+    finally:
+        for x in rs + ws:
+            x.close()
+        for n in names:
+            C.unlink(n)
+
+
+def test_wait_any_returns_at_once_when_any_ring_has_the_position(two_rings):
+    _names, ws, rs = two_rings
+    assert C.wait_any(rs, [0, 0], 20_000_000) == C.NOT_READY  # nothing anywhere: timed out
+    ws[1].publish(0, 1, 0, 0, 0, 0, 0)
+    assert C.wait_any(rs, [0, 0], 10 * 10**9) == C.OK  # ring 1 has position 0
+    assert C.wait_any(rs, [0, 1], 20_000_000) == C.NOT_READY  # each already read up to tail
+    assert C.wait_any(rs[:1], [0], 20_000_000) == C.NOT_READY  # the one-ring path
+    ws[0].close()
+    assert C.wait_any(rs, [0, 1], 10 * 10**9) == C.OK  # a closed ring: go and look
+    assert ws[1].wctl[L.WAITERS_I32] == 0  # every wait above unregistered
+
+
+def test_wait_any_wakes_on_a_publish_to_any_ring_from_another_process(two_rings):
+    names, ws, _rs = two_rings
+    with _Procs() as ps:
+        ready = _FORK.Queue()
+        ps.start(_wait_any_in_child, names, [0, 0], 10 * 10**9, ready)
+        ready.get(timeout=20)
+        # registered on both rings: asleep (futex_waitv) or about to be
+        _wait_for(lambda: all(w.wctl[L.WAITERS_I32] > 0 for w in ws), 10, "the child to wait")
+        t0 = time.monotonic_ns()
+        ws[1].publish(0, 1, 0, 0, 0, 0, 0)  # the second ring, not the first
+        st, t_woke = ps.result()
+    assert st == C.OK and t_woke - t0 < 500_000_000
+    _wait_for(lambda: all(w.wctl[L.WAITERS_I32] == 0 for w in ws), 5, "waiters back to 0")
+
+
+def test_wait_any_refuses_a_closed_reader(two_rings):
+    _names, _ws, rs = two_rings
+    rs[1].close()
+    with pytest.raises(ShmError, match="closed"):
+        C.wait_any(rs, [0, 0], 1_000_000)
 
 
 # Stress: every field of record pos is a function of pos, and sym_mask a checksum of the rest,

@@ -614,6 +614,60 @@ def test_every_idle_strategy_wakes_for_new_rows_on_any_shard(fake, idle):
         assert time.monotonic() - t0 < 1.0
 
 
+@pytest.mark.parametrize("idle,sleeping", [("backoff", 1), ("block", 1), ("spin", 0)])
+def test_one_ring_idle_strategies_wait_in_the_kernel_and_wake_for_each_tick(fake, idle,
+                                                                            sleeping):
+    # one followed ring takes the direct path: backoff and block must really sleep on the
+    # ring's futex (registered as a waiter, so the writer wakes it), spin polls in a kernel
+    # that releases the GIL (the ticks come from a thread of this process); all three wake
+    # for every tick
+    f = fake(nshards=1)
+    db = f.attach()
+    got, waiters = [], []
+
+    def on_tick(t):
+        got.append(t.seq)
+        if len(got) == 3:
+            sub.stop()
+
+    def publish():
+        waiters.append(int(f.rings[0].wctl[CRL.WAITERS_I32]))
+        f.append("trades", ["A"])
+
+    sub = db.subscribe("ticks:A", callback=on_tick, idle=idle)
+    for i in range(3):
+        threading.Timer(0.1 * (i + 1), publish).start()
+    db.run(timeout=10)
+    assert got == [0, 1, 2] and not sub.active
+    assert waiters == [sleeping] * 3  # asleep in the kernel (or polling) when a tick came
+    assert int(f.rings[0].wctl[CRL.WAITERS_I32]) == 0  # and unregistered after
+
+
+def test_one_ring_block_keeps_batch_deadlines_and_does_not_spin_on_a_closed_ring(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    batches = []
+    sub = db.subscribe("ticks:A", callback=batches.append, max_latency_ms=50, idle="block")
+    f.append("trades", ["A", "A"])
+    t_end = time.monotonic() + 5
+    while not batches and time.monotonic() < t_end:
+        db.run(timeout=0.05)
+    assert [list(b["seq"]) for b in batches] == [[0, 1]]  # the deadline ended the sleep
+    f.rings[0].close()  # the writer stopped: wait_once now returns CLOSED at once
+    passes = [0]
+    do_work = sub._do_work
+
+    def counted():
+        passes[0] += 1
+        return do_work()
+
+    sub._do_work = counted
+    db.run(timeout=0.3)
+    # a spinning loop would make tens of thousands of passes; pausing 1 ms a pass, <= ~300
+    assert 0 < passes[0] < 3000
+    sub.stop()
+
+
 def test_status_registry_shows_live_subscribers_and_forgets_stopped_ones(fake):
     f = fake(nshards=2)
     db = f.attach()

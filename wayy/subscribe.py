@@ -22,9 +22,10 @@ come in seq order; batches are per (shard, table), each in seq order. Shards are
 
 Idle strategies (Aeron's): ``spin`` polls without pause; ``yield`` gives the CPU away between
 empty polls; ``block`` sleeps on the rings' futex words (woken by the writer, which makes a
-wake-up call only while someone sleeps); ``backoff`` (the default) spins briefly, then yields,
-then sleeps like ``block`` — so a busy subscriber reacts in microseconds and an idle one costs
+wake-up call only while someone sleeps); ``backoff`` (the default) polls for ~10 us, then
+sleeps like ``block`` — so a busy subscriber reacts in microseconds and an idle one costs
 no CPU. Spinning subscribers starve a writer on a machine with few cores: prefer the default.
+Following one ring, the waiting itself runs in a ring kernel (``spin_wait``, ``wait_once``).
 
 Exactly-once with ``checkpoint=``: the per-shard, per-table cursors (next seq to deliver) are
 written atomically (temporary file, fsync, rename) every ``checkpoint_ms`` (and every
@@ -59,6 +60,7 @@ from shm import change_ring as CR
 from shm import inbound
 from shm import subscribers as K
 from shm.layout import change_ring as CRL
+from shm.layout import shard as S
 from shm.layout import subscribers as RL
 from shm.layout import tables as T
 from wayy.channels import Channel, channel_of, format_channel
@@ -76,14 +78,17 @@ CHECKPOINT_DIR = "checkpoints"
 
 # tuning (the benchmarks in benchmarks/bench_subscribe.py measured these)
 TICK_MAX_ROWS = 4096  # rows per follow call in tick mode: bounds the first tick's latency
-SMALL_RUN = 16  # runs up to this many rows are read row by row (one kernel call each)
+SMALL_RUN = 16  # runs up to this many rows are read row by row (memoryview reads)
 BATCH_MAX_ROWS = 1 << 16  # rows per follow call in batch mode
 MAX_SCAN = 1 << 18  # rows a follow call may look at (filtering / backfill): bounds one call
-# Backoff, as Aeron's: a few empty polls (~0.5 us each), a few yields, then sleep on the
-# futex. Short on purpose: three subscribers that each spin for tens of microseconds after
-# every tick take the cores a writer needs (at 10k ticks/s they would never sleep at all).
-BACKOFF_SPINS = 10  # empty polls before yielding
-BACKOFF_YIELDS = 5  # yields before sleeping
+# Backoff: poll briefly, then sleep on the futex. Short on purpose: three subscribers that
+# each spin for tens of microseconds after every tick take the cores a writer needs (at 10k
+# ticks/s they would never sleep at all). No sched_yield stage (Aeron has one): on a busy
+# machine a yield hands the core to another task for its whole time slice, milliseconds, and
+# a tick that comes meanwhile waits for it; a sleeper is woken (and preempts) at once.
+BACKOFF_SPIN_NS = 10_000  # one followed ring: poll this long in a kernel (no GIL held)
+BACKOFF_SPINS = 10  # several rings: empty passes of the loop (~1 us each) before sleeping
+SPIN_SLICE_NS = 100_000  # "spin" on one ring: kernel polls of at most this, between passes
 PARK_MAX_NS = 100_000_000  # longest sleep: heartbeats, deadlines and signals stay timely
 HOUSEKEEP_NS = 50_000_000  # registry counters and heartbeat at least this often
 ALIVE_CHECK_NS = 1_000_000_000  # is the database still running?
@@ -305,10 +310,25 @@ class _Follow:
         # the ring's tail word as a memoryview: one plain read per idle poll, a Python int
         self.tail = memoryview(self.hdr)[CRL.TAIL_I64:CRL.TAIL_I64 + 1]
         self.wait_pos = -1  # poll the kernel while tail > wait_pos (-1: always, backfilling)
+        self.wctl = self.ring.wctl
+        # waiting on this one ring: the kernels' entry points, no per-call type dispatch
+        self.wait_once = inbound.entry_point(CR.wait_once, self.hdr, self.wctl, 0, 0)
+        self.spin_wait = inbound.entry_point(CR.spin_wait, self.hdr, 0, 0)
         self.seg8 = d.seg.buf
+        self.hdr = self.ring.hdr
+        # the segment's generation word: a roll bumps it before it reuses any row
+        self.gen = memoryview(d.hdr64)[S.GENERATION_I64:S.GENERATION_I64 + 1]
         self.args = (self.ring.words, self.seg8, ctl, self.filt, self.out)
         self.call = inbound.entry_point(K.follow_packed, *self.args)
-        self.row = inbound.entry_point(K.row_values, self.seg8, ctl, 0, 0)
+        # The per-tick path reads state words, runs and row values through memoryviews: an
+        # index gives a Python int or float in ~40 ns, where a numpy index (a numpy scalar)
+        # costs 3x that and a kernel call (row_values) 10x. Plain loads are enough: the
+        # follow kernel's acquire loads of the change record already ordered them.
+        self.stv = memoryview(ctl)
+        self.outv = memoryview(self.out)
+        self.rows_at = nruns * K.RUN_WORDS  # rows[i] is outv[rows_at + i]
+        self.colv = tuple(
+            tuple(memoryview(d.cols[t][c]) for c in T.COLUMNS[t]) for t in (T.TRADES, T.QUOTES))
         self.sym_list: list[str] = self.names["sym"].tolist()
         self.ven_list: list[str] = self.names["ven"].tolist()
         self.sym_ids: dict[str, int] = {}
@@ -705,7 +725,13 @@ class Subscription:
         for _ in range(8):  # bounded, so other shards and deadlines get their turn
             if self._stopping:
                 return work
+            nxt0 = f.stv[K.F_NEXT]
             code, nr, nu = f.call(*f.args)
+            if nr and f.gen[0] != f.stv[K.F_GEN]:
+                # a roll reset the segment during the call: its rows may be overwritten, so
+                # take them again (the backfill finds them in history)
+                K.begin(f.st, f.hdr, f.seg8, f.data.off, nxt0)
+                continue
             if nr:
                 work += nr
                 if self.batch_mode:
@@ -717,24 +743,98 @@ class Subscription:
                 else:
                     self._queue_ticks(f, nr)
             elif not self.batch_mode and self.callback is not None:
-                self._cur[f.k][0] = self._cur[f.k][1] = int(f.st[K.F_NEXT])
+                self._cur[f.k][0] = self._cur[f.k][1] = f.stv[K.F_NEXT]
             if code == K.R_IDLE:
                 break
             work += 1
             if code == K.R_NAMES:
-                f.resolve(int(f.st[K.F_SEEN_NSYM]), int(f.st[K.F_SEEN_NVEN]))
+                f.resolve(f.stv[K.F_SEEN_NSYM], f.stv[K.F_SEEN_NVEN])
             elif code == K.R_LAPPED:
                 self._overrun(f)
             elif code == K.R_GAP:
                 log.info("shard %d: seq gap in the change ring, rows %d..%d read from the "
                          "columns", f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]) - 1)
-        st = f.st
-        f.wait_pos = int(st[K.F_POS]) if st[K.F_BF_END] < 0 else -1
+            elif code == K.R_HISTORY:
+                self._from_history(f)
+            elif code == K.R_ROLLED:
+                log.info("shard %d rolled to history while subscriber %s was behind: rows "
+                         "from seq %d are read back", f.k, ",".join(self.channel_names),
+                         int(f.st[K.F_NEXT]))
+        stv = f.stv
+        f.wait_pos = stv[K.F_POS] if stv[K.F_BF_END] < 0 else -1
         if self.batch_mode and not self._stopping:
             self._flush(time.monotonic_ns(), False)
         elif not self.batch_mode and self.callback is None and work and not self._stopping:
-            self._queue.append(_Mark(f.k, -1, int(f.st[K.F_NEXT])))
+            self._queue.append(_Mark(f.k, -1, stv[K.F_NEXT]))
         return work
+
+    def _from_history(self, f: _Follow) -> None:
+        """Deliver seqs F_NEXT .. F_HIST_END-1 of shard f.k from history on disk (rolled
+        while this subscriber was behind), in seq order, then go on from memory."""
+        from wayy import subscribe_history as SH
+
+        lo, hi = int(f.st[K.F_NEXT]), int(f.st[K.F_HIST_END])
+        if self.batch_mode:
+            self._flush(time.monotonic_ns(), True)  # what came before goes first
+        pieces, found = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        if found < hi - lo:
+            f.st[K.F_LOST] += hi - lo - found
+            log.warning("subscriber %s: %d rows of shard %d (seq %d..%d) are gone from "
+                        "history (retention) and cannot be delivered",
+                        ",".join(self.channel_names), hi - lo - found, f.k, lo, hi - 1)
+        for t, cols in pieces:
+            if self._stopping:
+                return
+            if self.batch_mode:
+                sn, sid = np.unique(cols["symbol"], return_inverse=True)
+                vn, vid = np.unique(cols["venue"], return_inverse=True)
+                bcols = {c: cols[c] for c in T.COLUMNS[t]}
+                bcols["symbol"] = sid.astype(np.int32)
+                bcols["venue"] = vid.astype(np.int32)
+                batch = self._filtered(Batch(f.k, T.TABLE_NAMES[t], bcols, (sn, vn), False))
+                if batch is None:
+                    return
+                if not len(batch):
+                    continue
+                if self.callback is None:
+                    self._queue.append((batch, _Mark(f.k, t, int(cols["seq"][-1]) + 1)))
+                    continue
+                try:
+                    self.callback(batch)
+                except Exception as exc:  # noqa: BLE001
+                    if self._callback_failed(exc, batch):
+                        return
+                self._delivered += len(batch)
+                self._items += 1
+                self._since_ckpt += 1
+                continue
+            for row in SH.tick_rows(f.k, t, cols):
+                tick = _tick_new(Tick, row)
+                if self.filter is not None:
+                    keep = self._filter(self.filter, tick)
+                    if keep < 0:
+                        self._cur[f.k][0] = self._cur[f.k][1] = tick[9]
+                        return
+                    if not keep:
+                        continue
+                if self.callback is None:
+                    self._queue.append(tick)
+                    continue
+                try:
+                    self.callback(tick)
+                except Exception as exc:  # noqa: BLE001
+                    if self._callback_failed(exc, tick):
+                        self._cur[f.k][0] = self._cur[f.k][1] = tick[9]
+                        return
+                self._delivered += 1
+                self._items += 1
+                self._since_ckpt += 1
+                if self._stopping:
+                    self._cur[f.k][0] = self._cur[f.k][1] = tick[9] + 1
+                    return
+        f.st[K.F_NEXT] = hi
+        if self.callback is not None:
+            self._cur[f.k][0] = self._cur[f.k][1] = hi
 
     def _overrun(self, f: _Follow) -> None:
         n = int(f.st[K.F_OVERRUNS])
@@ -764,24 +864,35 @@ class Subscription:
         t, cnt, fr, start, _fs = run
         k = f.k
         if cnt <= SMALL_RUN:
-            # a handful of rows (the low-latency case): one kernel call per row beats
+            # a handful of rows (the low-latency case): memoryview reads of each value beat
             # slicing eight columns from Python
-            rows = range(fr, fr + cnt) if start < 0 else f.rows[start:start + cnt].tolist()
-            row, seg8, ctl = f.row, f.seg8, f.ctl
+            if start < 0:
+                rows = range(fr, fr + cnt)
+            else:
+                a = f.rows_at + start
+                rows = f.outv[a:a + cnt].tolist()
             syms, vens = f.sym_list, f.ven_list
-            tname = T.TABLE_NAMES[t]
             out = []
-            for r in rows:
-                ts, sid, vid, a, b, c, d, seq = row(seg8, ctl, t, r)
-                if sid >= len(syms) or vid >= len(vens):
-                    f.refresh_names(self.db)
-                    syms, vens = f.sym_list, f.ven_list
-                if t == 0:
-                    out.append((ts, syms[sid], vens[vid], a, b, None, None, None, None, seq, k,
-                                tname))
-                else:
-                    out.append((ts, syms[sid], vens[vid], None, None, a, b, c, d, seq, k,
-                                tname))
+            if t == 0:
+                tsv, symv, venv, pv, szv, seqv = f.colv[0]
+                for r in rows:
+                    sid = symv[r]
+                    vid = venv[r]
+                    if sid >= len(syms) or vid >= len(vens):
+                        f.refresh_names(self.db)
+                        syms, vens = f.sym_list, f.ven_list
+                    out.append((tsv[r], syms[sid], vens[vid], pv[r], szv[r], None, None, None,
+                                None, seqv[r], k, "trades"))
+            else:
+                tsv, symv, venv, bv, av, bsv, asv, seqv = f.colv[1]
+                for r in rows:
+                    sid = symv[r]
+                    vid = venv[r]
+                    if sid >= len(syms) or vid >= len(vens):
+                        f.refresh_names(self.db)
+                        syms, vens = f.sym_list, f.ven_list
+                    out.append((tsv[r], syms[sid], vens[vid], None, None, bv[r], av[r], bsv[r],
+                                asv[r], seqv[r], k, "quotes"))
             return out
         cols, _ = self._columns(f, t, run)
         return _zip_rows(k, t, cols, f.name_arrays(self.db))
@@ -791,9 +902,11 @@ class Subscription:
         cb = self.callback
         filt = self.filter
         k = f.k
-        cursor = int(f.st[K.F_NEXT])
+        cursor = f.stv[K.F_NEXT]
         delivered = 0
-        for run in f.runs[:nr].tolist():
+        # one run (the low-latency case) straight from the memoryview
+        runs = (f.outv[:K.RUN_WORDS].tolist(),) if nr == 1 else f.runs[:nr].tolist()
+        for run in runs:
             tick = None
             n = 0
             try:
@@ -939,19 +1052,9 @@ class Subscription:
             acc.first_seq = -1
             cursor = int(f.st[K.F_NEXT])
         names = f.name_arrays(self.db)
-        batch = Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero)
-        if self.filter is not None:
-            try:
-                keep = self.filter(batch)
-            except Exception as exc:  # noqa: BLE001
-                if self._callback_failed(exc, batch):
-                    return
-                keep = True
-            if keep is not True and keep is not None:
-                if keep is False:
-                    batch = batch.keep(np.zeros(len(batch), bool))
-                else:
-                    batch = batch.keep(np.asarray(keep, bool))
+        batch = self._filtered(Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero))
+        if batch is None:
+            return
         if self.callback is None:
             mark = _Mark(f.k, t, cursor)
             self._queue.append((batch, mark) if len(batch) else mark)
@@ -968,6 +1071,21 @@ class Subscription:
             self._items += 1
             self._since_ckpt += 1
         self._cur[f.k][t] = cursor
+
+    def _filtered(self, batch: Batch) -> Batch | None:
+        """The batch after the subscription's filter (None: the filter raised and errors
+        stop the subscription)."""
+        if self.filter is None:
+            return batch
+        try:
+            keep = self.filter(batch)
+        except Exception as exc:  # noqa: BLE001
+            if self._callback_failed(exc, batch):
+                return None
+            keep = True
+        if keep is True or keep is None:
+            return batch
+        return batch.keep(np.zeros(len(batch), bool) if keep is False else np.asarray(keep, bool))
 
     # --- errors ----------------------------------------------------------------------------------
     def _filter(self, filt, tick) -> int:
@@ -1250,9 +1368,42 @@ class _Idle:
         raise NotImplementedError
 
 
+def _one_ring(subs: list):
+    """The (subscription, follow) when the loop follows exactly one ring with nothing to
+    backfill (the common case, and the latency benchmark's), else None: then an idle
+    strategy can hand the wait to a ring kernel, with no Python between a publish and the
+    next follow call but that kernel's return."""
+    if len(subs) != 1:
+        return None
+    s = subs[0]
+    if len(s._follows) != 1 or not s._active:
+        return None
+    f = s._follows[0]
+    return None if f.stv[K.F_BF_END] >= 0 else (s, f)
+
+
+def _limit(s, limit_ns: int) -> int:
+    """``limit_ns`` cut to the subscription's next batch deadline."""
+    if s.batch_mode and s._next_flush < (1 << 62):
+        return min(limit_ns, s._next_flush - time.monotonic_ns())
+    return limit_ns
+
+
 class _Spin(_Idle):
+    """Poll without pause. On one ring the polling runs in a kernel (``spin_wait``: a read of
+    the tail every ~50 ns, the GIL released), in slices so housekeeping and signals stay
+    timely; on several rings each pass of the loop polls them all."""
+
     def idle(self, work, subs, limit_ns):
-        pass
+        if work:
+            return
+        one = _one_ring(subs)
+        if one is None:
+            return
+        s, f = one
+        limit = _limit(s, min(limit_ns, SPIN_SLICE_NS))
+        if limit > 0 and f.spin_wait(f.hdr, f.stv[K.F_POS], limit) == CR.CLOSED:
+            time.sleep(0.001)  # a stopping writer: do not spin on its closed ring
 
 
 class _Yield(_Idle):
@@ -1263,17 +1414,26 @@ class _Yield(_Idle):
 
 def _wait_rings(subs: list, limit_ns: int) -> None:
     """Sleep on the futex words of every followed ring until one publishes or limit passes."""
+    one = _one_ring(subs)
+    if one is not None:
+        # one ring: straight to its kernel, so a wake-up costs the subscriber no Python
+        # beyond this call
+        s, f = one
+        limit_ns = _limit(s, limit_ns)
+        if limit_ns > 0 and f.wait_once(f.hdr, f.wctl, f.stv[K.F_POS],
+                                        min(limit_ns, PARK_MAX_NS)) == CR.CLOSED:
+            time.sleep(0.001)  # a stopping writer: do not spin on its closed ring
+        return
     readers, positions, seen = [], [], {}
     for s in subs:
         if not s._active:
             continue
-        if s.batch_mode and s._next_flush < (1 << 62):
-            limit_ns = min(limit_ns, s._next_flush - time.monotonic_ns())
+        limit_ns = _limit(s, limit_ns)
         for f in s._follows:
-            if f.st[K.F_BF_END] >= 0:
+            if f.stv[K.F_BF_END] >= 0:
                 return  # a backfill is under way: no sleeping
             i = seen.get(f.k)
-            pos = int(f.st[K.F_POS])
+            pos = f.stv[K.F_POS]
             if i is None:
                 seen[f.k] = len(readers)
                 readers.append(f.ring)
@@ -1294,8 +1454,9 @@ class _Block(_Idle):
 
 
 class _Backoff(_Idle):
-    """Spin BACKOFF_SPINS empty passes, then yield BACKOFF_YIELDS times, then sleep on the
-    rings' futex words (woken by the next publish, or after the cap)."""
+    """After work, poll briefly (one ring: BACKOFF_SPIN_NS in a kernel; several: BACKOFF_SPINS
+    passes of the loop), then sleep on the rings' futex words (woken by the next publish, or
+    after the cap)."""
 
     def __init__(self) -> None:
         self.empty = 0
@@ -1305,11 +1466,16 @@ class _Backoff(_Idle):
             self.empty = 0
             return
         self.empty += 1
-        if self.empty <= BACKOFF_SPINS:
-            return
-        if self.empty <= BACKOFF_SPINS + BACKOFF_YIELDS:
-            os.sched_yield()
-            return
+        one = _one_ring(subs)
+        if one is None:
+            if self.empty <= BACKOFF_SPINS:
+                return
+        elif self.empty == 1:
+            s, f = one
+            limit = _limit(s, min(limit_ns, BACKOFF_SPIN_NS))
+            if limit > 0 and f.spin_wait(f.hdr, f.stv[K.F_POS], limit) == CR.OK:
+                return  # published while polling: the next pass takes it
+            limit_ns -= max(limit, 0)  # then sleep the rest (the wait re-checks the ring)
         _wait_rings(subs, limit_ns)
 
 
@@ -1351,16 +1517,21 @@ def _run(subs: list[Subscription], timeout: float | None) -> None:
             old[sig] = signal.signal(sig, on_signal)
     for s in subs:
         s._running = True
+    idle_fn = idle.idle
     try:
         live = list(subs)
         while live:
             work = 0
+            ended = False
             for s in live:
                 if s._stopping:
+                    ended = True
                     continue
                 work += s._do_work()
-            done = [s for s in live if s._stopping or not s._active]
-            if done:
+                if s._stopping or not s._active:
+                    ended = True
+            if ended:
+                done = [s for s in live if s._stopping or not s._active]
                 for s in done:
                     s._finish()
                     live.remove(s)
@@ -1374,9 +1545,9 @@ def _run(subs: list[Subscription], timeout: float | None) -> None:
                 now = time.monotonic_ns()
                 if now >= deadline:
                     return
-                idle.idle(work, live, deadline - now)
+                idle_fn(work, live, deadline - now)
             else:
-                idle.idle(work, live, PARK_MAX_NS)
+                idle_fn(work, live, PARK_MAX_NS)
     finally:
         for s in subs:
             s._running = False

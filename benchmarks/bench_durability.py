@@ -5,8 +5,9 @@ a temporary directory on the same disk as the repository unless --dir says other
 
   ingest   ``Producer.publish_batch`` of 1,000-row trade batches and single ticks, producer
            to committed rows (benchmarks/bench_ingest.py's end-to-end phase), for: no WAL,
-           then ``--fsync off``, ``interval`` (10 ms, the default) and ``batch``. Ratios
-           are against no WAL, measured in the same run.
+           then ``--fsync off``, ``interval`` (10 ms, the default), ``batch``, and
+           ``interval`` with ``--wal-compress`` (LZ4). Ratios are against no WAL, measured
+           in the same run.
   rounds   every policy runs --rounds times (3) in rotating order; figures are medians.
   recovery the ``interval`` run's WAL (every row of that run) loaded into a fresh segment
            by the writer's recovery path (scan, checksum, LZ4, bulk column load, index
@@ -76,7 +77,8 @@ def main() -> None:
     result: dict = {"bench": "durability", "python": platform.python_version(),
                     "load_before": load_average()}
     policies = [("none", None), ("off", WalConfig(fsync="off")),
-                ("interval", WalConfig(fsync="interval")), ("batch", WalConfig(fsync="batch"))]
+                ("interval", WalConfig(fsync="interval")), ("batch", WalConfig(fsync="batch")),
+                ("interval_lz4", WalConfig(fsync="interval", compress=True))]
     tmp = tempfile.mkdtemp(prefix="wayy-bench-wal-", dir=base)
     runs: dict = {}
     try:

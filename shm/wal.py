@@ -156,6 +156,7 @@ class WalWriter:
         }[fsync]
         self._encode = _encode_lz4 if compress else _encode_raw
         self._syncer: threading.Thread | None = None
+        self._scratch: np.ndarray | None = None  # append_rows' reused record buffer
 
         self._open(scan)
         if background and fsync == "interval":
@@ -335,6 +336,31 @@ class WalWriter:
         self.next_seq = max(self.next_seq or 0, last_seq + 1)
         self._after_batch()
         return len(buf)
+
+    def append_rows(self, table_id: int, cols: tuple, itemsizes: np.ndarray, lo: int,
+                    hi: int, first_seq: int, last_seq: int) -> int:
+        """Append rows lo .. hi-1 of whole columns ``cols`` (uint8 views, in the record's
+        column order; ``itemsizes`` their widths) as one raw record; return bytes written.
+
+        The writer's fast path for small passes: the caller guarantees what append_batch
+        checks (dtypes, strictly increasing seqs first_seq .. last_seq); the log's order is
+        still checked here."""
+        self._check_usable()
+        n = hi - lo
+        prev = self._last_seq.get(table_id, -1)
+        if n <= 0 or first_seq <= prev or last_seq - first_seq < n - 1:
+            raise ValueError(f"{self.path}: {L.TABLE_NAMES.get(table_id)} rows seq "
+                             f"{first_seq}..{last_seq} do not continue the log (last {prev})")
+        need = L.RECORD_HEADER_SIZE + L.padded(n * L.ROW_SIZE[table_id])
+        if self._scratch is None or len(self._scratch) < need:
+            self._scratch = np.empty(max(need, 1 << 16), np.uint8)
+        length = K.encode_record(self._scratch, table_id, self.shard, cols, itemsizes, lo, n,
+                                 first_seq, last_seq - first_seq)
+        self._write(memoryview(self._scratch)[:length])
+        self._last_seq[table_id] = last_seq
+        self.next_seq = max(self.next_seq or 0, last_seq + 1)
+        self._after_batch()
+        return length
 
     def append_symbol(self, symbol_id: int, name: str) -> int:
         """Record that `symbol_id` names `name` (ASCII, 1-16 bytes); return bytes written."""

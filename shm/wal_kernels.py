@@ -281,6 +281,53 @@ def decode_table(buf, offsets, flags, counts, payload_lens, raw_lens, cols, item
     return row - row0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put32(b, o, v):
+    for k in range(4):
+        b[o + k] = np.uint8((v >> (8 * k)) & 0xFF)
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_record(out, rtype, shard, cols, itemsizes, lo, n, first_seq, seq_span):
+    """Assemble one raw (uncompressed) batch record of rows lo .. lo+n-1 of ``cols`` (uint8
+    views of whole columns, in the record's column order) into ``out``; returns its length
+    (header, payload, padding), or -1 if ``out`` is too small. The writer's small-pass path:
+    one call instead of a Python assembly per column."""
+    h = L.RECORD_HEADER_SIZE
+    raw = 0
+    for c in range(itemsizes.shape[0]):
+        raw += n * itemsizes[c]
+    total = h + ((raw + L.ALIGNMENT - 1) & ~(L.ALIGNMENT - 1))
+    if total > out.shape[0]:
+        return -1
+    pos = h
+    for c in range(itemsizes.shape[0]):
+        isz = itemsizes[c]
+        src = cols[c]
+        a = lo * isz
+        for i in range(n * isz):
+            out[pos + i] = src[a + i]
+        pos += n * isz
+    for i in range(pos, total):
+        out[i] = 0
+    _put32(out, L.RH_MAGIC_OFFSET, L.RECORD_MAGIC)
+    out[L.RH_VERSION_OFFSET] = L.VERSION & 0xFF
+    out[L.RH_VERSION_OFFSET + 1] = (L.VERSION >> 8) & 0xFF
+    out[L.RH_TYPE_OFFSET] = rtype & 0xFF
+    out[L.RH_TYPE_OFFSET + 1] = (rtype >> 8) & 0xFF
+    _put32(out, L.RH_SHARD_OFFSET, shard)
+    _put32(out, L.RH_FLAGS_OFFSET, 0)
+    _put32(out, L.RH_FIRST_SEQ_OFFSET, first_seq & 0xFFFFFFFF)
+    _put32(out, L.RH_FIRST_SEQ_OFFSET + 4, (first_seq >> 32) & 0xFFFFFFFF)
+    _put32(out, L.RH_ROW_COUNT_OFFSET, n)
+    _put32(out, L.RH_PAYLOAD_LEN_OFFSET, raw)
+    _put32(out, L.RH_RAW_LEN_OFFSET, raw)
+    _put32(out, L.RH_PAYLOAD_CRC_OFFSET, np.int64(crc32(out, h, raw)))
+    _put32(out, L.RH_SEQ_SPAN_OFFSET, seq_span)
+    _put32(out, L.RH_HEADER_CRC_OFFSET, np.int64(crc32(out, 0, L.RECORD_HEADER_CRC_SPAN)))
+    return total
+
+
 def warm_up() -> None:
     """Compile (or load from cache) every kernel here, for both tables."""
     rw = np.zeros(64, np.uint8)
@@ -297,3 +344,6 @@ def warm_up() -> None:
         for ncols in (6, 8):
             cols = tuple(np.zeros(8, np.uint8) for _ in range(ncols))
             decode_table(buf, z, z, z, z, z, cols, np.ones(ncols, np.int64), 0, 0, rw)
+            if buf is rw:
+                encode_record(np.zeros(256, np.uint8), 1, 0, cols, np.ones(ncols, np.int64),
+                              0, 1, 0, 0)

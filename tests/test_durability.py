@@ -284,7 +284,8 @@ def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_p
         subprocess.run(["umount", "-l", wal_dir], capture_output=True)
 
 
-def _ingest_forever(path: str, seconds: float, q) -> None:
+def ingest_forever(path: str, seconds: float, q) -> None:
+    """Producer process: trade batches priced 1, 2, 3, ... for ``seconds``; puts the count."""
     p = wayy.Producer(path, timeout=60)
     rng = np.random.default_rng(os.getpid())
     sent = 0
@@ -309,7 +310,7 @@ def test_writer_sigkill_then_full_restart_every_row_exactly_once(db_factory, fsy
                    "--capacity", str(2**23), "--ring-bytes", str(2**20))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    prod = ctx.Process(target=_ingest_forever, args=(d.path, 8.0, q))
+    prod = ctx.Process(target=ingest_forever, args=(d.path, 8.0, q))
     prod.start()
     kills = 0
     rnd = random.Random(fsync)

@@ -15,7 +15,7 @@ import pytest
 
 import wayy
 from tests.conftest import run_cli, wait_for
-from tests.test_durability import SYMS, publish_mixed, snapshot, assert_same
+from tests.test_durability import SYMS, assert_same, ingest_forever, publish_mixed, snapshot
 
 T0 = 1_700_000_000_000_000_000
 
@@ -91,22 +91,6 @@ def test_fill_roll_keeps_a_small_segment_from_filling_up(db_factory):
     p.close()
 
 
-def _ingest(path: str, seconds: float, q) -> None:
-    p = wayy.Producer(path, timeout=60)
-    rng = np.random.default_rng(os.getpid())
-    sent = 0
-    stop = time.monotonic() + seconds
-    while time.monotonic() < stop:
-        time.sleep(0.003)
-        n = int(rng.integers(1, 1000))
-        p.publish_batch("trades", {"ts": np.full(n, T0), "symbol": SYMS[rng.integers(0, 40, n)],
-                                   "price": np.arange(sent, sent + n, dtype=float) + 1,
-                                   "size": np.full(n, 1.0)})
-        sent += n
-    p.close()
-    q.put(sent)
-
-
 @pytest.mark.slow
 def test_writer_killed_during_rolls_loses_and_repeats_nothing(db_factory):
     """Rolls requested again and again under load, the writer SIGKILLed at random moments
@@ -115,7 +99,7 @@ def test_writer_killed_during_rolls_loses_and_repeats_nothing(db_factory):
                    "--capacity", str(2**22))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    prod = ctx.Process(target=_ingest, args=(d.path, 10.0, q))
+    prod = ctx.Process(target=ingest_forever, args=(d.path, 10.0, q))
     prod.start()
     rnd = random.Random(11)
     kills = rolls = 0

@@ -506,3 +506,22 @@ def test_any_flipped_byte_is_caught(tmp_path):
         assert s.damage is not None and s.good_end == record_start, (offset, s.reason)
         rows_before = sum(n for end, n in zip(ends[2:], (3, 2, 4, 3)) if end <= record_start)
         assert decode(target)["trades"]["seq"].tolist() == list(range(rows_before))
+
+
+def test_append_rows_writes_the_same_record_as_append_batch(tmp_path):
+    cols = trades(300, compressible=False, seed=3)
+    cols["seq"] = np.arange(300, dtype=np.int64) * 2 + 7  # gaps: the other table's seqs
+    names = [name for name, _ in L.TABLE_COLUMNS[L.REC_TRADES]]
+    views = tuple(np.ascontiguousarray(cols[c]).view(np.uint8) for c in names)
+    sizes = np.array([cols[c].dtype.itemsize for c in names], np.int64)
+    a, b = tmp_path / "a.wal", tmp_path / "b.wal"
+    with WalWriter(a, 0, fsync="off", compress=False) as w:
+        w.append_batch(L.REC_TRADES, 7 + 2 * 10, {c: v[10:250] for c, v in cols.items()})
+    with WalWriter(b, 0, fsync="off") as w:
+        w.append_rows(L.REC_TRADES, views, sizes, 10, 250, 7 + 2 * 10, 7 + 2 * 249)
+        with pytest.raises(ValueError, match="do not continue"):
+            w.append_rows(L.REC_TRADES, views, sizes, 0, 5, 7, 15)
+    ra, rb = a.read_bytes(), b.read_bytes()
+    assert ra[L.FILE_HEADER_SIZE:] == rb[L.FILE_HEADER_SIZE:]  # file headers differ (time)
+    out = decode(b)
+    assert_columns(out["trades"], {c: v[10:250] for c, v in cols.items()})

@@ -51,9 +51,11 @@ log = logging.getLogger("wayy.wal")
 
 WAL_DIR = "wal"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-# Compress a pass's records only when the pass is small: under heavy load LZ4 (~650 MB/s
-# here) would cost more writer time than the whole drain, and ingest speed comes first.
-COMPRESS_MAX_ROWS = 4096
+# Records are raw unless --wal-compress: LZ4 (~650 MB/s here) halves the WAL (38 -> 20 bytes
+# a trade) but on two cores costs a fifth to a half of the ingest rate (benchmarks/RESULTS.md).
+# Raw passes up to SMALL_PASS_ROWS are assembled and checksummed by one compiled call: the
+# Python assembly costs tens of microseconds a pass, which is latency on every tick.
+SMALL_PASS_ROWS = 256
 
 _REC = {T.TRADES: WL.REC_TRADES, T.QUOTES: WL.REC_QUOTES}
 _WAL_NAMES = {T.TRADES: ("ts", "symbol_id", "venue_id", "price", "size", "seq"),
@@ -68,7 +70,7 @@ class WalConfig:
     enabled: bool = True
     fsync: str = "interval"
     interval_ms: float = 10.0
-    compress: str = "auto"  # "auto" (small passes only) | "always" | "never"
+    compress: bool = False  # LZ4 every record when that is smaller (`--wal-compress`)
 
 
 def wal_path(db_path: str, shard: int) -> str:
@@ -89,16 +91,17 @@ class ShardLog:
     """The WAL of one shard, owned by its writer process."""
 
     def __init__(self, db_path: str, shard: int, fsync: str = "interval",
-                 interval_ms: float = 10.0, compress: str = "auto") -> None:
+                 interval_ms: float = 10.0, compress: bool = False) -> None:
         self.path = wal_path(db_path, shard)
         self.shard = shard
         self.fsync = fsync
         self.interval_ms = interval_ms
-        self.compress = compress  # "auto" | "always" | "never"
+        self.compress = compress
         self.writer: wal.WalWriter | None = None
         self.logged_symbols = 0  # names with ids below these are in the WAL
         self.logged_venues = 1  # venue 0 is the empty venue, never logged
         self.stats: dict = {}
+        self._raw: dict = {}  # table -> (uint8 views of the segment's columns, item sizes)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
 
     # --- start ----------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class ShardLog:
             self._count_logged_names(found)
         self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
                                     interval_ms=self.interval_ms,
-                                    compress=self.compress != "never", scan=found,
+                                    compress=self.compress, scan=found,
                                     background=True)
         if not fresh and (self.writer.next_seq or 0) < committed_seq:
             stats["relogged_rows"] = self._relog(data, state, self.writer.next_seq or 0)
@@ -186,7 +189,7 @@ class ShardLog:
         self._count_logged_names(found)
         self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
                                     interval_ms=self.interval_ms,
-                                    compress=self.compress != "never", scan=found,
+                                    compress=self.compress, scan=found,
                                     background=True)
 
     @staticmethod
@@ -325,10 +328,25 @@ class ShardLog:
 
     def _append_table(self, data: ShardData, t: int, lo: int, hi: int) -> None:
         cols = data.cols[t]
+        if hi - lo <= SMALL_PASS_ROWS and not self.compress:
+            # the low-latency case: one compiled call assembles and checksums the record
+            views, sizes = self._raw_cols(data, t)
+            seq = cols["seq"]
+            self.writer.append_rows(_REC[t], views, sizes, lo, hi, int(seq[lo]),
+                                    int(seq[hi - 1]))
+            return
         columns = {wn: cols[cn][lo:hi] for wn, cn in zip(
             _WAL_NAMES[t], ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq"))}
-        compress = None if self.compress != "auto" else (hi - lo) <= COMPRESS_MAX_ROWS
-        self.writer.append_batch(_REC[t], int(cols["seq"][lo]), columns, compress=compress)
+        self.writer.append_batch(_REC[t], int(cols["seq"][lo]), columns)
+
+    def _raw_cols(self, data: ShardData, t: int) -> tuple[tuple, np.ndarray]:
+        got = self._raw.get(t)
+        if got is None:
+            names = ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq")
+            got = self._raw[t] = (tuple(data.cols[t][c].view(np.uint8) for c in names),
+                                  np.array([data.cols[t][c].dtype.itemsize for c in names],
+                                           np.int64))
+        return got
 
     def failed(self) -> bool:
         """True when a flush failed: the writer must reopen the WAL (recover) before going on."""

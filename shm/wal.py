@@ -85,6 +85,15 @@ def _file_header_bytes(shard: int) -> bytes:
     return bytes(buf)
 
 
+def _fsync_parent(path: str) -> None:
+    """Make a rename or link of ``path`` durable: fsync the directory holding it."""
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def _seal_record(buf: bytearray, rtype: int, shard: int, flags: int, first_seq: int,
                  row_count: int, payload_len: int, raw_len: int, seq_span: int = 0) -> None:
     """Fill in the header of a record whose payload already sits at RECORD_HEADER_SIZE."""
@@ -246,11 +255,7 @@ class WalWriter:
                 pass
             finally:
                 os.unlink(tmp)
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_parent(self.path)
         except OSError as exc:
             try:
                 os.unlink(tmp)
@@ -883,11 +888,7 @@ def start_after_roll(path: str | os.PathLike, shard: int, next_seq: int,
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_parent(path)
     except OSError as exc:
         try:
             os.unlink(tmp)

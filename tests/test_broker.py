@@ -263,8 +263,10 @@ def test_every_batch_once_in_seq_order_with_cursor(db_factory, redis_srv, broker
             for k in range(w.nshards):
                 last[(k, table)] = int(np.max(r["seq"][shard == k], initial=-1))
     cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()}
-    st = wait_for(lambda: (lambda s: s if s["per_shard"]["0"]["lag_rows"] == 0 and
-                           s["per_shard"]["1"]["lag_rows"] == 0 else None)(
+    # the status file is rewritten every 0.5 s: wait for one written after the last commit
+    st = wait_for(lambda: (lambda s: s if all(
+        s["per_shard"][str(k)]["lag_rows"] == 0 and s["per_shard"][str(k)]["next_seq"] == nxt[k]
+        for k in (0, 1)) else None)(
         json.load(open(os.path.join(db.path, "broker-0.status.json")))), 10,
         what="broker status lag 0")
     for k in (0, 1):

@@ -23,7 +23,7 @@ from conftest import REPO, wait_for
 from redisutil import RedisProc, free_port, redis_server
 from shm.layout import shard as S
 from wayy import wire
-from wayy.remote import BROKER_CURSORS_KEY, Subscriber, parse_id
+from wayy.remote import BROKER_CURSORS_KEY, OWNER_FIELD, Subscriber, parse_id
 
 PASSWORD = "test-pw-1"
 DB_ARGS = ("--shards", "2", "--feed", "none", "--capacity", "1048576",
@@ -262,7 +262,8 @@ def test_every_batch_once_in_seq_order_with_cursor(db_factory, redis_srv, broker
             shard = np.array([wayy.shard_of(x, w.nshards) for x in r["symbol"]])
             for k in range(w.nshards):
                 last[(k, table)] = int(np.max(r["seq"][shard == k], initial=-1))
-    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()}
+    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()
+           if k != OWNER_FIELD}
     # the status file is rewritten every 0.5 s: wait for one written after the last commit
     st = wait_for(lambda: (lambda s: s if all(
         s["per_shard"][str(k)]["lag_rows"] == 0 and s["per_shard"][str(k)]["next_seq"] == nxt[k]
@@ -515,7 +516,8 @@ def test_start_latest_skips_history_and_keeps_its_place(db_factory, redis_srv, b
     b = brokers(db.path, redis_srv.url, "--start", "latest")
     c = redis_srv.client()
     history = expected_rows(db.path, "ticks:LTS")
-    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()}
+    cur = {k.decode(): int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items()
+           if k != OWNER_FIELD}
     k = history[0][0]
     assert cur[f"{k}:trades"] == history[-1][1] + 1  # written before any publish
     b.kill()
@@ -576,3 +578,48 @@ def test_a_key_in_the_way_of_a_stream_is_reported_not_fatal(db_factory, redis_sr
     check_stream(c, "ticks:OK1:stream", expected_rows(db.path, "ticks:OK1"))
     wait_for(lambda: b.status()["errors"] >= 1, 10, what="the error counted")
     assert "not usable as a stream" in b.log() and b.status()["redis"] == "ok"
+
+
+def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, brokers):
+    """Two databases publishing into one Redis would mix their ticks on the same channels
+    and overwrite each other's cursors: the second one's broker is refused, says why, and
+    publishes nothing; the first goes on."""
+    db1 = db_factory(*DB_ARGS, name="one")
+    db2 = db_factory(*DB_ARGS, name="two")
+    b1 = brokers(db1.path, redis_srv.url)
+    b2 = brokers(db2.path, redis_srv.url, index=1, wait=False)
+
+    def refused():
+        st = b2.status()
+        return st if st and st["redis"] == "down" and st.get("redis_error") else None
+    st = wait_for(refused, 60, what="the second database's broker refused")
+    assert "another wayy database" in st["redis_error"]
+    assert os.path.realpath(db1.path) in st["redis_error"]
+    produce(db2.path, 300, 100, ["TWO"])
+    produce(db1.path, 300, 100, ["ONE"])
+    wait_for(lambda: b1.status()["published_rows"] == 300, 30, what="the first published")
+    c = redis_srv.client()
+    assert not c.exists("ticks:TWO:stream")
+    check_stream(c, "ticks:ONE:stream", expected_rows(db1.path, "ticks:ONE"))
+    assert b2.proc.poll() is None and b2.status()["published_rows"] == 0
+    assert c.hget(BROKER_CURSORS_KEY, OWNER_FIELD).decode().endswith(os.path.realpath(db1.path))
+
+
+def test_database_id_is_made_once_and_kept(tmp_path):
+    """Many processes asking at once get one id; it survives restarts and moves with the
+    directory."""
+    from multiprocessing import get_context
+
+    from wayy.manifest import database_id
+
+    d = tmp_path / "db"
+    d.mkdir()
+    with get_context("fork").Pool(4) as pool:
+        ids = pool.map(database_id, [str(d)] * 16)
+    assert len(set(ids)) == 1 and len(ids[0]) == 32
+    assert sorted(os.listdir(d)) == ["wayy.id"]  # no temporary file left
+    moved = tmp_path / "moved"
+    d.rename(moved)
+    assert database_id(str(moved)) == ids[0]
+    (tmp_path / "other").mkdir()
+    assert database_id(str(tmp_path / "other")) != ids[0]

@@ -545,6 +545,9 @@ def test_bad_arguments(fake):
         (dict(table_or_channel="trades", from_seq=0, from_ts=T0), "not both"),
         (dict(table_or_channel="trades", from_ts="today"), "from_ts"),
         (dict(table_or_channel="trades", from_seq=10**6), "past the database"),
+        (dict(table_or_channel="trades", shards=[1]), "shards must name shards 0..0"),
+        (dict(table_or_channel="trades", shards=[]), "shards must name"),
+        (dict(table_or_channel="trades", shards=3), "list of shard numbers"),
     ]:
         with pytest.raises(InvalidInput, match=words):
             db.subscribe(**kw)
@@ -612,6 +615,22 @@ def test_every_idle_strategy_wakes_for_new_rows_on_any_shard(fake, idle):
         t = sub.poll(5.0)
         assert t is not None and t.symbol == sym
         assert time.monotonic() - t0 < 1.0
+
+
+def test_shards_restricts_what_is_followed(fake):
+    f = fake(nshards=2)
+    db = f.attach()
+    sub = db.subscribe("trades", shards=[1])  # AAPL lives on shard 1, S2 on shard 0
+    assert list(sub.hwm) == [1]
+    f.append("trades", ["S2"])
+    f.append("trades", ["AAPL"])
+    t = sub.poll(2.0)
+    assert t is not None and t.symbol == "AAPL" and t.shard == 1
+    assert sub.poll(0.2) is None
+    assert sub.cursors()[0] == [-1, -1]
+    sub.stop()
+    with pytest.raises(InvalidInput, match="none of shards"):
+        db.subscribe("ticks:S2", shards=[1])
 
 
 @pytest.mark.parametrize("idle,sleeping", [("backoff", 1), ("block", 1), ("spin", 0)])

@@ -24,6 +24,8 @@ from wayy.errors import (
     InvalidName,
     InvalidTick,
     NotRunning,
+    RedisRefused,
+    RedisUnavailable,
     UnknownTable,
     WayyError,
     WriterUnavailable,
@@ -65,5 +67,7 @@ __all__ = [
     "Backpressure",
     "WriterUnavailable",
     "CorruptData",
+    "RedisUnavailable",
+    "RedisRefused",
     "__version__",
 ]

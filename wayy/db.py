@@ -173,7 +173,7 @@ class Database:
                   max_latency_ms: float | None = None, checkpoint=None, from_seq=None,
                   from_ts=None, idle: str = "backoff", on_overrun=None, on_error=None,
                   stop_on_error: bool = False, checkpoint_every: int | None = None,
-                  checkpoint_ms: float = 1000.0, on_checkpoint=None):
+                  checkpoint_ms: float = 1000.0, on_checkpoint=None, shards=None):
         """Follow committed ticks as they arrive: see :mod:`wayy.subscribe`.
 
         ``table_or_channel``: ``"trades"`` / ``"quotes"`` (with optional ``symbol``, ``venue``),
@@ -185,6 +185,7 @@ class Database:
         ``from_ts``, or the cursors in ``checkpoint`` (a path, or a name stored under the
         database directory) when it exists. Returns a :class:`wayy.Subscription`; its
         ``hwm`` maps each followed shard to the seq at which live delivery began.
+        ``shards``: follow only these shards (e.g. to split a table among processes).
         """
         from wayy.subscribe import subscribe
 
@@ -193,7 +194,7 @@ class Database:
                          checkpoint=checkpoint, from_seq=from_seq, from_ts=from_ts, idle=idle,
                          on_overrun=on_overrun, on_error=on_error, stop_on_error=stop_on_error,
                          checkpoint_every=checkpoint_every, checkpoint_ms=checkpoint_ms,
-                         on_checkpoint=on_checkpoint)
+                         on_checkpoint=on_checkpoint, shards=shards)
 
     def run(self, timeout: float | None = None) -> None:
         """Run every active callback subscription in this thread until they all stop,

@@ -4,14 +4,17 @@
     ├── InvalidInput                   the caller passed something wrong; fix the call
     │   ├── InvalidName                symbol / venue / tenant / channel name not allowed
     │   ├── InvalidTick                a field value is out of range (row and reason named)
-    │   └── UnknownTable               no such table or column
+    │   ├── UnknownTable               no such table or column
+    │   └── RedisRefused               Redis refused a command or the credentials (not retried)
     ├── NotRunning                     no database is running at that path; start it
     ├── AlreadyRunning                 a database is already running at that path
     ├── IncompatibleVersion            segment or file written by another wayy layout version
     ├── InsufficientSpace              /dev/shm or disk cannot hold what was asked for
     ├── Backpressure                   a shard's inbound ring stayed full past the timeout
     ├── WriterUnavailable              the shard writer refuses input (starting, stopped, disk)
-    └── CorruptData                    a file or record failed its checks
+    ├── CorruptData                    a file or record failed its checks
+    └── RedisUnavailable               Redis cannot be reached or the connection was lost
+                                       (retried with backoff)
 
 Errors carry ``shard``, ``seq`` and ``path`` where they apply. Errors from `shm`, posix_ipc
 and the OS are translated in one place, :func:`translate`.
@@ -85,6 +88,14 @@ class WriterUnavailable(WayyError):
     """The shard writer does not accept input now; the message says why."""
 
 
+class RedisUnavailable(WayyError):
+    """Redis cannot be reached, or the connection was lost: retried with backoff."""
+
+
+class RedisRefused(InvalidInput):
+    """Redis refused a command or the credentials (wrong password, ACL): not retried."""
+
+
 class CorruptData(WayyError):
     """A file or record failed its integrity checks."""
 
@@ -123,5 +134,7 @@ __all__ = [
     "Backpressure",
     "WriterUnavailable",
     "CorruptData",
+    "RedisUnavailable",
+    "RedisRefused",
     "translate",
 ]

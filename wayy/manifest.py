@@ -2,6 +2,8 @@
 
     <db>/wayy.json   manifest, written atomically by the supervisor at start
     <db>/wayy.lock   held with flock(LOCK_EX) by the running supervisor; its pid inside
+    <db>/wayy.id     the database's identity: random, made at its first start, kept for
+                     good (it moves with the directory; names the database to Redis)
     <db>/redis/      the embedded Redis: config, append-only file, log, 0600 password
                      (wayy/redis_server.py)
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass
 
 from shm.segment import db_prefix
@@ -21,6 +24,7 @@ from wayy.errors import CorruptData, NotRunning
 
 MANIFEST_NAME = "wayy.json"
 LOCK_NAME = "wayy.lock"
+ID_NAME = "wayy.id"
 FORMAT_VERSION = 1
 
 
@@ -128,3 +132,30 @@ def acquire_lock(path: str) -> int | None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def database_id(path: str) -> str:
+    """The database's identity (``<db>/wayy.id``), made on first use: a random hex string that
+    stays with the directory when it moves and changes only when the directory is recreated.
+    Safe when several processes ask at once (the first file linked into place wins)."""
+    final = os.path.join(path, ID_NAME)
+    for _attempt in range(3):
+        try:
+            with open(final) as f:
+                got = f.read().strip()
+            if got:
+                return got
+        except FileNotFoundError:
+            pass
+        tmp = f"{final}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(uuid.uuid4().hex + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, final)  # never replaces one another process made first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    raise CorruptData(f"{final} is empty; delete it and start the database again", path=path)

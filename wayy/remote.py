@@ -59,7 +59,7 @@ import numpy as np
 
 from wayy import wire
 from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
-from wayy.errors import CorruptData, InvalidInput, WayyError
+from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
 from wayy.subscribe import Batch, Tick
 
 log = logging.getLogger("wayy.remote")
@@ -76,17 +76,8 @@ RECV_BYTES = 1 << 20
 
 STREAM_SUFFIX = "stream"
 BROKER_CURSORS_KEY = "wayy:broker:cursors"  # hash "<shard>:<table>" -> next seq to publish
+OWNER_FIELD = b"db"  # ... and "db" -> "<host>:<database path>", the database that publishes
 F_DATA, F_PREV, F_SHARD = b"d", b"p", b"k"
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-class RedisUnavailable(WayyError):
-    """Redis cannot be reached, or the connection was lost: retried with backoff."""
-
-
-class RedisRefused(InvalidInput):
-    """Redis refused a command or the credentials (wrong password, ACL): not retried."""
 
 
 # --- names -------------------------------------------------------------------------------------

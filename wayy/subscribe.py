@@ -204,6 +204,13 @@ class Batch:
                            f"{', '.join(self.columns)}") from None
 
     @property
+    def names(self) -> tuple[np.ndarray, np.ndarray]:
+        """(symbol names, venue names) that ``batch["symbol_id"]`` / ``["venue_id"]`` index:
+        decode ids yourself, e.g. to group by symbol without decoding every row. The same
+        array objects for every batch read from memory between two new symbols or venues."""
+        return self._names
+
+    @property
     def first_seq(self) -> int:
         return int(self._cols["seq"][0])
 
@@ -559,7 +566,8 @@ class Subscription:
 
     def __init__(self, db, channels: list[Channel], *, callback, filter, batch_size,
                  max_latency_ms, checkpoint, checkpoint_every, checkpoint_ms, on_checkpoint,
-                 from_seq, from_ts, idle, on_overrun, on_error, stop_on_error) -> None:
+                 from_seq, from_ts, idle, on_overrun, on_error, stop_on_error,
+                 shards=None) -> None:
         self.db = db
         self.channels = channels
         self.callback = callback
@@ -603,7 +611,11 @@ class Subscription:
             t = T.TABLE_IDS[ch.table]
             ks = range(nshards) if ch.symbol is None else (shard_of(ch.symbol, nshards),)
             for k in ks:
-                rules.setdefault(k, (_Rules(), _Rules()))[t].add(ch)
+                if shards is None or k in shards:
+                    rules.setdefault(k, (_Rules(), _Rules()))[t].add(ch)
+        if not rules:
+            raise InvalidInput(f"none of shards {sorted(shards)} holds "
+                               f"{', '.join(self.channel_names)}")
         max_rows = BATCH_MAX_ROWS if self.batch_mode else TICK_MAX_ROWS
         try:
             with translate(db.path):
@@ -1590,7 +1602,7 @@ def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, f
               batch_size=None, max_latency_ms=None, checkpoint=None, from_seq=None,
               from_ts=None, idle="backoff", on_overrun=None, on_error=None,
               stop_on_error=False, checkpoint_every=None, checkpoint_ms=1000.0,
-              on_checkpoint=None) -> Subscription:
+              on_checkpoint=None, shards=None) -> Subscription:
     """Check the arguments of ``Database.subscribe`` and start the subscription."""
     if os.getpid() != db._pid:
         raise InvalidInput(f"database attached in pid {db._pid} used in forked child "
@@ -1610,12 +1622,24 @@ def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, f
         raise InvalidInput(f"idle must be one of {', '.join(IDLE_STRATEGIES)}, got {idle!r}")
     if on_checkpoint is not None and checkpoint is None:
         raise InvalidInput("on_checkpoint needs checkpoint= (where the state is stored)")
+    if shards is not None:
+        try:
+            shards = frozenset(shards)
+        except TypeError:
+            raise InvalidInput(f"shards must be a list of shard numbers, got {shards!r}") \
+                from None
+        n = db.nshards
+        bad = [k for k in shards if isinstance(k, bool) or not isinstance(k, (int, np.integer))
+               or not 0 <= k < n]
+        if bad or not shards:
+            raise InvalidInput(f"shards must name shards 0..{n - 1}, got "
+                               f"{sorted(shards, key=str)}")
     sub = Subscription(db, channels, callback=callback, filter=filter, batch_size=batch_size,
                        max_latency_ms=max_latency_ms, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, checkpoint_ms=checkpoint_ms,
                        on_checkpoint=on_checkpoint, from_seq=from_seq, from_ts=from_ts,
                        idle=idle, on_overrun=on_overrun, on_error=on_error,
-                       stop_on_error=stop_on_error)
+                       stop_on_error=stop_on_error, shards=shards)
     db._subscriptions.append(sub)
     return sub
 

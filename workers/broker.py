@@ -10,7 +10,9 @@ symbol, and sends ONE MULTI/EXEC transaction to Redis holding, per symbol and ta
     XADD    {kind}:{sym}:stream     MAXLEN ~ N | MINID ~ M-age   <M>-<L>   d <batch> p <P> k <shard>
     HSET    wayy:broker:cursors     "<shard>:trades" <next seq> "<shard>:quotes" <next seq>
 
-(``kind`` is ``ticks`` for trades, ``quotes`` for quotes.) Because the cursor is written in
+(``kind`` is ``ticks`` for trades, ``quotes`` for quotes.) The transaction's replies are read
+after the next pass has been built, so the Redis round trip overlaps that work; the next
+transaction is sent only once Redis has applied this one. Because the cursor is written in
 the transaction that publishes, Redis holds exactly what was published up to the cursor: a
 broker killed at any point (SIGKILL included) starts again from the cursor, and whatever it
 publishes a second time (the pub/sub message of a transaction Redis lost on a crash, say)
@@ -30,9 +32,11 @@ Redis unreachable at start or lost while running: the broker retries with backof
 never a crash); the shards never notice — the broker is a read-only subscriber whom the
 writers never wait for. After every (re)connection it reads its cursors back from Redis and
 re-subscribes from them (a Redis restarted from its append-only file may be behind what was
-published before the crash). Its state goes to ``<db>/broker-<index>.status.json`` every
-half second (``STATUS_FIELDS``), which ``wayy status`` reads
-(``wayy.remote.read_broker_status``).
+published before the crash). The first broker to connect claims the Redis key space for its
+database (field ``db`` of the cursor hash: the id in ``<db>/wayy.id``, then host and path); a
+broker of another database is refused there, since the two would share channels and streams.
+Its state goes to ``<db>/broker-<index>.status.json`` every half second (``STATUS_FIELDS``),
+which ``wayy status`` reads (``wayy.remote.read_broker_status``).
 
 Started by the supervisor (``run(...)`` in a forked child) or on its own:
 ``python -m workers.broker --db PATH --redis URL [--shards 0,1] [--wire binary+lz4]``.
@@ -45,6 +49,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 
@@ -56,8 +61,10 @@ from shm.layout import tables as T
 from wayy import wire
 from wayy.channels import TABLE_KINDS
 from wayy.errors import InvalidInput, NotRunning, WayyError
+from wayy.manifest import database_id
 from wayy.remote import (
     BROKER_CURSORS_KEY,
+    OWNER_FIELD,
     F_DATA,
     F_PREV,
     F_SHARD,
@@ -143,6 +150,21 @@ class Retention:
         return ()
 
 
+@dataclass(slots=True)
+class _Txn:
+    """A packed MULTI/EXEC and what it does once Redis applies it."""
+
+    data: bytes
+    nreplies: int
+    cursors: dict  # shard -> [trades, quotes] next seqs it writes
+    ids: dict  # stream key -> (M, L) of the entry it adds
+    last_ts: dict  # shard -> newest tick time it publishes
+    rows: int
+    messages: int
+    nbytes: int
+    entries: int
+
+
 # --- the agent -----------------------------------------------------------------------------------
 
 class Broker:
@@ -196,6 +218,8 @@ class Broker:
         self.stats = {"transactions": 0, "published_rows": 0, "messages": 0, "bytes": 0,
                       "stream_entries": 0, "errors": 0, "reconnects": 0}
         self._status_path = os.path.join(self.db_path, f"{self.name}.status.json")
+        self.owner = b""  # "<database id> <host>:<path>", once the database is attached
+        self._inflight: _Txn | None = None  # sent, its replies not read yet
 
     # --- agent -----------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -224,13 +248,17 @@ class Broker:
         except NotRunning as exc:
             self._lost_db(exc)
             return 0
-        if not items and self._stash is None and not self._cursor_moved():
-            return 0
         try:
-            return self._publish(items) or 1
-        except RedisUnavailable as exc:
-            self._redis_down(exc)
-        except RedisRefused as exc:
+            if not items and self._stash is None and not self._cursor_moved():
+                self._settle()
+                return 0
+            txn = self._build(items)
+            self._settle()  # the previous transaction's replies, read after this one is built
+            if txn is not None:
+                self._send(txn)
+                return txn.rows or 1
+            return 1
+        except (RedisUnavailable, RedisRefused) as exc:
             self._redis_down(exc)
         return 0
 
@@ -246,6 +274,7 @@ class Broker:
             # an idle broker still watches Redis: the status says whether it is up
             self._last_io = now
             try:
+                self._settle()
                 self.link.call("PING")
             except (RedisUnavailable, RedisRefused) as exc:
                 self._redis_down(exc)
@@ -293,6 +322,12 @@ class Broker:
                 log.warning("%s: database at %s not available (%s); retrying", self.name,
                             self.db_path, exc)
             return False
+        try:
+            dbid = database_id(self.db_path)
+        except OSError as exc:
+            raise InvalidInput(f"{self.name}: cannot read or create the database id in "
+                               f"{self.db_path}: {exc.strerror}") from None
+        self.owner = f"{dbid} {socket.gethostname()}:{self.db_path}".encode()
         n = self.db.nshards
         if self.want_shards is None:
             self.shards = list(range(n))
@@ -347,7 +382,7 @@ class Broker:
                 # _next_cursors relies on
                 self.sub = self.db.subscribe(["trades", "quotes"], batch_size=MAX_TXN_ROWS,
                                              max_latency_ms=1e-9, from_seq=start or None,
-                                             idle="block")
+                                             idle="block", shards=self.shards)
                 assert self.sub.max_latency_ns == 0
                 break
             except NotRunning as exc:
@@ -382,12 +417,30 @@ class Broker:
     def _connect(self) -> bool:
         try:
             self.link.connect()
-            raw = self.link.call("HGETALL", BROKER_CURSORS_KEY)
+            # claim the Redis key space for this database (the first broker to connect wins)
+            # and read the cursors back, in one round trip
+            _, raw = self.link.pipeline([(b"HSETNX", BROKER_CURSORS_KEY, OWNER_FIELD,
+                                          self.owner),
+                                         (b"HGETALL", BROKER_CURSORS_KEY)])
+            if isinstance(raw, hiredis.ReplyError):
+                raise RedisRefused(f"Redis refused HGETALL {BROKER_CURSORS_KEY}: {raw}")
         except (RedisUnavailable, RedisRefused) as exc:
             self._redis_down(exc)
             return False
         got: dict[int, list[int]] = {}
+        owner = dict(zip(raw[::2], raw[1::2])).get(OWNER_FIELD, b"").decode(errors="replace")
+        if owner.split(" ")[0] != self.owner.decode().split(" ")[0]:
+            # two databases publishing into one Redis would share its channels and streams:
+            # ticks of both on ticks:AAPL, seqs that collide, cursors that overwrite each other
+            self._redis_down(RedisRefused(
+                f"Redis at {self.link.where} is used by another wayy database ({owner}); "
+                f"use another Redis server for this one, or, if that database is gone, "
+                f"delete its progress: redis-cli -u URL DEL {BROKER_CURSORS_KEY}"),
+                retry_s=RETRY_MAX_S)
+            return False
         for f, v in zip(raw[::2], raw[1::2]):
+            if f == OWNER_FIELD:
+                continue
             try:
                 k, _, t = f.decode().partition(":")
                 got.setdefault(int(k), [-1, -1])[T.TABLE_IDS[t]] = int(v)
@@ -419,7 +472,8 @@ class Broker:
     def _fmt_cursors(self) -> str:
         return " ".join(f"{k}:{c[0]}/{c[1]}" for k, c in sorted(self.cursors.items())) or "none"
 
-    def _redis_down(self, exc: BaseException) -> None:
+    def _redis_down(self, exc: BaseException, retry_s: float | None = None) -> None:
+        self._inflight = None  # its reply is lost with the connection: Redis' cursors decide
         self.link.close()
         self._close_sub()
         now = time.monotonic()
@@ -432,7 +486,7 @@ class Broker:
             self._down_logged = now
             log.warning("%s: Redis unavailable (%s); retrying with backoff, the shards are "
                         "not affected", self.name, exc)
-        self._retry_redis = now + self._backoff
+        self._retry_redis = now + (self._backoff if retry_s is None else retry_s)
         self._backoff = min(self._backoff * 2, RETRY_MAX_S)
         self._write_status(force=True)
 
@@ -478,12 +532,13 @@ class Broker:
         whichever table it is in: both move there, so a table that stopped ticking does not
         hold the shard's resume point back. Never behind what Redis holds."""
         allc = self.sub.cursors()
+        sent = self._sent_cursors()
         if self._drained:
             cur = {k: [max(allc[k])] * 2 for k in self.shards}
         else:
             cur = {k: list(allc[k]) for k in self.shards}
         for k, c in cur.items():
-            old = self.cursors.get(k)
+            old = sent.get(k)
             if old is not None:
                 c[0], c[1] = max(c[0], old[0]), max(c[1], old[1])
         return cur
@@ -495,13 +550,14 @@ class Broker:
         if cur == self._seen_cursors:
             return False
         self._seen_cursors = cur
-        return any(self._next_cursors()[k] != self.cursors.get(k) for k in self.shards)
+        sent = self._sent_cursors()
+        return any(self._next_cursors()[k] != sent.get(k) for k in self.shards)
 
     def _batch_names(self, b) -> tuple[list[str], list[str]]:
         """(symbol names, venue names) that ``b``'s symbol / venue ids index: the shard's
         interned names for rows from memory, the batch's own for rows read back from history.
-        (wayy.Batch keeps them in ``_names``; converted to lists once per names object.)"""
-        key = b._names  # noqa: SLF001  (no public accessor yet; same package family)
+        (``Batch.names``, converted to lists once per names object.)"""
+        key = b.names
         cached = self._names.get(b.shard)
         if cached is not None and cached[0][0] is key[0] and cached[0][1] is key[1]:
             return cached[1]
@@ -509,12 +565,15 @@ class Broker:
         self._names[b.shard] = (key, lists)
         return lists
 
-    def _publish(self, items: list) -> int:
-        """One MULTI/EXEC: every symbol group's PUBLISHes and XADD, and the cursors."""
+    def _build(self, items: list) -> "_Txn | None":
+        """One MULTI/EXEC: every symbol group's PUBLISHes and XADD, and the cursors, packed.
+        Built on top of the transaction in flight (its cursors and stream ids), as Redis
+        will hold them once it applies; None when there is nothing to send."""
         cmds: list[bytes] = []
         add = cmds.append
         pack = hiredis.pack_command
-        pending_ids: dict[bytes, tuple[int, int]] = {}
+        base = self._sent_cursors()
+        ids: dict[bytes, tuple[int, int]] = {}
         rows = nbytes = nmsg = 0
         last_ts: dict[int, int] = {}
         groups = []
@@ -523,7 +582,7 @@ class Broker:
             if k not in self._mine:
                 continue
             t = T.TABLE_IDS[b.table]
-            floor = self.cursors[k][t]
+            floor = base[k][t]
             seq = b["seq"]
             if len(seq) == 0 or int(seq[-1]) < floor:
                 continue
@@ -534,7 +593,9 @@ class Broker:
                 cut = int(np.searchsorted(seq, floor, "left"))
                 cols = {c: v[cut:] for c, v in cols.items()}
             groups.extend(self._groups(k, t, cols, self._batch_names(b)))
-        self._load_stream_ids([g[2] for g in groups])
+        self._load_stream_ids([g[2] for g in groups])  # may settle the transaction in flight
+        stream_last = self._stream_last
+        inflight_ids = self._inflight.ids if self._inflight is not None else {}
         for k, t, skey, ch, chv, wb, ts_max in groups:
             try:
                 msgs = self.encode(wb)
@@ -565,13 +626,14 @@ class Broker:
                         nbytes += len(m)
                         nmsg += 1
             # the stream entry: one binary batch
-            if skey in self._stream_last and self._stream_last[skey] is _BAD_STREAM:
+            if stream_last.get(skey, 0) is _BAD_STREAM:
                 continue  # not a stream (reported when found): pub/sub only
             if self.stream_binary and len(msgs) == 1:
                 data = msgs[0]
             else:
                 data = wire.encode_binary(wb, compress=self.stream_compress)
-            prev_ms, prev_l = pending_ids.get(skey) or self._stream_last.get(skey, (0, -1))
+            prev_ms, prev_l = (ids.get(skey) or inflight_ids.get(skey)
+                               or stream_last.get(skey, (0, -1)))
             ms = max(prev_ms, ts_max // 1_000_000)
             last = int(wb.seq[-1])
             if last <= prev_l and ms == prev_ms:
@@ -579,46 +641,70 @@ class Broker:
                 ms = prev_ms + 1
             add(pack((b"XADD", skey, *self.retention.trim_args(ms), f"{ms}-{last}".encode(),
                       F_DATA, data, F_PREV, str(prev_l).encode(), F_SHARD, str(k).encode())))
-            pending_ids[skey] = (ms, last)
+            ids[skey] = (ms, last)
             rows += len(wb)
             if ts_max > last_ts.get(k, 0):
                 last_ts[k] = ts_max
         new = self._next_cursors()
-        changed = [k for k in self.shards if new[k] != self.cursors.get(k)]
+        changed = [k for k in self.shards if new[k] != base.get(k)]
         if changed:
             args = []
             for k in changed:
                 args += [f"{k}:trades".encode(), new[k][0], f"{k}:quotes".encode(), new[k][1]]
             add(pack((b"HSET", BROKER_CURSORS_KEY, *args)))
         if not cmds:
-            return 0
-        n = len(cmds)
-        link = self.link
-        link.send(b"".join((_MULTI, *cmds, _EXEC)))
-        replies = link.read_replies(n + 2)  # +OK, QUEUED x n, the EXEC array
+            return None
+        return _Txn(b"".join((_MULTI, *cmds, _EXEC)), len(cmds) + 2,
+                    {k: new[k] for k in changed}, ids, last_ts, rows, nmsg, nbytes,
+                    len(groups))
+
+    def _send(self, txn: "_Txn") -> None:
+        """Write a built transaction; its replies are read by the next ``_settle``, after the
+        next pass has been built (the Redis round trip overlaps that work). Never more than
+        one in flight: a transaction is sent only after Redis applied the one before, so a
+        refused one can never be followed by one that moves the cursors past it."""
+        assert self._inflight is None
+        self.link.send(txn.data)
+        self._inflight = txn
+
+    def _settle(self) -> None:
+        """Read the replies of the transaction in flight and take its effects as committed.
+        A transaction Redis refused as a whole raises RedisRefused (the caller reconnects and
+        resumes from the cursors in Redis)."""
+        txn = self._inflight
+        if txn is None:
+            return
+        replies = self.link.read_replies(txn.nreplies)  # +OK, QUEUED x n, the EXEC array
+        self._inflight = None
         res = replies[-1]
-        queued_err = next((r for r in replies[:-1] if isinstance(r, hiredis.ReplyError)), None)
         if isinstance(res, hiredis.ReplyError) or res is None:
             # EXECABORT (e.g. OOM at queue time): nothing was applied. Start over from the
             # cursors, after a backoff
+            queued_err = next((r for r in replies[:-1] if isinstance(r, hiredis.ReplyError)),
+                              None)
             raise RedisRefused(f"transaction refused: {queued_err or res}")
+        ids = txn.ids
         for r in res:
             if isinstance(r, hiredis.ReplyError):
                 self._error(f"Redis refused a command of the transaction: {r}")
                 # a failed XADD leaves our idea of the stream's last id unsure: reload it
                 self._stream_last = {}
-                pending_ids = {}
-        self._stream_last.update(pending_ids)
-        for k in changed:
-            self.cursors[k] = new[k]
-        self._last_ts.update(last_ts)
+                ids = {}
+        self._stream_last.update(ids)
+        self.cursors.update(txn.cursors)
+        self._last_ts.update(txn.last_ts)
         st = self.stats
         st["transactions"] += 1
-        st["published_rows"] += rows
-        st["messages"] += nmsg
-        st["bytes"] += nbytes
-        st["stream_entries"] += len(groups)
-        return rows
+        st["published_rows"] += txn.rows
+        st["messages"] += txn.messages
+        st["bytes"] += txn.nbytes
+        st["stream_entries"] += txn.entries
+
+    def _sent_cursors(self) -> dict[int, list[int]]:
+        """The cursors Redis holds once the transaction in flight is applied."""
+        if self._inflight is None or not self._inflight.cursors:
+            return self.cursors
+        return {**self.cursors, **self._inflight.cursors}
 
     def _groups(self, k: int, t: int, cols: dict, names: tuple[list, list]) -> list:
         """Split one shard's rows of one table into per-symbol wire batches (seq order kept):
@@ -696,6 +782,10 @@ class Broker:
         """The last id of every stream not seen since the connection began (XINFO STREAM's
         last-generated-id: right even when retention trimmed the stream empty)."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._stream_last]
+        if not missing:
+            return
+        self._settle()  # its replies come first on the connection
+        missing = [k for k in missing if k not in self._stream_last]
         if not missing:
             return
         replies = self.link.pipeline([(b"XINFO", b"STREAM", k) for k in missing])

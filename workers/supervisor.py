@@ -35,7 +35,7 @@ from shm.change_ring import ChangeRingWriter
 from shm.layout import change_ring as CR
 from shm.shard import Control, InboundRing, ShardData, segment_name, shard_bytes
 from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyError, translate
-from wayy.manifest import MANIFEST_NAME, Manifest, acquire_lock
+from wayy.manifest import MANIFEST_NAME, Manifest, acquire_lock, database_id
 from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_pubsub_limit,
                                redis_dir, split_url, write_secret)
 from wayy.wire import FORMATS as WIRE_FORMATS
@@ -180,6 +180,7 @@ class Supervisor:
             _running, pid = lock_holder(self.path)
             raise AlreadyRunning(f"a database is already running at {self.path} (pid {pid}); "
                                  f"stop it with: wayy stop --db {self.path}", path=self.path)
+        database_id(self.path)  # made once, before any broker names the database to Redis
         stale = list_segments(self.prefix)
         for name in stale:
             unlink_quiet(name)

@@ -623,3 +623,31 @@ def test_database_id_is_made_once_and_kept(tmp_path):
     assert database_id(str(moved)) == ids[0]
     (tmp_path / "other").mkdir()
     assert database_id(str(tmp_path / "other")) != ids[0]
+
+
+@pytest.mark.slow
+def test_restart_resumes_from_the_cursor_without_republishing(db_factory, redis_srv):
+    """A database stopped and started again: its writers load the write-ahead log back while
+    the broker starts. The broker waits for them, resumes from Redis' cursor (never taking
+    the half-loaded shard for a recreated database) and publishes every row exactly once."""
+    args = ("--shards", "2", "--feed", "none", "--capacity", "1048576", "--redis",
+            redis_srv.url)
+    syms = ["RS1", "RS2", "RS3", "RS4"]
+    db = db_factory(*args, name="rs")
+    produce(db.path, 400_000, 1000, syms)
+
+    def published(n):
+        return lambda: sum(d.get("published_rows", 0) for d in _broker_docs(db.path)) >= n
+    wait_for(published(400_000), 120, what="first run published")
+    c = redis_srv.client()
+    before = {k: v for k, v in c.hgetall(BROKER_CURSORS_KEY).items() if k != OWNER_FIELD}
+    db.stop()
+    db = db_factory(*args, name="rs")
+    produce(db.path, 2000, 100, syms, seed=2)
+    wait_for(published(2000), 120, what="second run published")
+    assert "recreated" not in db.log()
+    after = {k: int(v) for k, v in c.hgetall(BROKER_CURSORS_KEY).items() if k != OWNER_FIELD}
+    assert all(after[k] >= int(v) for k, v in before.items())
+    for s in syms:
+        check_stream(c, f"ticks:{s}:stream", expected_rows(db.path, f"ticks:{s}"))
+    assert sum(d["published_rows"] for d in _broker_docs(db.path)) == 2000

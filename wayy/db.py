@@ -238,6 +238,25 @@ class Database:
         running, pid = lock_holder(self.path)
         return running and (pid is None or pid == self.manifest.supervisor_pid)
 
+    def starting_shards(self, shards=None) -> list[int]:
+        """The shards (of ``shards``, default all) whose writer has not finished its first
+        start: it may still be loading its write-ahead log back, so the shard's next seq and
+        rows are not final yet. Empty once every writer has run (a restarting writer keeps
+        its shard's rows in memory, so it does not count)."""
+        from shm.layout import control as C
+        from shm.shard import Control
+
+        out = []
+        with translate(self.path):
+            for k in (self._all if shards is None else shards):
+                ctl = Control.attach(self.manifest.prefix, k)
+                try:
+                    if int(ctl.counters[C.C_STATE]) == C.STATE_CREATED:
+                        out.append(k)
+                finally:
+                    ctl.close()
+        return out
+
     def close(self) -> None:
         """Stop every subscription (checkpoints written), then unmap everything."""
         for sub in list(self._subscriptions):

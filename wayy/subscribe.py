@@ -92,6 +92,7 @@ SPIN_SLICE_NS = 100_000  # "spin" on one ring: kernel polls of at most this, bet
 PARK_MAX_NS = 100_000_000  # longest sleep: heartbeats, deadlines and signals stay timely
 HOUSEKEEP_NS = 50_000_000  # registry counters and heartbeat at least this often
 ALIVE_CHECK_NS = 1_000_000_000  # is the database still running?
+STARTING_WAIT_S = 120.0  # a start point past a starting shard's next seq waits this long
 ERROR_LOG_FIRST = 10  # callback errors logged in full; then one in ERROR_LOG_EVERY
 ERROR_LOG_EVERY = 1000
 
@@ -637,6 +638,8 @@ class Subscription:
                     floor = s
                     s = min(s[t] for t in (0, 1) if not f.rules[t].empty())
                 hwm = int(K.begin(f.st, f.hdr, f.seg8, f.data.off, s))
+                if s > hwm and self._wait_started(f.k):
+                    hwm = int(K.begin(f.st, f.hdr, f.seg8, f.data.off, s))
                 if s > hwm:
                     raise InvalidInput(
                         f"start seq {s} of shard {f.k} is past the database's next seq {hwm}: "
@@ -655,6 +658,20 @@ class Subscription:
             raise
 
     # --- set-up ------------------------------------------------------------------------------
+    def _wait_started(self, k: int) -> bool:
+        """Wait (up to STARTING_WAIT_S) while shard ``k``'s writer loads its write-ahead log
+        back at the database's start; True if it was starting (its next seq has moved)."""
+        if not self.db.starting_shards([k]):
+            return False
+        deadline = time.monotonic() + STARTING_WAIT_S
+        while self.db.starting_shards([k]):
+            if time.monotonic() > deadline:
+                raise NotRunning(f"shard {k} is still starting after {STARTING_WAIT_S:.0f} s "
+                                 f"(loading its write-ahead log); try again when wayy status "
+                                 f"shows it running", shard=k, path=self.db.path)
+            time.sleep(0.02)
+        return True
+
     def _start_points(self, checkpoint, from_seq, from_ts) -> dict:
         """Per shard: -1 (live), a seq, or [trades, quotes] cursors from the checkpoint."""
         nshards = self.db.nshards

@@ -220,6 +220,7 @@ class Broker:
         self._status_path = os.path.join(self.db_path, f"{self.name}.status.json")
         self.owner = b""  # "<database id> <host>:<path>", once the database is attached
         self._inflight: _Txn | None = None  # sent, its replies not read yet
+        self._waiting_logged = False
 
     # --- agent -----------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -339,6 +340,21 @@ class Broker:
             self.shards = list(self.want_shards)
         self._mine = set(self.shards)
         self._names = {}
+        try:
+            starting = self.db.starting_shards(self.shards)
+        except WayyError:
+            starting = self.shards  # stopping or restarting under us: look again shortly
+        if starting:
+            # their writers are loading the write-ahead log back: until they are done the
+            # next seq is not final (a cursor past it would look like a recreated database)
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.info("%s: waiting for shards %s to finish starting", self.name,
+                         ",".join(map(str, starting)))
+            self.db.close()
+            self.db = None
+            self._retry_db = time.monotonic() + 0.1
+            return False
         log.info("%s: attached %s, publishing shards %s", self.name, self.db_path,
                  ",".join(map(str, self.shards)))
         return True

@@ -114,10 +114,6 @@ class ShardWriter:
         st[ingest.S_BATCHES] = snap[S.COMMIT_BATCHES]
         st[ingest.S_NSYM] = d.n_symbols()
         st[ingest.S_NVEN] = d.n_venues()
-        self.htab_s = np.zeros(_pow2_at_least(2 * d.max_symbols), np.int32)
-        self.htab_v = np.zeros(_pow2_at_least(2 * d.max_venues), np.int32)
-        ingest.rebuild_htab(d.sym_names.view(np.uint8), int(st[ingest.S_NSYM]), self.htab_s)
-        ingest.rebuild_htab(d.ven_names.view(np.uint8), int(st[ingest.S_NVEN]), self.htab_v)
         # a previous writer of this shard may have died mid-pass: drop what it left uncommitted
         ingest.repair_after_crash(self.seg8, d.off, d.hdr64, st)
         if self.wal_cfg.enabled:
@@ -126,6 +122,12 @@ class ShardWriter:
                                 cfg.compress)
             self.log.recover(d, st)
             self._wal_stage = _WalStage(self.log, d)
+        # the name tables only now: recovery may have loaded names the WAL holds, and a
+        # name missing here would be interned again under a second id
+        self.htab_s = np.zeros(_pow2_at_least(2 * d.max_symbols), np.int32)
+        self.htab_v = np.zeros(_pow2_at_least(2 * d.max_venues), np.int32)
+        ingest.rebuild_htab(d.sym_names.view(np.uint8), int(st[ingest.S_NSYM]), self.htab_s)
+        ingest.rebuild_htab(d.ven_names.view(np.uint8), int(st[ingest.S_NVEN]), self.htab_v)
         ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
         c = self.ctl.counters
         c[C.C_WRITER_PID] = os.getpid()

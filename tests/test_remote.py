@@ -214,6 +214,19 @@ def test_checkpoint_resumes_exactly_once(env, tmp_path):
         Subscriber(env.url).subscribe("ticks:CKB", print, checkpoint=ck2)
 
 
+def test_run_returning_by_its_timeout_writes_the_checkpoint(env, tmp_path):
+    produce(env.path, 300, 100, ["CKT"], seed=3)
+    want = wait_published(env, "ticks:CKT")
+    ck = str(tmp_path / "ckt.ckpt")
+    got = Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:CKT", got.tick, from_seq=0, checkpoint=ck, checkpoint_ms=60_000)
+    run_until(sub, lambda: len(got.rows) >= len(want))
+    sub.run(timeout=0.2)  # returns by its timeout, still subscribed
+    assert json.load(open(ck))["positions"] == {str(want[-1][0]): want[-1][1]}
+    sub.close()
+
+
 SUBSCRIBER = r"""
 import os, sys, wayy
 from wayy.remote import Subscriber

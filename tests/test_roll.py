@@ -194,6 +194,17 @@ def test_subscriber_behind_across_a_roll_gets_every_row_once_from_history(db_fac
     assert sum(len(b) for b in got_b) == len(db["quotes"]) >= total_quotes
     assert all(b.table == "quotes" for b in got_b)
 
+    # from_ts older than the shard's memory starts in history, then goes on to the end
+    # (trade ts grow with seq before the roll, so the first row at t_from is that S07 trade)
+    pre = want["price"] < 10_000_000.0
+    i = int(np.flatnonzero(pre)[pre.sum() // 3])
+    t_from, s_from = int(want["ts"][i]), int(want["seq"][i])
+    since = db.subscribe("ticks:S07", from_ts=t_from)
+    got_ts = drain(since)
+    since.stop()
+    assert [t.seq for t in got_ts] == sorted(want["seq"][want["seq"] >= s_from].tolist())
+    assert got_ts[0].ts == t_from
+
     # a subscriber restarted from a checkpoint taken before the roll resumes from history
     again = db.subscribe("trades", checkpoint=ckpt)
     rest = drain(again)

@@ -381,6 +381,21 @@ def test_checkpoint_resume_no_gap_no_duplicate(fake, tmp_path):
     sub2.stop()
 
 
+def test_run_returning_by_its_timeout_writes_the_checkpoint(fake, tmp_path):
+    # a script that runs for a while and exits without stop() must not repeat rows next time
+    f = fake(nshards=2)
+    path = str(tmp_path / "t.json")
+    db = f.attach()
+    got = []
+    sub = db.subscribe("trades", callback=got.append, checkpoint=path, checkpoint_ms=60_000)
+    for sym in ("AAPL", "S2"):
+        f.append("trades", [sym] * 3)
+    db.run(timeout=0.2)
+    assert len(got) == 6 and sub.active
+    assert json.load(open(path))["cursors"] == [[3, 3], [3, 3]]
+    sub.stop()
+
+
 def test_checkpoint_by_name_lives_under_the_database(fake):
     f = fake(nshards=1)
     db = f.attach()
@@ -392,6 +407,11 @@ def test_checkpoint_by_name_lives_under_the_database(fake):
         [[1, 1]]
     with pytest.raises(InvalidInput, match="checkpoint name"):
         db.subscribe("trades", checkpoint="bad name!")
+    with pytest.raises(InvalidInput, match="1-64 characters"):
+        db.subscribe("trades", checkpoint="x" * 65)
+    db.subscribe("trades", checkpoint="example-mean_reversion").stop()  # long names are fine
+    with pytest.raises(InvalidInput, match="is a directory"):
+        db.subscribe("trades", checkpoint=f.path + "/")
 
 
 def test_checkpoint_in_batch_mode_keeps_per_table_cursors(fake, tmp_path):

@@ -243,13 +243,17 @@ class Database:
         start: it may still be loading its write-ahead log back, so the shard's next seq and
         rows are not final yet. Empty once every writer has run (a restarting writer keeps
         its shard's rows in memory, so it does not count)."""
+        from shm.errors import SegmentMissing
         from shm.layout import control as C
         from shm.shard import Control
 
         out = []
         with translate(self.path):
             for k in (self._all if shards is None else shards):
-                ctl = Control.attach(self.manifest.prefix, k)
+                try:
+                    ctl = Control.attach(self.manifest.prefix, k)
+                except SegmentMissing:
+                    continue  # no writer control (stopping): the next read says NotRunning
                 try:
                     if int(ctl.counters[C.C_STATE]) == C.STATE_CREATED:
                         out.append(k)

@@ -1127,7 +1127,8 @@ class Subscriber:
         """Deliver until ``stop()``, Ctrl-C / SIGTERM (clean stop), or ``timeout`` seconds.
 
         Reconnects by itself when Redis goes away (with backoff), replaying what it missed.
-        Raises RedisRefused when Redis refuses the credentials.
+        Raises RedisRefused when Redis refuses the credentials. Returning by the timeout
+        writes the checkpoints (the subscriptions stay; ``run`` again goes on).
         """
         if os.getpid() != self._pid:
             raise InvalidInput("Subscriber used in a forked child: create one in the child")
@@ -1172,6 +1173,11 @@ class Subscriber:
                 except RedisUnavailable as exc:
                     self._down(exc)
                 self._housekeep()
+            if not self._stopping:
+                # returned by the timeout, still subscribed: the checkpoints say where it
+                # stands, so a process that exits now resumes without a repeat
+                for sub in self._subs.values():
+                    sub.save_checkpoint()
         finally:
             self._running = False
             for sig, h in old.items():

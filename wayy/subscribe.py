@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -65,7 +66,7 @@ from shm.layout import subscribers as RL
 from shm.layout import tables as T
 from wayy.channels import Channel, channel_of, format_channel
 from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
-from wayy.names import NAME_RE, shard_of
+from wayy.names import shard_of
 
 log = logging.getLogger("wayy.subscribe")
 
@@ -75,6 +76,7 @@ TICK_FIELDS = ("timestamp", "symbol", "venue", "price", "size", "bid", "ask", "b
 DEFAULT_BATCH_LATENCY_MS = 1000.0  # batch_size without max_latency_ms: a partial batch waits
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # a name stored under DB/checkpoints
 
 # tuning (the benchmarks in benchmarks/bench_subscribe.py measured these)
 TICK_MAX_ROWS = 4096  # rows per follow call in tick mode: bounds the first tick's latency
@@ -441,9 +443,13 @@ def _checkpoint_path(db, spec: str) -> str:
         raise InvalidInput(f"checkpoint must be a path or a name, got {type(spec).__name__}")
     spec = os.fspath(spec)
     if os.sep in spec or (os.altsep and os.altsep in spec):
-        return os.path.abspath(spec)
-    if not NAME_RE.match(spec) or spec.startswith("."):
-        raise InvalidInput(f"checkpoint name {spec!r}: use 1-16 characters [A-Za-z0-9._-] "
+        path = os.path.abspath(spec)
+        if os.path.isdir(path):
+            raise InvalidInput(f"checkpoint {path} is a directory; name a file in it, e.g. "
+                               f"{os.path.join(path, 'strategy.json')}", path=path)
+        return path
+    if not CHECKPOINT_NAME_RE.match(spec) or spec.startswith("."):
+        raise InvalidInput(f"checkpoint name {spec!r}: use 1-64 characters [A-Za-z0-9._-] "
                            f"(not starting with '.'), or a path with a '/'")
     return os.path.join(db.path, CHECKPOINT_DIR, spec + ".json")
 
@@ -458,8 +464,11 @@ class _Checkpoint:
     def __init__(self, path: str, db) -> None:
         self.path = path
         self.db = db
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InvalidInput(f"checkpoint {path}: {exc.strerror}", path=path) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -555,6 +564,23 @@ class _Mark:
         self.k = k
         self.t = t  # -1: both tables
         self.cursor = cursor
+
+
+def _first_seq_at_ts_in_history(hist, k: int, from_ts: int) -> int | None:
+    """The lowest seq of a row of shard ``k`` in history (either table) with ts >= from_ts,
+    taking each table's rows in seq order, as first_seq_at_ts does in memory; None when
+    history holds no such row (every history row precedes the shard's memory rows)."""
+    best = None
+    for t in (T.TRADES, T.QUOTES):
+        for part in hist.by_shard(t).get(k, ()):
+            if part.rows == 0 or part.max_ts < from_ts:
+                continue
+            hit = np.flatnonzero(part.array("ts") >= from_ts)
+            if len(hit):
+                seq = int(part.array("seq")[hit[0]])
+                best = seq if best is None else min(best, seq)
+                break
+    return best
 
 
 class Subscription:
@@ -698,8 +724,12 @@ class Subscription:
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")
+            hist = self.db.history
+            hist.refresh()
             for f in self._follows:
-                start[f.k] = int(K.first_seq_at_ts(f.seg8, f.data.off, int(from_ts)))
+                s = _first_seq_at_ts_in_history(hist, f.k, int(from_ts))
+                start[f.k] = s if s is not None else int(
+                    K.first_seq_at_ts(f.seg8, f.data.off, int(from_ts)))
         if checkpoint is not None:
             self._ckpt = _Checkpoint(_checkpoint_path(self.db, checkpoint), self.db)
             doc = self._ckpt.load()
@@ -1573,6 +1603,10 @@ def _run(subs: list[Subscription], timeout: float | None) -> None:
             if deadline is not None:
                 now = time.monotonic_ns()
                 if now >= deadline:
+                    # still active: the checkpoints say where they stand, so a process that
+                    # exits now resumes without a repeat
+                    for s in live:
+                        s.save_checkpoint()
                     return
                 idle_fn(work, live, deadline - now)
             else:

@@ -32,7 +32,8 @@ from test_broker import (  # noqa: F401  (fixtures)
 )
 from wayy import wire
 from wayy.errors import CorruptData, InvalidInput
-from wayy.remote import RedisRefused, Subscriber, parse_id, stream_key
+from wayy.remote import (BROKER_CURSORS_KEY, OWNER_FIELD, RedisRefused, Subscriber, parse_id,
+                         stream_key)
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +226,29 @@ def test_run_returning_by_its_timeout_writes_the_checkpoint(env, tmp_path):
     sub.run(timeout=0.2)  # returns by its timeout, still subscribed
     assert json.load(open(ck))["positions"] == {str(want[-1][0]): want[-1][1]}
     sub.close()
+
+
+def test_checkpoint_of_another_database_is_refused(env, tmp_path):
+    produce(env.path, 200, 100, ["CKD"], seed=4)
+    want = wait_published(env, "ticks:CKD")
+    ck = str(tmp_path / "ckd.ckpt")
+    got = Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe("ticks:CKD", got.tick, from_seq=0, checkpoint=ck)
+    run_until(sub, lambda: len(got.rows) >= len(want))
+    sub.close()
+    c = env.srv.client()
+    mine = c.hget(BROKER_CURSORS_KEY, OWNER_FIELD)
+    assert json.load(open(ck))["database"] == mine.decode().split(" ")[0]
+    try:  # another database (another id) now publishes to this Redis
+        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, b"0123456789abcdef host:/elsewhere")
+        again = Subscriber(env.url)
+        again.subscribe("ticks:CKD", got.tick, checkpoint=ck)
+        with pytest.raises(InvalidInput, match="delete the checkpoint"):
+            again.run(timeout=5)
+        again.close()
+    finally:
+        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, mine)
 
 
 SUBSCRIBER = r"""

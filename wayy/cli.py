@@ -62,8 +62,9 @@ def main() -> None:
 @click.option("--shards", type=int, default=default_shards, show_default="min(8, CPUs)",
               help="Writer processes; symbols are spread over them by a stable hash.")
 @click.option("--capacity", type=int, default=None, show_default="2097152",
-              help="Rows per table per shard held in shared memory. When a table is full "
-                   "its writer rejects further rows with reason 'full' (never overwrites).")
+              help="Rows per table per shard held in shared memory, a multiple of 1024. "
+                   "When a table is full its writer rejects further rows with reason 'full' "
+                   "(never overwrites); --roll-fill moves rows to history before that.")
 @click.option("--ring-bytes", type=int, default=None, show_default="16 MiB",
               help="Bytes of each shard's inbound ring (power of two). Producers meet "
                    "backpressure only when it is full.")

@@ -470,10 +470,14 @@ class RemoteSubscription:
         self._ckpt_ns = int(checkpoint_ms * 1e6)
         self._ckpt_due = time.monotonic_ns() + self._ckpt_ns
         self._ckpt: _Checkpoint | None = None
+        # the id of the database whose seqs the positions count (the broker's claim on the
+        # Redis, wayy:broker:cursors "db"); None until known
+        self.database: str | None = None
         if checkpoint is not None:
             self._ckpt = _Checkpoint(checkpoint)
             doc = self._ckpt.load(self.channel)
             if doc is not None:
+                self.database = doc.get("database")
                 self.positions = doc["positions"]
                 self.floor_ms = doc["floor_ms"]
                 self.from_seq = doc.get("from_seq")
@@ -710,7 +714,7 @@ class RemoteSubscription:
         pos, floor = self.checkpoint_positions()
         return {"channel": self.channel, "positions": pos, "floor_ms": floor,
                 "from_seq": self.from_seq,
-                "from_ts": self.from_ts}
+                "from_ts": self.from_ts, "database": self.database}
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint now (no-op without ``checkpoint=``)."""
@@ -895,6 +899,7 @@ class Subscriber:
         """Both links, SUBSCRIBE every channel (confirmed), then start every replay."""
         self._ps.connect()
         self._cmd.connect()
+        self._check_database()
         names = list(self._subs)
         if names:
             self._ps.send(hiredis.pack_command(("SUBSCRIBE", *names)))
@@ -923,6 +928,28 @@ class Subscriber:
                      "their positions", self._ps.where, len(self._subs))
         self._backoff = RECONNECT_MIN_S
         self.last_error = None
+
+    def _check_database(self) -> None:
+        """Which database publishes to this Redis (its id, claimed by its broker); a
+        checkpoint written for another one is refused: its seqs would mean other rows."""
+        try:
+            owner = self._cmd.call("HGET", BROKER_CURSORS_KEY, OWNER_FIELD)
+        except RedisRefused:  # an ACL user without access to the key: cannot tell
+            return
+        if not owner:
+            return
+        text = owner.decode(errors="replace")
+        dbid = text.split(" ")[0]
+        for sub in self._subs.values():
+            if sub.database is None:
+                sub.database = dbid
+            elif sub.database != dbid and sub._ckpt is not None:
+                self._ps.close()
+                self._cmd.close()
+                raise InvalidInput(
+                    f"checkpoint {sub._ckpt.path} counts the seqs of database {sub.database}; "
+                    f"the database publishing to this Redis now is another one ({text}): "
+                    f"delete the checkpoint to start over", path=sub._ckpt.path)
 
     def _begin(self, sub: RemoteSubscription) -> None:
         """Resolve the start point (first time), then replay from it."""

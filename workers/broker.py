@@ -94,6 +94,8 @@ STATUS_FIELDS = ("pid", "index", "shards", "redis_url", "redis", "redis_error",
                  "transactions", "published_rows", "messages", "bytes", "stream_entries",
                  "errors", "reconnects", "per_shard")
 
+SMALL_GROUP = 64
+_ZEROS32 = np.zeros(4096, np.int32)  # venue indices of one-venue groups (never written)
 _BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
 _MULTI = hiredis.pack_command((b"MULTI",))
 _EXEC = hiredis.pack_command((b"EXEC",))
@@ -730,8 +732,12 @@ class Broker:
         n = len(sid)
         if n == 0:
             return []
-        smin, smax = int(sid.min()), int(sid.max())
-        vmin, vmax = int(vid.min()), int(vid.max())
+        if n <= SMALL_GROUP:  # a few ticks: list min/max cost less than four numpy calls
+            sl, vl = sid.tolist(), vid.tolist()
+            smin, smax, vmin, vmax = min(sl), max(sl), min(vl), max(vl)
+        else:
+            smin, smax = int(sid.min()), int(sid.max())
+            vmin, vmax = int(vid.min()), int(vid.max())
         syms, vens = names
         vcols = T.VALUE_COLUMNS[t]
         table = _TNAME[t]
@@ -755,7 +761,7 @@ class Broker:
             if one_venue or (len(bounds) > 1 and int(v.min()) == int(v.max())):
                 v0 = vmin if one_venue else int(v[0])
                 venues = [vens[v0]]
-                vidx = np.zeros(b - a, np.int32)
+                vidx = _ZEROS32[:b - a] if b - a <= len(_ZEROS32) else np.zeros(b - a, np.int32)
                 chv = self._venue_channel(t, sym, venues[0]) if venues[0] else None
             else:
                 u, inv = np.unique(v, return_inverse=True)

@@ -501,6 +501,16 @@ def test_supervisor_starts_the_broker(db_factory, redis_srv):
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert [json.loads(x)["seq"] for x in r.stdout.splitlines()] == [s for _, s in want[:3]]
+    # the same Redis named by a URL without its password: the database's credentials apply
+    bare = f"redis://127.0.0.1:{redis_srv.port}/0"
+    r = subprocess.run([sys.executable, "-m", "wayy.cli", "tail", "ticks:SUP", "--remote", bare,
+                        "--db", db.path, "--from-seq", "0", "--count", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "wayy.cli", "tail", "ticks:SUP", "--remote", bare,
+                        "--db", "/nonexistent", "--count", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode != 0 and "give --password" in r.stderr
 
 
 def _broker_docs(path: str) -> list[dict]:

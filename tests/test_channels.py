@@ -34,7 +34,7 @@ def test_parse_and_format_round_trip(text, want):
     ("ticks:AAPL*", "characters outside"),
     ("ticks:ABCDEFGHIJKLMNOPQ", "longer than 16"),
     ("ticks:AAPL:NY[SE]", "characters outside"),
-    ("ticks:AAPL:stream", "Redis streams"),
+    ("ticks:AAPL:stream", "Redis stream behind"),
     ("ohlc:SPY:5m", "ohlc"),
     ("tenant:t1:ticks:AAPL", "tenant"),
     ("ticks:ÄPPLE", "characters outside"),

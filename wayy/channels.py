@@ -55,8 +55,8 @@ def parse_channel(text: object) -> Channel:
     parts = text.split(":")
     kind = parts[0]
     if kind == "ohlc":
-        raise InvalidName(f"channel {text!r}: ohlc bars are not available to local subscribers "
-                          f"yet; follow ticks:{{symbol}} and aggregate")
+        raise InvalidName(f"channel {text!r}: ohlc bars are not published yet; follow "
+                          f"ticks:{{symbol}} and aggregate")
     if kind == "tenant":
         raise InvalidName(f"channel {text!r}: private tenant channels are served through Redis, "
                           f"not to local subscribers")
@@ -64,9 +64,9 @@ def parse_channel(text: object) -> Channel:
         raise InvalidName(f"channel {text!r}: unknown kind {kind!r}; channels are "
                           f"ticks:SYMBOL[:VENUE] and quotes:SYMBOL[:VENUE]")
     if len(parts) == 3 and parts[2] == "stream":
-        raise InvalidName(f"channel {text!r}: ':stream' channels are Redis streams for remote "
-                          f"replay; a local subscriber follows {kind}:{parts[1]} with from_seq= "
-                          f"or checkpoint= instead")
+        raise InvalidName(f"channel {text!r}: ':stream' names the Redis stream behind a "
+                          f"channel; subscribe to {kind}:{parts[1]} with from_seq=, from_ts= or "
+                          f"checkpoint= to replay it")
     if len(parts) not in (2, 3):
         raise InvalidName(f"channel {text!r}: expected {kind}:SYMBOL or {kind}:SYMBOL:VENUE")
     symbol = check_symbol(parts[1], f"symbol of channel {text!r}")

@@ -489,24 +489,35 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
          from_ts: str | None, from_seq: int | None, count: int | None, as_json: bool) -> None:
     """Print the ticks of CHANNEL (ticks:SYM[:VENUE] or quotes:SYM[:VENUE]) from Redis, one
     line per tick, live (after replaying from --from-ts / --from-seq) until Ctrl-C."""
+    from urllib.parse import urlparse
+
+    from wayy.errors import RedisRefused
+    from wayy.manifest import read_manifest
     from wayy.remote import Subscriber, format_tick, parse_time
 
+    creds = None
     if remote_url is None:
-        from wayy.manifest import read_manifest
-
         m = read_manifest(os.path.realpath(db))
         if not m.redis_url:
             raise InvalidInput(f"the database at {m.path} runs without Redis (--no-redis); "
                                f"give --remote URL")
         remote_url = m.redis_url
         creds = m.redis_credentials
-        if password is None and creds:
-            from wayy.redis_server import read_password
+    elif password is None and urlparse(remote_url).password is None:
+        try:  # the database's own Redis named by URL: its credentials file still applies
+            m = read_manifest(os.path.realpath(db))
+            mine, theirs = urlparse(m.redis_url or ""), urlparse(remote_url)
+            if m.redis_url and (mine.hostname, mine.port) == (theirs.hostname, theirs.port):
+                creds = m.redis_credentials
+        except (WayyError, ValueError):
+            pass
+    if password is None and creds:
+        from wayy.redis_server import read_password
 
-            password = read_password(creds)
-            if password is None:
-                raise InvalidInput(f"cannot read the Redis credentials {creds}; give "
-                                   f"--password or set WAYY_REDIS_PASSWORD")
+        password = read_password(creds)
+        if password is None:
+            raise InvalidInput(f"cannot read the Redis credentials {creds}; give "
+                               f"--password or set WAYY_REDIS_PASSWORD")
     if count is not None and count <= 0:
         raise InvalidInput(f"--count must be positive, got {count}")
     ts = None if from_ts is None else parse_time(from_ts)
@@ -522,6 +533,10 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
     sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
     try:
         sub.run()
+    except RedisRefused as exc:
+        if password is None and "NOAUTH" in str(exc):
+            raise RedisRefused(f"{exc} (give --password or set WAYY_REDIS_PASSWORD)") from None
+        raise
     finally:
         sub.close()
 

@@ -955,6 +955,8 @@ def _decode_json(msg: bytes) -> WireBatch:
     if type(obj) is not dict:
         raise WireError(f"JSON tick must be an object, got {type(obj).__name__}")
     table = obj.get("table")
+    if table is None:
+        raise WireError("JSON tick lacks 'table'")
     names = VALUE_COLUMNS.get(table) if type(table) is str else None
     if names is None:
         raise WireError(f"JSON tick field 'table' must be 'trades' or 'quotes', "

@@ -481,6 +481,13 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     open(p + "2", "w").write(raw)
     with pytest.raises(CorruptData, match="checksum"):
         db.subscribe("trades", checkpoint=p + "2")
+    # another subscription's checkpoint: its cursors count other rows
+    osub = db.subscribe("ticks:A", checkpoint=p + "5")
+    osub.stop()
+    for chans in ("ticks:B", "trades", ["ticks:A", "ticks:B"]):
+        with pytest.raises(InvalidInput, match="belongs to channels ticks:A"):
+            db.subscribe(chans, checkpoint=p + "5")
+    db.subscribe("ticks:A", checkpoint=p + "5").stop()  # the same channels: fine
     # another database's checkpoint
     other = fake(nshards=1)
     odb = other.attach()

@@ -734,6 +734,16 @@ class Subscription:
             self._ckpt = _Checkpoint(_checkpoint_path(self.db, checkpoint), self.db)
             doc = self._ckpt.load()
             if doc is not None:
+                were = doc.get("channels")
+                if isinstance(were, list) and sorted(were) != sorted(self.channel_names):
+                    # the cursors count rows of those channels: rows of another channel
+                    # below them would be skipped, above them repeated
+                    self._ckpt.close()
+                    self._ckpt = None
+                    raise InvalidInput(f"checkpoint {_checkpoint_path(self.db, checkpoint)} "
+                                       f"belongs to channels {', '.join(map(str, were))}, "
+                                       f"not {', '.join(self.channel_names)}; use another "
+                                       f"checkpoint for this subscription")
                 self.state = doc.get("state")
                 # a shard the checkpointed subscription did not follow (-1) starts live
                 return {k: list(c) for k, c in enumerate(doc["cursors"]) if min(c) >= 0}

@@ -372,6 +372,14 @@ def test_hostile_messages_are_rejected_and_counted(env):
         wire.encode_binary(wire.WireBatch("trades", 0, "OTHER", [""], np.zeros(1, np.int32),
                                           np.array([1]), np.array([1]),
                                           {"price": np.ones(1), "size": np.ones(1)})),
+        # well formed, but from a shard HOS does not live on (and a seq far ahead): it must
+        # not move the position, or every real tick after it would look like a repeat
+        wire.encode_binary(wire.WireBatch("trades", 1 - wayy.shard_of("HOS", 2), "HOS", [""],
+                                          np.zeros(1, np.int32), np.array([1]),
+                                          np.array([9 * 10**18]),
+                                          {"price": np.ones(1), "size": np.ones(1)})),
+        b'{"timestamp":1,"symbol":"HOS","venue":"","price":1,"size":1,"table":"trades",'
+        b'"shard":7,"seq":9000000000000000000}',
     ]
     col = Collector()
     sub = Subscriber(env.url)

@@ -60,6 +60,7 @@ import numpy as np
 from wayy import wire
 from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
+from wayy.names import shard_of
 from wayy.subscribe import Batch, Tick
 
 log = logging.getLogger("wayy.remote")
@@ -76,7 +77,8 @@ RECV_BYTES = 1 << 20
 
 STREAM_SUFFIX = "stream"
 BROKER_CURSORS_KEY = "wayy:broker:cursors"  # hash "<shard>:<table>" -> next seq to publish
-OWNER_FIELD = b"db"  # ... and "db" -> "<host>:<database path>", the database that publishes
+OWNER_FIELD = b"db"  # ... "db" -> "<id> <host>:<path>", the database that publishes
+SHARDS_FIELD = b"shards"  # ... and "shards" -> its shard count
 F_DATA, F_PREV, F_SHARD = b"d", b"p", b"k"
 
 
@@ -473,6 +475,7 @@ class RemoteSubscription:
         # the id of the database whose seqs the positions count (the broker's claim on the
         # Redis, wayy:broker:cursors "db"); None until known
         self.database: str | None = None
+        self.home_shard: int | None = None  # the symbol's shard, once the shard count is known
         if checkpoint is not None:
             self._ckpt = _Checkpoint(checkpoint)
             doc = self._ckpt.load(self.channel)
@@ -933,9 +936,13 @@ class Subscriber:
         """Which database publishes to this Redis (its id, claimed by its broker); a
         checkpoint written for another one is refused: its seqs would mean other rows."""
         try:
-            owner = self._cmd.call("HGET", BROKER_CURSORS_KEY, OWNER_FIELD)
+            owner, nshards = self._cmd.call("HMGET", BROKER_CURSORS_KEY, OWNER_FIELD,
+                                            SHARDS_FIELD)
         except RedisRefused:  # an ACL user without access to the key: cannot tell
             return
+        if nshards and nshards.isdigit() and int(nshards) > 0:
+            for sub in self._subs.values():
+                sub.home_shard = shard_of(sub.ch.symbol, int(nshards))
         if not owner:
             return
         text = owner.decode(errors="replace")
@@ -1073,6 +1080,12 @@ class Subscriber:
         if wb.table != sub.table or wb.symbol != sub.ch.symbol:
             sub.bad_message(WayyError(f"a {wb.table} batch of {wb.symbol} does not belong to "
                                       f"{sub.channel}"), where)
+            return
+        if sub.home_shard is not None and wb.shard != sub.home_shard:
+            # every row of a symbol lives on one shard: a batch naming another is not the
+            # broker's, and its seqs must not move the subscription's position
+            sub.bad_message(WayyError(f"a batch of {wb.symbol} from shard {wb.shard}; "
+                                      f"{wb.symbol} lives on shard {sub.home_shard}"), where)
             return
         sub.take(wb, replay)
 

@@ -65,6 +65,7 @@ from wayy.manifest import database_id
 from wayy.remote import (
     BROKER_CURSORS_KEY,
     OWNER_FIELD,
+    SHARDS_FIELD,
     F_DATA,
     F_PREV,
     F_SHARD,
@@ -456,8 +457,14 @@ class Broker:
                 f"delete its progress: redis-cli -u URL DEL {BROKER_CURSORS_KEY}"),
                 retry_s=RETRY_MAX_S)
             return False
+        try:
+            # subscribers check that a batch's shard is its symbol's
+            self.link.call("HSET", BROKER_CURSORS_KEY, SHARDS_FIELD, self.db.nshards)
+        except (RedisUnavailable, RedisRefused) as exc:
+            self._redis_down(exc)
+            return False
         for f, v in zip(raw[::2], raw[1::2]):
-            if f == OWNER_FIELD:
+            if f in (OWNER_FIELD, SHARDS_FIELD):
                 continue
             try:
                 k, _, t = f.decode().partition(":")

@@ -11,6 +11,10 @@ producer processes, and one remote subscriber (wayy.remote.Subscriber) in this p
              ``time.time_ns() - tick.ts``. Path: producer -> inbound ring -> writer -> change
              ring -> broker -> MULTI/EXEC -> Redis -> pub/sub socket -> decode -> callback.
              p50/p99 after dropping the first 10%; at RATE/10 and at RATE.
+  breakdown  the latency phase again, on a database of its own with a probing broker
+             (benchmarks/_broker_probe.py stamps each transaction's send), split into tick ts
+             -> broker sent the transaction -> subscriber read the message from its socket
+             -> callback ran: p50 / p90 of each part.
   e2e        two producers publish N trades (batches of 1,000; 8 symbols; random-walk prices,
              random sizes, ~1 us apart) as fast as they can; ticks/s = N / (first publish ->
              last row in the remote callbacks). The subscriber follows every symbol's channel
@@ -61,10 +65,15 @@ DB_ARGS = ("--shards", "2", "--feed", "none", "--capacity", str(1 << 23),
 
 # --- processes -----------------------------------------------------------------------------------
 
-def start_broker(db: str, url: str, *args: str) -> subprocess.Popen:
+def start_broker(db: str, url: str, *args: str, probe: str | None = None) -> subprocess.Popen:
+    """The broker as a process; with ``probe`` (a file), benchmarks/_broker_probe.py, which
+    writes when each transaction was sent to that file when it exits."""
     log = open(os.path.join(db, "bench-broker.log"), "a")
-    p = subprocess.Popen([sys.executable, "-m", "workers.broker", "--db", db, "--redis", url,
-                          *args], stdout=log, stderr=log, cwd=REPO, start_new_session=True)
+    cmd = ([sys.executable, os.path.join(REPO, "benchmarks", "_broker_probe.py")] if probe
+           else [sys.executable, "-m", "workers.broker"])
+    env = dict(os.environ, WAYY_PROBE_OUT=probe) if probe else None
+    p = subprocess.Popen([*cmd, "--db", db, "--redis", url, *args], stdout=log, stderr=log,
+                         cwd=REPO, start_new_session=True, env=env)
     path = os.path.join(db, "broker-0.status.json")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -325,12 +334,29 @@ def phase_receive(url: str, msgs: int) -> dict:
     return res
 
 
-def phase_latency(db: str, url: str, rate: float, seconds: float) -> dict:
+def phase_latency(db: str, url: str, rate: float, seconds: float,
+                  stamps: list | None = None) -> dict:
+    """Producer -> remote callback latency; with ``stamps`` (a list), also every tick's
+    (seq, ts, when its message was read from the socket, callback time)."""
     lat: list[int] = []
     sub = Subscriber(url)
+    read_ns = [0]
+    if stamps is not None:  # the subscriber's socket reads, stamped (this Subscriber only)
+        link = sub._ps  # noqa: SLF001  (a probe of the benchmark's own subscriber)
+        real = link.read_pending
+
+        def read_pending(timeout):
+            got = real(timeout)
+            if got:
+                read_ns[0] = time.time_ns()
+            return got
+        link.read_pending = read_pending
 
     def on_tick(t):
-        lat.append(time.time_ns() - t.ts)
+        now = time.time_ns()
+        lat.append(now - t.ts)
+        if stamps is not None:
+            stamps.append((t.seq, t.ts, read_ns[0], now))
         if t.price == 999_999.0:
             sub.stop()
 
@@ -351,6 +377,49 @@ def phase_latency(db: str, url: str, rate: float, seconds: float) -> dict:
             "p50_us": round(float(np.percentile(a, 50)), 1),
             "p99_us": round(float(np.percentile(a, 99)), 1),
             "max_us": round(float(a.max()), 1)}
+
+
+def phase_breakdown(url: str, rates: list[float], seconds: float) -> list[dict]:
+    """The latency path split at the broker's send and the subscriber's socket read, with a
+    probing broker on a database of its own: p50 / p90 of tick ts -> broker sent the
+    transaction, -> the subscriber read the message, -> the callback ran; per rate."""
+    import bisect
+    import tempfile
+
+    runs: list[tuple[float, list]] = []
+    with tempfile.TemporaryDirectory(prefix="wayy-bench-probe-") as tmp, \
+            running_db(*DB_ARGS) as db:
+        probe = os.path.join(tmp, "sent.json")
+        b = start_broker(db, url, "--retention", "none", probe=probe)
+        try:
+            for rate in rates:
+                stamps: list = []
+                phase_latency(db, url, rate, seconds, stamps)
+                runs.append((rate, stamps))
+        finally:
+            stop(b)
+        with open(probe) as f:
+            sent = {int(k): v for k, v in json.load(f).items()}
+    keys = sorted(sent)
+    out = []
+    for rate, stamps in runs:
+        parts: dict[str, list[int]] = {"to_broker_send": [], "send_to_socket_read": [],
+                                       "read_to_callback": [], "total": []}
+        for seq, ts, rd, cb in stamps[len(stamps) // 10:-1]:
+            i = bisect.bisect_left(keys, seq)  # the entry holding the tick: first last >= it
+            if i == len(keys):
+                continue
+            s = sent[keys[i]]
+            for name, v in (("to_broker_send", s - ts), ("send_to_socket_read", rd - s),
+                            ("read_to_callback", cb - rd), ("total", cb - ts)):
+                parts[name].append(v)
+        row: dict = {"rate": rate, "ticks": len(parts["total"])}
+        for name, v in parts.items():
+            arr = np.array(v, dtype=np.float64) / 1e3
+            row[name] = {"p50_us": round(float(np.percentile(arr, 50)), 1),
+                         "p90_us": round(float(np.percentile(arr, 90)), 1)}
+        out.append(row)
+    return out
 
 
 def phase_replay(url: str, n: int) -> dict:
@@ -412,6 +481,9 @@ def main() -> None:
                 out["broker"]["bytes_per_tick"] = round(st["bytes"] / st["published_rows"], 2)
             finally:
                 stop(b)
+        srv.client().flushall()  # the probing broker's database claims the Redis afresh
+        out["latency_breakdown"] = phase_breakdown(srv.url, [a.rate / 10, a.rate], a.seconds)
+        _note(out)
         srv.client().flushall()
         # the peer's subscriber is slower than its publisher: without this Redis drops it
         # (client-output-buffer-limit pubsub) and the peer never finishes

@@ -64,11 +64,11 @@ from wayy.errors import InvalidInput, NotRunning, WayyError
 from wayy.manifest import database_id
 from wayy.remote import (
     BROKER_CURSORS_KEY,
-    OWNER_FIELD,
-    SHARDS_FIELD,
     F_DATA,
     F_PREV,
     F_SHARD,
+    OWNER_FIELD,
+    SHARDS_FIELD,
     STREAM_SUFFIX,
     RedisLink,
     RedisRefused,
@@ -95,7 +95,7 @@ STATUS_FIELDS = ("pid", "index", "shards", "redis_url", "redis", "redis_error",
                  "transactions", "published_rows", "messages", "bytes", "stream_entries",
                  "errors", "reconnects", "per_shard")
 
-SMALL_GROUP = 64
+SMALL_GROUP = 64  # rows up to this: group ids with list min/max, not four numpy calls
 _ZEROS32 = np.zeros(4096, np.int32)  # venue indices of one-venue groups (never written)
 _BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
 _MULTI = hiredis.pack_command((b"MULTI",))

@@ -36,7 +36,9 @@ S_NSYM = 4
 S_NVEN = 5
 S_BATCHES = 6
 S_STALL_POS = 7  # position of a record that is claimed but not committed, or -1
-N_STATE = 8
+S_HOLD_FULL = 8  # in: 1 = a batch that does not fit stops the pass instead of being rejected
+S_FULL_HELD = 9  # out: 1 = the pass stopped at such a batch (the writer rolls, then drains it)
+N_STATE = 10
 
 # columns of the per-batch output rows (one per inbound record that produced rows)
 B_FIRST_SEQ = 0
@@ -208,6 +210,7 @@ R_VEN0 = 7  # the same for the last venue
 R_VEN1 = 8
 R_VID = 9
 R_NB = 10  # batches produced this pass
+R_HOLD = 11  # S_HOLD_FULL in; 2 out when a batch that does not fit was held back
 R_WORDS = 12
 
 
@@ -249,6 +252,10 @@ def _drain_run(table, nvals, ring8, ring32, pos, tail, end, mask, max_record, no
         if length > max_record or count < 0 or L.REC_HEADER_BYTES + count * row_bytes > length:
             break
         if row + count > capacity:
+            if st[R_HOLD] == 1 and count <= capacity:
+                # the writer rolls the table to history, then this batch fits: hold it
+                st[R_HOLD] = 2
+                break
             # the table cannot take the whole batch: reject it whole (a batch is visible
             # all at once or not at all), never part of it
             rejects[T.REJECT_FULL] += count
@@ -444,7 +451,8 @@ def drain(seg8, off, hdr32, ring64, ring8, ring32, htab_s, htab_v, state, reject
     st[R_NVEN] = state[S_NVEN]
     st[R_SID] = -1
     st[R_VID] = -1
-    while pos < tail and pos < end and st[R_NB] < batches.shape[0]:
+    st[R_HOLD] = state[S_HOLD_FULL]
+    while pos < tail and pos < end and st[R_NB] < batches.shape[0] and st[R_HOLD] != 2:
         w = (pos & mask) >> 2
         length = load_acquire(ring32, w)
         if length <= 0:
@@ -488,6 +496,7 @@ def drain(seg8, off, hdr32, ring64, ring8, ring32, htab_s, htab_v, state, reject
     state[S_NSYM] = st[R_NSYM]
     state[S_NVEN] = st[R_NVEN]
     state[S_IN_POS] = pos
+    state[S_FULL_HELD] = 1 if st[R_HOLD] == 2 else 0
     return st[R_NB]
 
 

@@ -91,6 +91,51 @@ def test_fill_roll_keeps_a_small_segment_from_filling_up(db_factory):
     p.close()
 
 
+def test_a_burst_into_a_small_table_is_rolled_not_dropped(db_factory):
+    # batches published as fast as possible, with no pause for the roll: the writer rolls
+    # when a table passes --roll-fill, and a batch that does not fit waits in the ring for
+    # the roll instead of being rejected (also below the threshold: 3 x 300 = 900 rows
+    # of 1,024 is short of 0.9, and the 4th batch does not fit)
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis", "--capacity", "1024")
+    p = wayy.Producer(d.path)
+    n, sent = 300, 0
+    for i in range(40):
+        p.publish_batch("trades", {"ts": np.full(n, T0 + i), "symbol": SYMS[np.arange(n) % 40],
+                                   "price": sent + 1.0 + np.arange(n), "size": np.ones(n)})
+        sent += n
+    db = wayy.attach(d.path)
+    wait_for(lambda: len(db["trades"]) == sent, timeout=60, what="every row committed")
+    assert d.status()["shards"][0]["rejects"]["full"] == 0
+    r = db["trades"].between()
+    np.testing.assert_array_equal(np.sort(r["price"]), np.arange(1, sent + 1, dtype=float))
+    db.close()
+    p.close()
+
+
+def test_day_of_the_rows_is_the_wal_s_not_a_tick_s(db_factory):
+    # a tick stamped in 2000 must not make a restarted writer think its rows belong to
+    # 2000-01-01: that roll would label today's rows with that date, and --history-days
+    # would delete them at once
+    args = ("--shards", "1", "--feed", "none", "--no-redis", "--history-days", "5")
+    d = db_factory(*args)
+    p = wayy.Producer(d.path)
+    p.publish("trades", symbol="OLD", price=1.0, size=1.0, ts=946_684_800 * 10**9)
+    now = time.time_ns()
+    p.publish_batch("trades", {"ts": now + np.arange(1000), "symbol": SYMS[np.arange(1000) % 40],
+                               "price": np.arange(1.0, 1001.0), "size": np.ones(1000)})
+    p.close()
+    db = wayy.attach(d.path)
+    wait_for(lambda: len(db["trades"]) == 1001, what="rows committed")
+    db.close()
+    d.stop()
+    d2 = db_factory(*args)
+    time.sleep(2.5)  # the daily-roll check runs once a second
+    db = wayy.attach(d2.path)
+    assert len(db["trades"]) == 1001
+    db.close()
+    assert partitions(d2.path) == [] and "rolled" not in d2.log()
+
+
 @pytest.mark.slow
 def test_writer_killed_during_rolls_loses_and_repeats_nothing(db_factory):
     """Rolls requested again and again under load, the writer SIGKILLed at random moments

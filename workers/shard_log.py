@@ -100,6 +100,7 @@ class ShardLog:
         self.writer: wal.WalWriter | None = None
         self.logged_symbols = 0  # names with ids below these are in the WAL
         self.logged_venues = 1  # venue 0 is the empty venue, never logged
+        self.created_ns: int | None = None  # when the WAL file began (first start or roll)
         self.stats: dict = {}
         self._raw: dict = {}  # table -> (uint8 views of the segment's columns, item sizes)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -150,6 +151,7 @@ class ShardLog:
             found = wal.scan(self.path, self.shard)
         if found is not None:
             self._count_logged_names(found)
+        self.created_ns = found.created_ns if found is not None else time.time_ns()
         self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
                                     interval_ms=self.interval_ms,
                                     compress=self.compress, scan=found,
@@ -187,6 +189,7 @@ class ShardLog:
                              {i: v for i, v in enumerate(vens) if i > 0})
         found = wal.scan(self.path, self.shard)
         self._count_logged_names(found)
+        self.created_ns = found.created_ns or time.time_ns()
         self.writer = wal.WalWriter(self.path, self.shard, fsync=self.fsync,
                                     interval_ms=self.interval_ms,
                                     compress=self.compress, scan=found,

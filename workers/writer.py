@@ -96,6 +96,13 @@ class ShardWriter:
         self._stall_since = 0.0
         self._rate_t = time.monotonic()
         self._rate_rows = 0
+        # --roll-fill checked after every pass (a burst fills a table within a second), and
+        # a batch refused as "full" below the threshold rolls too (else the table would stay
+        # stuck just short of it); a failed roll is retried at most once a second
+        self._fill_rows = 0
+        self._full_seen = 0
+        self._fill_due = False
+        self._fill_retry_at = 0.0
 
     # --- agent ----------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -139,8 +146,15 @@ class ShardWriter:
         c[C.C_STATE] = C.STATE_RUNNING
         # a request made while the previous writer ran and not yet acted on is answered
         self._roll_seen = int(c[C.C_ROLL_REQUESTS_SEEN])
-        first_ts = [int(d.cols[t]["ts"][0]) for t in (T.TRADES, T.QUOTES) if st[t] > 0]
-        self._day = roll.utc_date(min(first_ts) if first_ts else time.time_ns())
+        # the day the rows belong to: the day this segment's WAL began (first start or last
+        # roll), never a tick's own timestamp, which a producer may set to any date
+        began = self.log.created_ns if self.log is not None else None
+        self._day = roll.utc_date(began or time.time_ns())
+        if self.roll_cfg.fill is not None:
+            self._fill_rows = max(1, int(self.roll_cfg.fill * d.capacity))
+            # a batch that does not fit waits in the ring for the roll, never rejected
+            st[ingest.S_HOLD_FULL] = 1
+        self._full_seen = int(self.ctl.rejects[T.REJECT_FULL])
         # change records for local subscribers and the broker; a restarted writer continues
         # the same ring, so readers see one unbroken sequence of records
         self.changes = ChangeRingWriter.attach(segment_name(self.prefix, self.shard, "changes"))
@@ -182,6 +196,12 @@ class ShardWriter:
                 self._apply(nb, now)
             elif not self._log_and_apply(nb, now, trades0, quotes0):
                 return 0
+            if self._fill_rows and (st[ingest.S_TRADES] >= self._fill_rows
+                                    or st[ingest.S_QUOTES] >= self._fill_rows
+                                    or self.ctl.rejects[T.REJECT_FULL] != self._full_seen):
+                self._fill_due = True
+        if st[ingest.S_FULL_HELD]:
+            self._fill_due = True
         elif self._pending is not None:
             self._finish_pending()
         if st[ingest.S_STALL_POS] >= 0 and consumed == 0:
@@ -292,6 +312,17 @@ class ShardWriter:
             self._roll_seen = req
             self.roll("request")
             self.ctl.counters[C.C_ROLL_REQUESTS_SEEN] = req
+        if self._fill_due:
+            if now >= self._fill_retry_at:
+                self._fill_due = False
+                if self.roll("fill") is None:
+                    self._fill_due = True
+                    self._fill_retry_at = now + 1.0
+            if self._fill_due and self.state[ingest.S_FULL_HELD]:
+                # a held batch waits for a roll that failed (disk full): producers meet
+                # backpressure as the ring fills; do not spin on the held record meanwhile
+                time.sleep(0.01)
+                return
         if now - self._rate_t >= 1.0:
             why = roll.due(self.roll_cfg, self.data, self.state, self._day)
             if why is not None:
@@ -333,6 +364,7 @@ class ShardWriter:
                 self.log.recover(self.data, self.state)
             return None
         self._day = today
+        self._full_seen = int(self.ctl.rejects[T.REJECT_FULL])
         c = self.ctl.counters
         c[C.C_ROWS_TRADES] = self.state[ingest.S_TRADES]
         c[C.C_ROWS_QUOTES] = self.state[ingest.S_QUOTES]

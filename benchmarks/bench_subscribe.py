@@ -40,7 +40,9 @@ two cores; --with-broker adds it), and its peer in the same run.
   writer       ingest rows/s (a producer process publishing 1000-row batches as fast as it
                can, until all committed) with no subscriber, and with 4 slow subscribers
                attached (per-tick callbacks that wait 1 ms per tick: they fall further behind
-               with every batch), alternating, median of the runs.
+               with every batch), alternating, median of the runs; and the writer
+               process's own CPU time per row in each case (/proc schedstat, all its
+               threads), which machine noise and the subscribers' CPU do not move.
 
     PYTHONPATH=. python benchmarks/bench_subscribe.py [--seconds 2] [--rounds 3] [--quick]
         [--wal on,off] [--writer-idle as-is,adaptive] [--phases latency,zmq,hop,ring,...]
@@ -635,31 +637,52 @@ def _ingest(path: str, rows: int, q) -> None:
     p.close()
 
 
-def writer_rate(path: str, rows: int) -> float:
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, in ns (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def writer_rate(path: str, rows: int) -> tuple[float, float]:
+    """(rows/s from the first publish to the last commit, the writer's CPU ns per row)."""
     db = wayy.attach(path)
+    from wayy.status import read_status
+
+    wpid = read_status(path, redis=False)["shards"][0]["writer_pid"]
     base = len(db["trades"])
     q = FORK.Queue()
     pr = FORK.Process(target=_ingest, args=(path, rows, q), daemon=True)
     pr.start()
     t0 = q.get(timeout=60)
+    c0 = _cpu_ns(wpid)
     while len(db["trades"]) < base + rows:
         time.sleep(0.0005)
     el = time.perf_counter() - t0
+    cpu = _cpu_ns(wpid) - c0
     pr.join(30)
     db.close()
-    return rows / el
+    return rows / el, cpu / rows
 
 
 def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0,
                                  db_args: tuple = ()) -> dict:
     res = {"none": [], "slow4": []}
+    cpu = {"none": [], "slow4": []}
     capacity = ((2 * runs + 1) * rows + (1 << 20) + 1023) // 1024 * 1024
     # --roll-fill 0: a roll to history when the table passes 90% would stall one run
     with database("--capacity", str(capacity), "--ring-bytes", str(64 << 20),
                   "--roll-fill", "0", *db_args) as path:
         writer_rate(path, rows)  # warm-up: page faults of the first rows, caches
         for _ in range(runs):
-            res["none"].append(writer_rate(path, rows))
+            rate, per_row = writer_rate(path, rows)
+            res["none"].append(rate)
+            cpu["none"].append(per_row)
             stop = FORK.Event()
             subs = []
             for _ in range(4):
@@ -670,7 +693,9 @@ def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0,
                 ready.wait(30)
                 subs.append(p)
             time.sleep(0.5)  # let the forks settle
-            res["slow4"].append(writer_rate(path, rows))
+            rate, per_row = writer_rate(path, rows)
+            res["slow4"].append(rate)
+            cpu["slow4"].append(per_row)
             stop.set()
             wayy.Producer(path).publish("trades", symbol="S000", price=1.0, size=1.0)
             for p in subs:
@@ -689,7 +714,13 @@ def writer_with_slow_subscribers(rows: int, runs: int, slow_ms: float = 1.0,
             "ratio_median_of_pairs": round(statistics.median(pairs), 3),
             "none_best": round(max(res["none"])), "slow4_best": round(max(res["slow4"])),
             "none_all": [round(x) for x in res["none"]],
-            "slow4_all": [round(x) for x in res["slow4"]]}
+            "slow4_all": [round(x) for x in res["slow4"]],
+            # the writer's own CPU per row: what readers cost it, whatever else the two
+            # cores are doing (the subscribers' own CPU shares the machine, not the writer)
+            "writer_cpu_ns_per_row_none": round(statistics.median(cpu["none"]), 1),
+            "writer_cpu_ns_per_row_slow4": round(statistics.median(cpu["slow4"]), 1),
+            "writer_cpu_ratio": round(statistics.median(cpu["none"])
+                                      / statistics.median(cpu["slow4"]), 3)}
 
 
 WAL_ARGS = {"on": (), "off": ("--no-wal",)}  # on: the default, fsync interval

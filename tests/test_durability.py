@@ -231,6 +231,31 @@ def test_wal_of_another_shard_or_version_is_refused(db_factory, tmp_path):
     assert r.returncode == 1 and "version" in r.stdout
 
 
+def test_shard_count_and_wal_are_kept_across_starts(db_factory):
+    # WALs and history are per shard and a symbol's shard depends on the count: a start with
+    # another count, or with --no-wal over existing logs, would hide rows; it is refused,
+    # and a start without --shards takes the database's own count
+    d, before = _stopped_db_with_rows(db_factory, shards=2, batches=5)
+    assert open(os.path.join(d.path, "wayy.shards")).read().strip() == "2"
+    for args, words in ((("--shards", "3"), "has 2 shards; start it with --shards 2"),
+                        (("--shards", "2", "--no-wal"), "write-ahead logs")):
+        r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach", *args)
+        assert r.returncode == 1 and words in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    d2 = db_factory("--feed", "none")  # no --shards: the database's 2
+    assert len(d2.status()["shards"]) == 2
+    assert_same(before, snapshot(d2.path))
+    d2.stop()
+    # a writer that refuses its WAL says why, in one line, from `wayy start --detach`
+    w0, w1 = wal_files(d2.path)
+    os.rename(w0, w0 + ".x")
+    os.rename(w1, w0)
+    os.rename(w0 + ".x", w1)
+    r = run_cli("start", "--db", d2.path, "--feed", "none", "--no-redis", "--detach")
+    assert r.returncode == 1 and "cannot start" in r.stderr and "belongs to shard" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def _can_mount() -> bool:
     probe = "/tmp/wayy-mount-probe"
     os.makedirs(probe, exist_ok=True)

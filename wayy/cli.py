@@ -59,8 +59,10 @@ def main() -> None:
 
 @main.command()
 @db_option
-@click.option("--shards", type=int, default=default_shards, show_default="min(8, CPUs)",
-              help="Writer processes; symbols are spread over them by a stable hash.")
+@click.option("--shards", type=int, default=None,
+              show_default="the database's own count, or min(8, CPUs) for a new one",
+              help="Writer processes; symbols are spread over them by a stable hash. Fixed "
+                   "when the database is created.")
 @click.option("--capacity", type=int, default=None, show_default="2097152",
               help="Rows per table per shard held in shared memory, a multiple of 1024. "
                    "When a table is full its writer rejects further rows with reason 'full' "
@@ -132,7 +134,7 @@ def main() -> None:
                    "newest entry (XTRIM MINID ~), or none (never trimmed).")
 @click.option("--detach", is_flag=True, help="Run in the background; log to DB/wayy.log.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
-def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
+def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | None,
           max_symbols: int | None, feeds: tuple[str, ...], fsync: str,
           fsync_interval_ms: float, wal_compress: bool, no_wal: bool, roll_daily: bool, roll_fill: float,
           history_days: int | None, redis_url: str | None, no_redis: bool,
@@ -153,6 +155,10 @@ def start(db: str, shards: int, capacity: int | None, ring_bytes: int | None,
 
     specs = [parse_feed_spec(f) for f in feeds]
     specs = [s for s in specs if s.kind != "none"]
+    if shards is None:
+        from wayy.manifest import stored_shards
+
+        shards = stored_shards(os.path.realpath(db)) or default_shards()
     cfg = Config(db=db, shards=shards,
                  capacity=S.DEFAULT_CAPACITY if capacity is None else capacity,
                  ring_capacity=L.DEFAULT_CAPACITY if ring_bytes is None else ring_bytes,

@@ -4,6 +4,8 @@
     <db>/wayy.lock   held with flock(LOCK_EX) by the running supervisor; its pid inside
     <db>/wayy.id     the database's identity: random, made at its first start, kept for
                      good (it moves with the directory; names the database to Redis)
+    <db>/wayy.shards its shard count, fixed at the first start: WALs and history are per
+                     shard, and a symbol's shard depends on the count
     <db>/redis/      the embedded Redis: config, append-only file, log, 0600 password
                      (wayy/redis_server.py)
 
@@ -14,8 +16,10 @@ holder dies, SIGKILL included, so a stale manifest is never mistaken for a live 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
+import re
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -25,6 +29,7 @@ from wayy.errors import CorruptData, NotRunning
 MANIFEST_NAME = "wayy.json"
 LOCK_NAME = "wayy.lock"
 ID_NAME = "wayy.id"
+SHARDS_NAME = "wayy.shards"
 FORMAT_VERSION = 1
 
 
@@ -159,3 +164,34 @@ def database_id(path: str) -> str:
         finally:
             os.unlink(tmp)
     raise CorruptData(f"{final} is empty; delete it and start the database again", path=path)
+
+
+def stored_shards(path: str) -> int | None:
+    """The shard count the database at ``path`` was created with: ``<db>/wayy.shards``, or
+    for a database made before that file, what its WAL and history files say (the highest
+    shard number + 1). None for a database that holds nothing yet."""
+    try:
+        with open(os.path.join(path, SHARDS_NAME)) as f:
+            return int(f.read().strip())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise CorruptData(f"{os.path.join(path, SHARDS_NAME)} does not hold a shard count; "
+                          f"put the number of shards the database was created with in it",
+                          path=path) from None
+    seen = [int(m.group(1)) for f in glob.glob(os.path.join(path, "wal", "shard-*.wal"))
+            if (m := re.search(r"shard-(\d+)\.wal$", f))]
+    seen += [int(m.group(1)) for f in glob.glob(os.path.join(path, "hist", "*", "*", "shard-*"))
+             if (m := re.search(r"shard-(\d+)\.seq-\d+$", f))]
+    return max(seen) + 1 if seen else None
+
+
+def store_shards(path: str, shards: int) -> None:
+    """Record the shard count (atomically; see stored_shards)."""
+    final = os.path.join(path, SHARDS_NAME)
+    tmp = f"{final}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{shards}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)

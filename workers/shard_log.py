@@ -248,11 +248,14 @@ class ShardLog:
             raise RecoveryError(f"{self.path}: symbol ids {sorted(syms)[:8]}... are not dense")
         if vens and sorted(vens) != list(range(1, len(vens) + 1)):
             raise RecoveryError(f"{self.path}: venue ids are not dense from 1")
-        if len(syms) > data.max_symbols or len(vens) + 1 > data.max_venues:
+        if len(syms) > data.max_symbols:
             raise RecoveryError(
-                f"{self.path} names {len(syms)} symbols and {len(vens)} venues; this database "
-                f"holds {data.max_symbols} and {data.max_venues} per shard (start with larger "
-                f"--max-symbols / --max-venues)")
+                f"{self.path} names {len(syms)} symbols; this database holds "
+                f"{data.max_symbols} per shard (start it with a larger --max-symbols)")
+        if len(vens) + 1 > data.max_venues:
+            raise RecoveryError(  # a fixed limit: no option raises it
+                f"{self.path} names {len(vens)} venues; a shard holds at most "
+                f"{data.max_venues - 1}")
         total = 0
         for t in (T.TRADES, T.QUOTES):
             n = out["rows"][_REC[t]]

@@ -19,6 +19,7 @@ it lives in a 0600 file named by ``redis_credentials``.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import os
 import signal
@@ -33,13 +34,16 @@ from shm.layout import shard as S
 from shm.segment import check_fits, db_prefix, list_segments, unlink_quiet
 from shm.change_ring import ChangeRingWriter
 from shm.layout import change_ring as CR
+from shm.layout.wal import FILE_HEADER_SIZE as WAL_HEADER_BYTES
 from shm.shard import Control, InboundRing, ShardData, segment_name, shard_bytes
 from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyError, translate
-from wayy.manifest import MANIFEST_NAME, Manifest, acquire_lock, database_id
+from wayy.manifest import (MANIFEST_NAME, Manifest, acquire_lock, database_id,
+                           store_shards, stored_shards)
 from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_pubsub_limit,
                                redis_dir, split_url, write_secret)
 from wayy.wire import FORMATS as WIRE_FORMATS
 from workers.broker import DEFAULT_RETENTION, Retention, split_shards
+from workers.shard_log import WAL_DIR, RecoveryError
 
 log = logging.getLogger("wayy.supervisor")
 
@@ -166,6 +170,28 @@ class Supervisor:
         self.broker_url: str | None = None  # the URL brokers use (loopback when embedded)
 
     # --- start ----------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        """Refuse a start that would hide or scatter what the database holds: another shard
+        count than it was created with, or --no-wal over existing write-ahead logs."""
+        cfg = self.cfg
+        stored = stored_shards(self.path)
+        if stored is not None and stored != cfg.shards:
+            raise InvalidInput(
+                f"the database at {self.path} has {stored} shards; start it with --shards "
+                f"{stored} (or without --shards): its write-ahead logs and history are per "
+                f"shard, and each symbol's shard depends on the count", path=self.path)
+        if not cfg.wal:
+            held = [f for f in glob.glob(os.path.join(self.path, WAL_DIR, "shard-*.wal"))
+                    if os.path.getsize(f) > WAL_HEADER_BYTES]
+            if held:
+                raise InvalidInput(
+                    f"the database at {self.path} has write-ahead logs ({WAL_DIR}/): with "
+                    f"--no-wal their rows would not be loaded, and rows written now would be "
+                    f"lost at the next start; start it without --no-wal, or move {WAL_DIR}/ "
+                    f"away to start empty", path=self.path)
+        if stored is None:
+            store_shards(self.path, cfg.shards)
+
     def prepare(self) -> None:
         """Lock, reclaim, check space, create segments and manifest, warm up kernels."""
         try:
@@ -181,6 +207,7 @@ class Supervisor:
             raise AlreadyRunning(f"a database is already running at {self.path} (pid {pid}); "
                                  f"stop it with: wayy stop --db {self.path}", path=self.path)
         database_id(self.path)  # made once, before any broker names the database to Redis
+        self._check_layout()
         stale = list_segments(self.prefix)
         for name in stale:
             unlink_quiet(name)
@@ -354,12 +381,39 @@ class Supervisor:
             child.target()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        except (WayyError, ShmError, RecoveryError) as exc:
+            # a refusal with its reason (a WAL of another shard, too small a --capacity):
+            # one line in the log, and the reason for `wayy start` to print
+            log.error("%s cannot run: %s", child.name, exc)
+            self._write_exit_reason(child.name, str(exc))
+            code = 2
         except BaseException:
             log.exception("%s failed", child.name)
             code = 1
         finally:
             logging.shutdown()
             os._exit(code)
+
+    def _exit_reason_path(self, name: str) -> str:
+        return os.path.join(self.path, f".{name}.exit-reason")
+
+    def _write_exit_reason(self, name: str, text: str) -> None:
+        try:
+            with open(self._exit_reason_path(name), "w") as f:
+                f.write(text)
+        except OSError:
+            pass
+
+    def _take_exit_reason(self, name: str) -> str | None:
+        """What a child that refused to run said (once), or None."""
+        path = self._exit_reason_path(name)
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+            os.unlink(path)
+            return text or None
+        except OSError:
+            return None
 
     def start_children(self) -> None:
         """Start every writer, then the feeds, then the brokers (Redis is already up)."""
@@ -375,6 +429,9 @@ class Supervisor:
             writers = [c for c in self.children if c.shard is not None]
             dead = [c for c in writers if c.pid == 0]
             if dead:
+                why = self._take_exit_reason(dead[0].name)
+                if why:
+                    raise WayyError(f"{dead[0].name} cannot start: {why}", path=self.path)
                 raise WayyError(f"{dead[0].name} exited during start (see the log)",
                                 shard=dead[0].shard, path=self.path)
             if all(self.controls[c.shard].counters[C.C_STATE] == C.STATE_RUNNING

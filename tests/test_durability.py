@@ -193,6 +193,7 @@ def test_mid_file_corruption_is_reported_and_nothing_after_it_trusted(db_factory
 
     d2 = db_factory("--shards", "1", "--feed", "none", "--fsync", "batch")
     after = snapshot(d2.path)
+    assert "wayy: warning: shard-0.wal was damaged in the middle" in d2.log()
     # exactly the rows logged before the damaged record survive, nothing after it
     for table in ("trades", "quotes"):
         keep = np.isin(before[table]["seq"], expect[table]["seq"])

@@ -178,6 +178,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
     level = logging.DEBUG if verbose else logging.INFO
     fmt = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
     t0 = time.monotonic()
+    started_ns = time.time_ns()
 
     def banner() -> None:
         feeds_txt = ", ".join(f.to_string() for f in specs) or "none (publish with wayy.Producer)"
@@ -190,6 +191,8 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
             f"{_redis_banner(path)}"
             f"  status:  wayy status --db {path}\n"
             f"  stop:    wayy stop --db {path}" + ("" if detach else "   (or Ctrl-C)"))
+        for line in _damage_notes(path, started_ns):
+            click.echo(line, err=True)
 
     if not detach:
         logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
@@ -197,6 +200,24 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
         sup.run(on_ready=lambda err: banner() if err is None else None)
         return
     _start_detached(cfg, path, level, fmt, banner)
+
+
+def _damage_notes(path: str, since_ns: int) -> list[str]:
+    """Warnings for WALs found damaged in the middle during this start: the rows after the
+    damage were not loaded (the writer kept a copy aside and logged the details)."""
+    import glob
+
+    out = []
+    for f in sorted(glob.glob(os.path.join(path, "wal", "*.damaged-*"))):
+        try:
+            if int(f.rsplit("-", 1)[1]) < since_ns:
+                continue
+        except ValueError:
+            continue
+        out.append(f"wayy: warning: {os.path.basename(f).split('.damaged-')[0]} was damaged "
+                   f"in the middle: the rows after the damage were not loaded (copy kept "
+                   f"at {f}; details in the log; `wayy verify --db {path}` checks it)")
+    return out
 
 
 def _redis_banner(path: str) -> str:

@@ -257,6 +257,25 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_handle_of_an_earlier_run_says_so(db_factory):
+    # a Database attached before a restart maps the old run's shared memory: it must not go
+    # on answering from it
+    d = db_factory("--shards", "1", "--feed", "none")
+    sent = publish_mixed(d.path, 3)
+    old = wayy.attach(d.path)
+    wait_for(lambda: len(old["trades"]) == sent, what="trades committed")
+    d.stop()
+    d2 = db_factory("--shards", "1", "--feed", "none")
+    time.sleep(0.6)  # handles look at most every 0.5 s
+    for query in (lambda: len(old["trades"]), lambda: old["trades"].tail(3),
+                  lambda: old["quotes"].between()):
+        with pytest.raises(wayy.NotRunning, match="attach again"):
+            query()
+    old.close()
+    with wayy.attach(d2.path) as db:
+        assert len(db["trades"]) == sent
+
+
 def _can_mount() -> bool:
     probe = "/tmp/wayy-mount-probe"
     os.makedirs(probe, exist_ok=True)

@@ -24,12 +24,13 @@ from shm.layout import shard as S
 from shm.layout import tables as T
 from shm.shard import ShardData
 from wayy import history as H
-from wayy.errors import InvalidInput, UnknownTable, WayyError, translate
+from wayy.errors import InvalidInput, NotRunning, UnknownTable, WayyError, translate
 from wayy.manifest import Manifest, read_manifest
 from wayy.names import check_symbol, check_venue, shard_of
 
 
 _GEN = S.GENERATION_I64
+ALIVE_CHECK_S = 0.5  # a query looks at most this often whether its database still runs
 
 
 class Result:
@@ -97,6 +98,7 @@ class Database:
         self._subscriptions: list = []
         self._rings: dict = {}
         self._reg = None
+        self._alive_due = time.monotonic() + ALIVE_CHECK_S
 
     def __getitem__(self, table: str) -> "Table":
         try:
@@ -230,6 +232,20 @@ class Database:
                 self._reg = Registry.open(self.manifest.prefix)
         return self._reg
 
+    def _check_current(self) -> None:
+        """Raise NotRunning when the database this handle attached to has stopped or was
+        started again (new shared memory: this mapping would answer from the old run's rows
+        for ever). Looked at most every ALIVE_CHECK_S, so queries stay cheap."""
+        now = time.monotonic()
+        if now < self._alive_due:
+            return
+        self._alive_due = now + ALIVE_CHECK_S
+        if not self._still_running():
+            self._alive_due = 0.0
+            raise NotRunning(f"the database at {self.path} has stopped or was started again "
+                             f"since this handle attached it; call wayy.attach again",
+                             path=self.path)
+
     def _still_running(self) -> bool:
         """True while the supervisor that this Database attached to still runs (a database
         stopped and started again has new segments: this mapping would never see a tick)."""
@@ -309,6 +325,7 @@ class Table:
     def __len__(self) -> int:
         """Rows in history and memory (a row in both during a roll counts once)."""
         db = self.db
+        db._check_current()
         if time.monotonic() < db.history.empty_until:  # no history: memory only
             total = sum([d.committed(self.id) for d in db.shards])
             if [h[_GEN] for h in db._hdr] == db._gens:  # no roll since the last sync
@@ -392,6 +409,7 @@ class Table:
         """
         if n.__class__ is not int or n < 0:
             n = H._check_n(n)
+        self.db._check_current()
         if venue is None and time.monotonic() < self.db.history.empty_until:
             res = self._tail_memory_only(n, symbol)
             if res is not None:
@@ -529,6 +547,7 @@ class Table:
         if venue is not None:
             check_venue(venue)
         db = self.db
+        db._check_current()
         if time.monotonic() < db.history.empty_until:  # no history: memory only
             res = self._between(start, end, symbol, venue, {})
             if [h[_GEN] for h in db._hdr] == db._gens:  # no roll since the last sync

@@ -359,6 +359,30 @@ def test_wrong_shard_version_magic(tmp_path):
         scan(path)
 
 
+def test_verify_reports_a_wal_named_for_another_shard(tmp_path):
+    # swapped files: each header is intact, but a writer would refuse both of them
+    from tests.conftest import run_cli
+    from wayy.verify import verify
+
+    wal_dir = tmp_path / "wal"
+    wal_dir.mkdir()
+    small_wal(wal_dir / "shard-0.wal", shard=1)
+    small_wal(wal_dir / "shard-1.wal", shard=0)
+    small_wal(wal_dir / "shard-2.wal", shard=2)
+    small_wal(wal_dir / "shard-3.wal.damaged-123", shard=0)
+    reports = {os.path.basename(r.path): r for r in verify(str(tmp_path))}
+    for name, (got, want) in {"shard-0.wal": (1, 0), "shard-1.wal": (0, 1),
+                              "shard-3.wal.damaged-123": (0, 3)}.items():
+        assert not reports[name].ok, name
+        assert any(f"WAL belongs to shard {got}, expected shard {want}" in p
+                   for p in reports[name].problems), reports[name].problems
+    assert reports["shard-2.wal"].ok and reports["shard-2.wal"].problems == []
+    r = run_cli("verify", "--db", str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "WAL belongs to shard 1, expected shard 0" in r.stdout, r.stdout
+    assert "1 ok, 3 damaged" in r.stdout, r.stdout
+
+
 def test_empty_and_torn_file_header(tmp_path):
     path = tmp_path / "e.wal"
     path.write_bytes(b"")

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 
 from shm import wal
 from shm.errors import ShmError
 from wayy.manifest import lock_holder
+
+# a writer opens only wal/shard-<k>.wal, and refuses one whose header names another shard
+_WAL_NAME = re.compile(r"shard-(\d+)\.wal(?:$|\.)")
+
+
+def expected_shard(path: str) -> int | None:
+    """The shard a WAL belongs to by its file name (``shard-<k>.wal``, and the
+    ``.damaged-<ns>`` copies of it), or None for a name no writer uses."""
+    m = _WAL_NAME.match(os.path.basename(path))
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -34,12 +45,20 @@ def _wal_report(path: str, running: bool) -> Report:
     summary = (f"shard {found.shard}, {len(found.records)} records, {found.rows} rows, "
                f"next seq {found.next_seq if found.next_seq is not None else 0}, "
                f"{found.file_size} bytes")
-    if found.damage is None:
-        return Report(rel, True, summary)
-    if running and found.damage_kind == "tail" and ".damaged-" not in path:
-        # a live writer's append in progress looks exactly like a torn tail
-        return Report(rel, True, summary + f" (+{found.damaged_bytes} bytes being appended)")
-    return Report(rel, False, summary, [found.reason])
+    problems = []
+    expected = expected_shard(path)
+    if expected is not None and found.shard is not None and found.shard != expected:
+        # scan() itself takes no expected shard here, so that the rest of the file is still
+        # checked and summarised; the message is the one a writer refuses this file with
+        problems.append(f"{path}: WAL belongs to shard {found.shard}, expected shard "
+                        f"{expected} (from its file name); its writer will refuse to start")
+    if found.damage is not None:
+        if running and found.damage_kind == "tail" and ".damaged-" not in path:
+            # a live writer's append in progress looks exactly like a torn tail
+            summary += f" (+{found.damaged_bytes} bytes being appended)"
+        else:
+            problems.append(found.reason)
+    return Report(rel, not problems, summary, problems)
 
 
 def verify(db_path: str) -> list[Report]:

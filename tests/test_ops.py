@@ -315,6 +315,34 @@ def test_non_1d_or_non_numeric_input_raises(bad):
         ops.mavg(bad, 2)
 
 
+BAD_CALLS = [
+    ("mavg window", lambda: ops.mavg([1.0, 2.0], 0)),
+    ("mavg 2-D", lambda: ops.mavg(np.zeros((3, 3)), 2)),
+    ("mavg strings", lambda: ops.mavg(["a", "b"], 2)),
+    ("mavg ragged", lambda: ops.mavg([[1.0], [1.0, 2.0]], 2)),
+    ("mavg huge int", lambda: ops.mavg([10**400, 1], 1)),
+    ("pct_change periods", lambda: ops.pct_change([1.0, 2.0], 1.0)),
+    ("ema neither", lambda: ops.ema([1.0, 2.0])),
+    ("ema span", lambda: ops.ema([1.0, 2.0], span=0.5)),
+    ("ema huge span", lambda: ops.ema([1.0, 2.0], span=10**400)),
+    ("ema alpha", lambda: ops.ema([1.0, 2.0], alpha=2.0)),
+    ("vwap lengths", lambda: ops.vwap([1.0, 2.0, 3.0], [1.0, 2.0])),
+    ("vwap window", lambda: ops.vwap([1.0, 2.0], [1.0, 1.0], window="2")),
+    ("rolling_std ddof", lambda: ops.rolling_std([1.0, 2.0, 3.0], 2, ddof=-1)),
+]
+
+
+@pytest.mark.parametrize("what,call", BAD_CALLS, ids=[w for w, _ in BAD_CALLS])
+def test_bad_arguments_raise_invalid_input(what, call):
+    # a WayyError for `except wayy.WayyError`, and still a ValueError for older callers
+    from wayy.errors import InvalidInput, WayyError
+
+    with pytest.raises(InvalidInput) as info:
+        call()
+    assert isinstance(info.value, WayyError) and isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+
+
 def test_public_names_and_warmup():
     assert set(ops.__all__) == {"mavg", "pct_change", "ema", "vwap", "rolling_std", "warmup"}
     for name in ops.__all__:

@@ -2,7 +2,8 @@
 
 Every function takes array-likes (numpy arrays, lists, integer columns, ...),
 converts them with ``np.ascontiguousarray(x, dtype=np.float64)``, validates its
-arguments (raising ``ValueError`` with a clear message), and runs a
+arguments (raising ``wayy.errors.InvalidInput``, a ``ValueError``, with a
+clear message), and runs a
 ``numba.njit(cache=True, nogil=True)`` kernel that returns a new float64 array
 of the same length as the input.  Kernels release the GIL, so they may run on
 several threads at once.
@@ -53,6 +54,8 @@ from typing import Optional
 import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from wayy.errors import InvalidInput
 
 __all__ = ["mavg", "pct_change", "ema", "vwap", "rolling_std", "warmup"]
 
@@ -267,12 +270,16 @@ def _rolling_std_kernel(x, window, ddof):
 
 
 def _as_1d(x: ArrayLike, name: str = "x") -> NDArray[np.float64]:
-    if np.ndim(x) != 1:
-        raise ValueError(f"{name} must be 1-dimensional, got {np.ndim(x)} dimensions")
+    try:
+        ndim = np.ndim(x)
+    except ValueError as exc:  # numpy refuses ragged nested sequences
+        raise InvalidInput(f"{name} must be a 1-dimensional array: {exc}") from None
+    if ndim != 1:
+        raise InvalidInput(f"{name} must be 1-dimensional, got {ndim} dimensions")
     try:
         return np.ascontiguousarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{name} must be numeric: {exc}") from None
 
 
 def _is_int(v: object) -> bool:
@@ -281,12 +288,22 @@ def _is_int(v: object) -> bool:
 
 def _check_window(window: object, name: str = "window") -> int:
     if not _is_int(window) or int(window) < 1:  # type: ignore[call-overload]
-        raise ValueError(f"{name} must be an int >= 1, got {window!r}")
+        raise InvalidInput(f"{name} must be an int >= 1, got {window!r}")
     return int(window)  # type: ignore[call-overload]
 
 
 def _is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _as_float(v: object) -> Optional[float]:
+    """``v`` as a float, or None when it is not a real number (or too large for one)."""
+    if not _is_real(v):
+        return None
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond the float range
+        return None
 
 
 # --------------------------------------------------------------------------- public API
@@ -301,7 +318,8 @@ def mavg(x: ArrayLike, window: int) -> NDArray[np.float64]:
     that value.  The running sum is Neumaier-compensated, so the
     result stays accurate to ~1 ulp over arbitrarily long inputs.
 
-    Raises ``ValueError`` if ``window`` is not an int >= 1 or ``x`` is not 1-D.
+    Raises ``InvalidInput`` (a ``ValueError``) if ``window`` is not an int >= 1
+    or ``x`` is not 1-D.
     """
     w = _check_window(window)
     a = _as_1d(x)
@@ -315,10 +333,11 @@ def pct_change(x: ArrayLike, periods: int = 1) -> NDArray[np.float64]:
     as ``pandas.Series(x).pct_change(periods, fill_method=None)``.  Division by
     zero gives ``inf`` or NaN.
 
-    Raises ``ValueError`` if ``periods`` is not an int or ``x`` is not 1-D.
+    Raises ``InvalidInput`` (a ``ValueError``) if ``periods`` is not an int or
+    ``x`` is not 1-D.
     """
     if not _is_int(periods):
-        raise ValueError(f"periods must be an int, got {periods!r}")
+        raise InvalidInput(f"periods must be an int, got {periods!r}")
     a = _as_1d(x)
     return _pct_change_kernel(a, int(periods))  # type: ignore[call-overload]
 
@@ -340,18 +359,20 @@ def ema(
     different one when ``alpha == 0.5`` exactly (pandas issue #31178,
     a regression fixed upstream); wayy does not copy that special case.
 
-    Raises ``ValueError`` unless exactly one valid ``span`` / ``alpha`` is given.
+    Raises ``InvalidInput`` (a ``ValueError``) unless exactly one valid
+    ``span`` / ``alpha`` is given.
     """
     if (span is None) == (alpha is None):
-        raise ValueError("give exactly one of span or alpha")
+        raise InvalidInput("give exactly one of span or alpha")
     if span is not None:
-        if not _is_real(span) or not (float(span) >= 1.0) or math.isinf(span):
-            raise ValueError(f"span must be a finite number >= 1, got {span!r}")
-        a = 2.0 / (float(span) + 1.0)
+        s = _as_float(span)
+        if s is None or not (1.0 <= s < math.inf):
+            raise InvalidInput(f"span must be a finite number >= 1, got {span!r}")
+        a = 2.0 / (s + 1.0)
     else:
-        if not _is_real(alpha) or not (0.0 < float(alpha) <= 1.0):  # type: ignore[arg-type]
-            raise ValueError(f"alpha must be a number with 0 < alpha <= 1, got {alpha!r}")
-        a = float(alpha)  # type: ignore[arg-type]
+        a = _as_float(alpha)  # type: ignore[assignment]
+        if a is None or not (0.0 < a <= 1.0):
+            raise InvalidInput(f"alpha must be a number with 0 < alpha <= 1, got {alpha!r}")
     arr = _as_1d(x)
     return _ema_kernel(arr, a)
 
@@ -369,14 +390,14 @@ def vwap(
     ``np.cumsum`` would for NaN), but in the rolling form only the windows
     that contain it.
 
-    Raises ``ValueError`` if the inputs differ in length or are not 1-D, or
-    ``window`` is not None or an int >= 1.
+    Raises ``InvalidInput`` (a ``ValueError``) if the inputs differ in length or
+    are not 1-D, or ``window`` is not None or an int >= 1.
     """
     w = 0 if window is None else _check_window(window)
     p = _as_1d(price, "price")
     s = _as_1d(size, "size")
     if p.shape[0] != s.shape[0]:
-        raise ValueError(
+        raise InvalidInput(
             f"price and size must have equal lengths, got {p.shape[0]} and {s.shape[0]}"
         )
     return _vwap_kernel(p, s, w)
@@ -396,12 +417,12 @@ def rolling_std(x: ArrayLike, window: int, ddof: int = 1) -> NDArray[np.float64]
     than pandas when the spread is tiny next to the price level -- at a
     bounded O(len(x)) cost.
 
-    Raises ``ValueError`` if ``window`` is not an int >= 1, ``ddof`` is not an
-    int >= 0, or ``x`` is not 1-D.
+    Raises ``InvalidInput`` (a ``ValueError``) if ``window`` is not an int >= 1,
+    ``ddof`` is not an int >= 0, or ``x`` is not 1-D.
     """
     w = _check_window(window)
     if not _is_int(ddof) or int(ddof) < 0:  # type: ignore[call-overload]
-        raise ValueError(f"ddof must be an int >= 0, got {ddof!r}")
+        raise InvalidInput(f"ddof must be an int >= 0, got {ddof!r}")
     a = _as_1d(x)
     return _rolling_std_kernel(a, w, int(ddof))  # type: ignore[call-overload]
 

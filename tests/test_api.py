@@ -42,3 +42,81 @@ def test_every_command_has_help_and_is_documented():
         assert f"wayy {name}" in ops or name == "status" and "wayy status" in readme
     r = run_cli("--help")
     assert r.returncode == 0 and all(n in r.stdout for n in cli_main.commands)
+
+
+
+def _status_with_counters(path: str, monkeypatch, **set_counters) -> dict:
+    """read_status of a live database with some of shard 0's control counters replaced."""
+    import numpy as np
+
+    from shm.layout import control as C
+    from wayy import status
+
+    monkeypatch.undo()
+    attach = status.Control.attach
+
+    class Patched:
+        def __init__(self, real):
+            self.real = real
+            self.counters = np.array(real.counters)
+            for name, value in set_counters.items():
+                self.counters[getattr(C, name)] = value
+            self.rejects = real.rejects
+
+        def close(self):
+            self.real.close()
+
+    monkeypatch.setattr(status.Control, "attach", lambda *a: Patched(attach(*a)))
+    return status.read_status(path, redis=False)
+
+
+def test_status_rate_spanning_a_roll_is_unknown_never_negative(db_factory, monkeypatch):
+    import time
+
+    path = db_factory("--shards", "1", "--feed", "none").path
+    now = time.time_ns()
+    # the writer's window straddled a roll: rows counted after it minus rows before it
+    st = _status_with_counters(path, monkeypatch, C_RATE=-52_000, C_LAST_ROLL_NS=now - 10**9)
+    s = st["shards"][0]
+    assert s["rate"] == 0 and s["rate_known"] is False
+    assert st["totals"]["rate"] == 0 and st["totals"]["rate_known"] is False
+    # positive but just after a roll: the window may still span it
+    s = _status_with_counters(path, monkeypatch, C_RATE=700,
+                              C_LAST_ROLL_NS=now - 10**8)["shards"][0]
+    assert s["rate"] == 0 and not s["rate_known"]
+    # long after the roll and the writer's start, the writer's figure stands
+    s = _status_with_counters(path, monkeypatch, C_RATE=700, C_LAST_ROLL_NS=now - 10**10,
+                              C_WRITER_START_NS=now - 10**10)["shards"][0]
+    assert s["rate"] == 700 and s["rate_known"]
+
+
+def test_status_heartbeat_age_is_never_negative(db_factory, monkeypatch):
+    import time
+
+    path = db_factory("--shards", "1", "--feed", "none").path
+    # a heartbeat stamped after the reader's clock read (or a wall clock stepped back)
+    future = time.time_ns() + 5 * 10**9
+    s = _status_with_counters(path, monkeypatch, C_HEARTBEAT_NS=future,
+                              C_WRITER_START_NS=future)["shards"][0]
+    assert s["heartbeat_age_s"] == 0.0 and s["writer_uptime_s"] == 0.0
+
+
+def test_status_rate_after_a_real_roll_is_never_negative(db_factory):
+    import time
+
+    from wayy.status import read_status
+
+    d = db_factory("--shards", "1", "--feed", "synthetic:rate=20000,symbols=20")
+    time.sleep(3.0)  # a few rate windows' worth of rows before the roll
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    seen = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        s = read_status(d.path, redis=False)["shards"][0]
+        seen.append(s["rate"])
+        assert s["heartbeat_age_s"] >= 0
+        time.sleep(0.02)
+    assert min(seen) >= 0, seen
+    time.sleep(1.0)  # settled: the rate is known again
+    s = read_status(d.path, redis=False)["shards"][0]
+    assert s["rate_known"] and s["rate"] > 0

@@ -16,24 +16,52 @@ from shm.subscribers import Registry
 from wayy.errors import translate
 from wayy.manifest import read_manifest
 
+# The writer's rate (C_RATE) is rows committed over its last window of >= 1 s, counted from
+# the segment's row counts, which a roll resets and a restart reloads: the first window
+# after either spans the jump (negative after a roll, the whole WAL after a restart). It is
+# shown as unknown (0, "rate_known": false) until a window has passed since then; the
+# writer recomputes it at most ~0.1 s late when idle, so two windows are waited for.
+_RATE_SETTLE_NS = 2_500_000_000
+
+
+def _age_s(now: int, then: int) -> float:
+    """Seconds from ``then`` to ``now`` (both wall-clock ns), never negative: the writer may
+    stamp a time later than a clock read here, or the wall clock may step back."""
+    return max(0, now - then) / 1e9
+
+
+def _rate(c: np.ndarray, now: int) -> int | None:
+    """The writer's rows/s, or None while it may span a roll or a writer start."""
+    rate = int(c[C.C_RATE])
+    last_jump = max(int(c[C.C_LAST_ROLL_NS]), int(c[C.C_WRITER_START_NS]))
+    if rate < 0 or (last_jump and now - last_jump < _RATE_SETTLE_NS):
+        return None
+    return rate
+
 
 def read_status(path: str, redis: bool = True) -> dict:
     """Status of the database at ``path`` as a JSON-ready dict; NotRunning if it is not.
 
-    ``redis=False`` skips the Redis round trip (``"redis"`` is then None).
+    ``redis=False`` skips the Redis round trip (``"redis"`` is then None). A shard's
+    ``rate`` is the rows/s its writer committed over its last second; for a few seconds
+    after a roll or a writer start, when that second may span the reset row count, it is 0
+    with ``rate_known`` False. Ages and uptimes are never negative.
     """
     with translate(path):
         m = read_manifest(path)
         now = time.time_ns()
         shards = []
         heads: list[tuple[int, int]] = []  # per shard: committed next seq, newest ts
-        totals = {"symbols": 0, "trades": 0, "quotes": 0, "rate": 0,
+        totals = {"symbols": 0, "trades": 0, "quotes": 0, "rate": 0, "rate_known": True,
                   "rejects": {name: 0 for name in T.REJECT_NAMES[1:]}}
         for k in range(m.shards):
             ctl = Control.attach(m.prefix, k)
             data = ShardData.attach(m.prefix, k)
             try:
                 c = ctl.counters.copy()
+                # the clock after the counters: a heartbeat stamped between an earlier
+                # clock read and the copy would be in this reader's future
+                now_k = time.time_ns()
                 rejects = {name: int(ctl.rejects[i]) for i, name in enumerate(T.REJECT_NAMES)
                            if i > 0}
                 snap = data.snapshot()
@@ -41,20 +69,22 @@ def read_status(path: str, redis: bool = True) -> dict:
                               for t in (T.TRADES, T.QUOTES) if snap[t] > 0), default=0)
                 heads.append((int(snap[S.COMMIT_NEXT_SEQ]), newest))
                 state = int(c[C.C_STATE])
+                rate = _rate(c, now_k)
                 s = {
                     "shard": k,
                     "state": C.STATE_NAMES[state] if 0 <= state < len(C.STATE_NAMES) else "?",
                     "writer_pid": int(c[C.C_WRITER_PID]),
-                    "writer_uptime_s": (now - int(c[C.C_WRITER_START_NS])) / 1e9
+                    "writer_uptime_s": _age_s(now_k, int(c[C.C_WRITER_START_NS]))
                     if c[C.C_WRITER_START_NS] else 0.0,
-                    "heartbeat_age_s": (now - int(c[C.C_HEARTBEAT_NS])) / 1e9
+                    "heartbeat_age_s": _age_s(now_k, int(c[C.C_HEARTBEAT_NS]))
                     if c[C.C_HEARTBEAT_NS] else None,
                     "symbols": data.n_symbols(),
                     "trades": int(snap[T.TRADES]),
                     "quotes": int(snap[T.QUOTES]),
                     "next_seq": int(snap[S.COMMIT_NEXT_SEQ]),
                     "capacity": data.capacity,
-                    "rate": int(c[C.C_RATE]),
+                    "rate": rate or 0,
+                    "rate_known": rate is not None,
                     "restarts": int(c[C.C_RESTARTS]),
                     "last_exit": int(c[C.C_LAST_EXIT]),
                     "generation": int(data.hdr64[S.GENERATION_I64]),
@@ -67,6 +97,7 @@ def read_status(path: str, redis: bool = True) -> dict:
             shards.append(s)
             for key in ("symbols", "trades", "quotes", "rate"):
                 totals[key] += s[key]
+            totals["rate_known"] &= s["rate_known"]
             for name, v in rejects.items():
                 totals["rejects"][name] += v
         subscribers = read_subscribers(m.prefix, heads, now)
@@ -75,7 +106,7 @@ def read_status(path: str, redis: bool = True) -> dict:
         "running": True,
         "path": m.path,
         "supervisor_pid": m.supervisor_pid,
-        "uptime_s": (now - m.started_ns) / 1e9,
+        "uptime_s": _age_s(now, m.started_ns),
         "shards": shards,
         "totals": totals,
         "subscribers": subscribers,
@@ -172,6 +203,10 @@ def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> lis
     try:
         for slot in reg.live():
             i64, i32 = slot.i64, slot.i32
+            claimed_ns = int(i64[RL.CLAIMED_NS_I64])
+            heartbeat_ns = int(i64[RL.HEARTBEAT_NS_I64])
+            # the clock after the stamps, or a heartbeat just stamped is in the future
+            now = max(now, time.time_ns())
             lag_rows = 0
             lag_ns = 0
             nshards = min(int(i32[RL.NSHARDS_I32]), len(heads), RL.MAX_SHARDS)
@@ -192,8 +227,8 @@ def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> lis
                 "mode": RL.MODE_NAMES[mode] if 0 <= mode < len(RL.MODE_NAMES) else "?",
                 "idle": RL.IDLE_NAMES[idle] if 0 <= idle < len(RL.IDLE_NAMES) else "?",
                 "state": RL.STATE_NAMES[state] if 0 <= state < len(RL.STATE_NAMES) else "?",
-                "uptime_s": (now - int(i64[RL.CLAIMED_NS_I64])) / 1e9,
-                "heartbeat_age_s": (now - int(i64[RL.HEARTBEAT_NS_I64])) / 1e9,
+                "uptime_s": _age_s(now, claimed_ns),
+                "heartbeat_age_s": _age_s(now, heartbeat_ns),
                 "delivered": int(i64[RL.DELIVERED_I64]),
                 "items": int(i64[RL.ITEMS_I64]),
                 "lag_rows": lag_rows,

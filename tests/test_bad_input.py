@@ -101,6 +101,109 @@ def test_unknown_tables_columns_and_shapes(producer):
         wayy.attach(producer.path)["orders"]
 
 
+NOT_NUMBERS = ["abc", "1.5", "", b"1", True, False, np.True_, None, [1.0], {"x": 1}, 1 + 2j,
+               np.str_("2.0"), np.array("2.0")]
+
+
+@pytest.mark.parametrize("value", NOT_NUMBERS, ids=repr)
+def test_publish_refuses_values_that_are_not_numbers(producer, value):
+    # each field twice: the first call of a (symbol, venue) takes the general path, later
+    # ones the compiled fast path, and neither may convert "1.5" or True to a float
+    producer.publish("trades", symbol="NUM", price=1.0, size=1.0)
+    producer.publish("quotes", symbol="NUM", bid=1.0, ask=2.0, bid_size=1, ask_size=1)
+    trade = {"symbol": "NUM", "price": 1.0, "size": 1.0}
+    quote = {"symbol": "NUM", "bid": 1.0, "ask": 2.0, "bid_size": 1, "ask_size": 1}
+    for table, row in (("trades", trade), ("quotes", quote)):
+        for field in row:
+            if field == "symbol":
+                continue
+            for _ in range(2):
+                with pytest.raises(wayy.InvalidTick, match=f"{field} must be a number") as ei:
+                    producer.publish(table, **{**row, field: value})
+                assert ei.value.reason == ("size" if "size" in field else "price")
+                assert "\n" not in str(ei.value)
+
+
+def test_publish_refuses_an_int_beyond_float64(producer):
+    for _ in range(2):
+        with pytest.raises(wayy.InvalidTick, match="price is an int beyond the float64 range") as ei:
+            producer.publish("trades", symbol="NUM", price=10**400, size=1.0)
+        assert ei.value.reason == "price"
+
+
+def test_publish_accepts_numbers_of_any_numeric_type(producer):
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for value in (2, 2.5, np.float32(2.5), np.int64(2), np.uint8(2), np.float16(2.5),
+                  np.array(2.5), Decimal("2.5"), Fraction(5, 2)):
+        for _ in range(2):
+            producer.publish("trades", symbol="NUM2", price=value, size=value)
+            producer.publish("quotes", symbol="NUM2", bid=value, ask=value, bid_size=value,
+                             ask_size=value)
+
+
+@pytest.mark.parametrize("column", [np.array(["1.5"]), np.array([True]), np.array([1.5], object),
+                                    ["1.5"], [True], [1.5, None], [b"1"]], ids=repr)
+def test_publish_batch_refuses_columns_that_are_not_numbers(producer, column):
+    trade = {"symbol": ["NUM"], "price": [1.0], "size": [1.0]}
+    quote = {"symbol": ["NUM"], "bid": [1.0], "ask": [2.0], "bid_size": [1], "ask_size": [1]}
+    for table, cols in (("trades", trade), ("quotes", quote)):
+        for field in cols:
+            if field == "symbol":
+                continue
+            bad = {**cols, field: column}
+            if len(column) != 1:
+                bad = {c: (v * len(column) if c != field else v) for c, v in bad.items()}
+            with pytest.raises(wayy.InvalidTick, match=f"column {field} must be numeric"):
+                producer.publish_batch(table, bad)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_batch_cut_off_by_backpressure_says_which_rows_were_accepted(db_factory, shards):
+    # the writer of the last shard is stopped (SIGSTOP), so its ring fills part way through
+    # a batch of many records; a retry of exactly pending_rows stores every row once
+    import signal
+
+    d = db_factory("--shards", str(shards), "--feed", "none", "--capacity", "262144",
+                   "--ring-bytes", str(2**20))
+    stopped = shards - 1
+    syms = [s for s in (f"CUT{i}" for i in range(100)) if wayy.shard_of(s, shards) == stopped][:3]
+    others = [s for s in (f"CUT{i}" for i in range(100))
+              if wayy.shard_of(s, shards) != stopped][:3]
+    n = 40_000
+    rng = np.random.default_rng(5)
+    symbol = np.array(syms + others if shards > 1 else syms, dtype="U16")[
+        rng.integers(0, 6 if shards > 1 else 3, n)]
+    cols = {"symbol": symbol, "price": 1.0 + np.arange(n, dtype=np.float64),
+            "size": np.ones(n), "ts": np.full(n, T0, np.int64)}
+    p = wayy.Producer(d.path, timeout=0.3)
+    assert p.max_batch_rows("trades") < n // 4  # several records, more than the ring holds
+    pid = d.status()["shards"][stopped]["writer_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(wayy.Backpressure) as ei:
+            p.publish_batch("trades", cols)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    exc = ei.value
+    assert 0 < exc.accepted < n
+    assert f"{exc.accepted} of {n} rows were accepted before" in str(exc)
+    assert "\n" not in str(exc)
+    pending = exc.pending_rows
+    assert pending.dtype == np.int64 and len(pending) == n - exc.accepted
+    assert np.all(np.diff(pending) > 0)
+    db = wayy.attach(d.path)
+    wait_for(lambda: len(db["trades"]) == exc.accepted, what="accepted rows committed")
+    got = np.sort(db["trades"].between()["price"])
+    np.testing.assert_array_equal(got, np.delete(cols["price"], pending))
+    assert p.publish_batch("trades", {c: v[pending] for c, v in cols.items()}) == len(pending)
+    wait_for(lambda: len(db["trades"]) == n, what="every row once")
+    np.testing.assert_array_equal(np.sort(db["trades"].between()["price"]), cols["price"])
+    p.close()
+    db.close()
+
+
 def test_writer_rejects_what_bypasses_the_producer(shared_db):
     """Raw records straight onto the ring: each bad row is counted by reason, good ones land."""
     prefix = db_prefix(shared_db.path)
@@ -148,7 +251,8 @@ def test_writer_rejects_what_bypasses_the_producer(shared_db):
 
 
 def test_full_table_rejects_whole_batches_and_never_overwrites(db_factory):
-    db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
+    db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048",
+                        "--roll-fill", "0")  # a full table, not a roll to history
     p = wayy.Producer(db_run.path)
 
     def batch(lo: int, n: int) -> None:

@@ -10,11 +10,20 @@ visible all at once per shard; a batch larger than one inbound record
 (``Producer.max_batch_rows(table)``) is written as several consecutive atomic batches.
 The producer checks every row before writing and raises InvalidTick / InvalidName naming the
 row and the reason; the writer checks again (it trusts no producer) and counts rejects.
+Value columns must be numbers: a string ("1.5"), a bool or an object is refused, never
+converted. ``ts`` must lie between 1990-01-01T00:00:00Z and one day past the producer's clock
+(both inclusive).
+
+Backpressure / WriterUnavailable from ``publish_batch`` carry ``accepted`` (rows already
+written, visible to readers once committed) and ``pending_rows`` (indices of the rows that
+were not): a batch split over several records or shards can be cut off part way, and a
+retry must resend only the pending rows or the accepted ones are stored twice.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Mapping
@@ -101,6 +110,30 @@ _EMPTY_ROWS = np.empty(0, np.int64)  # a compile-time constant inside _check_and
 _MISSING = object()  # publish(): a field that was not given
 _FIELDS = ("symbol", "price", "size", "bid", "ask", "bid_size", "ask_size")
 _NO_VENUE = ""  # the default venue (CPython has one empty str, so `is` is exact)
+# Values the per-tick fast path hands straight to its compiled entry point. The entry point
+# converts its float arguments with float() semantics, which also takes "1.5", b"1" and True:
+# anything else goes the general path, which refuses those.
+_PLAIN_NUMBERS = frozenset((float, int, np.float64, np.float32, np.int64, np.int32,
+                            np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8))
+_REASON = {"price": "price", "bid": "price", "ask": "price", "size": "size",
+           "bid_size": "size", "ask_size": "size"}
+
+
+def _number(value, name: str, what: str) -> float:
+    """``value`` of field ``name`` as a float; InvalidTick for anything but a number."""
+    dtype = getattr(value, "dtype", None)
+    if type(value) in _PLAIN_NUMBERS or (dtype.kind in "iuf" if isinstance(dtype, np.dtype)
+                                         else isinstance(value, numbers.Number)
+                                         and not isinstance(value, bool)):
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidTick(f"{what}: {name} is an int beyond the float64 range",
+                              reason=_REASON.get(name, name)) from None
+        except (TypeError, ValueError):  # complex, or a Number float() does not take
+            pass
+    raise InvalidTick(f"{what}: {name} must be a number, got {type(value).__name__} "
+                      f"{value!r:.40}", reason=_REASON.get(name, name))
 
 
 def table_id(table: str) -> int:
@@ -121,6 +154,20 @@ def _reason_text(reason: int, table: int) -> str:
         T.REJECT_TS: "ts must be int nanoseconds since the epoch, after 1990 and at most a "
                      "day in the future",
     }.get(reason, T.REJECT_NAMES[reason])
+
+
+def _cut_off(exc: Backpressure | WriterUnavailable, table: str, accepted: int, n: int,
+             order: np.ndarray | None) -> Backpressure | WriterUnavailable:
+    """The exception of the same class for a batch of ``n`` rows cut off after ``accepted``
+    of them; ``order``: the order the rows were written in (None: as given)."""
+    pending = (np.arange(accepted, n, dtype=np.int64) if order is None
+               else np.sort(order[accepted:]).astype(np.int64))
+    out = type(exc)(f"{table}: {accepted} of {n} rows were accepted before {exc}; resend only "
+                    f"the other {n - accepted} (the exception's pending_rows)",
+                    shard=exc.shard, seq=exc.seq, path=exc.path)
+    out.accepted = accepted
+    out.pending_rows = pending
+    return out
 
 
 class Producer:
@@ -156,6 +203,11 @@ class Producer:
                 ts=None, **fields) -> None:
         """Publish one tick: ``publish("trades", symbol=, price=, size=, venue="", ts=now)``
         or ``publish("quotes", symbol=, bid=, ask=, bid_size=, ask_size=, venue="", ts=now)``.
+
+        Values are numbers (int, float, numpy numbers); a str such as "1.5", a bool or None
+        raises InvalidTick naming the field. ``ts`` is int nanoseconds since the epoch,
+        from 1990-01-01T00:00:00Z to one day past now (both inclusive). Backpressure /
+        WriterUnavailable (after ``timeout``) mean the tick was not written.
         """
         # Fast path: a (symbol, venue) seen before, plain values, nothing extra: one checked
         # kernel call (it reads the clock for ts = now itself, and checks the values).
@@ -165,7 +217,10 @@ class Producer:
             if (not fields and bid is _MISSING and ask is _MISSING and bid_size is _MISSING
                     and ask_size is _MISSING):
                 route = self._fast_trades.get((symbol, venue))
-                if route is not None:
+                # `is float` first: the common case skips the set lookup
+                if (route is not None
+                        and (type(price) is float or type(price) in _PLAIN_NUMBERS)
+                        and (type(size) is float or type(size) in _PLAIN_NUMBERS)):
                     t = 0 if ts is None else (ts if type(ts) is int and ts > 0 else -1)
                     if t >= 0:
                         entry, hdr64, data8, key, k = route
@@ -181,7 +236,11 @@ class Producer:
         elif table == "quotes":
             if not fields and price is _MISSING and size is _MISSING:
                 route = self._fast_quotes.get((symbol, venue))
-                if route is not None:
+                if (route is not None
+                        and (type(bid) is float or type(bid) in _PLAIN_NUMBERS)
+                        and (type(ask) is float or type(ask) in _PLAIN_NUMBERS)
+                        and (type(bid_size) is float or type(bid_size) in _PLAIN_NUMBERS)
+                        and (type(ask_size) is float or type(ask_size) in _PLAIN_NUMBERS)):
                     t = 0 if ts is None else (ts if type(ts) is int and ts > 0 else -1)
                     if t >= 0:
                         entry, hdr64, data8, key, k = route
@@ -254,8 +313,8 @@ class Producer:
         route = (self._routes.get((symbol, venue, L.TYPE_TRADES))
                  or self._route(symbol, venue, L.TYPE_TRADES))
         ts = time.time_ns() if ts is None else self._ts(ts)
-        price = float(price)
-        size = float(size)
+        price = _number(price, "price", f"trade {symbol}")
+        size = _number(size, "size", f"trade {symbol}")
         if not (0.0 < price < math.inf):
             raise InvalidTick(f"trade {symbol}: price {price} must be finite and > 0",
                               reason="price")
@@ -269,7 +328,9 @@ class Producer:
         route = (self._routes.get((symbol, venue, L.TYPE_QUOTES))
                  or self._route(symbol, venue, L.TYPE_QUOTES))
         ts = time.time_ns() if ts is None else self._ts(ts)
-        bid, ask, bs, az = float(bid), float(ask), float(bid_size), float(ask_size)
+        what = f"quote {symbol}"
+        bid, ask = _number(bid, "bid", what), _number(ask, "ask", what)
+        bs, az = _number(bid_size, "bid_size", what), _number(ask_size, "ask_size", what)
         if not (0.0 < bid < math.inf and 0.0 < ask < math.inf):
             raise InvalidTick(f"quote {symbol}: bid {bid} / ask {ask} must be finite and > 0",
                               reason="price")
@@ -306,7 +367,18 @@ class Producer:
         """Publish equal-length columns (dict of arrays); returns the number of rows.
 
         Columns: ``symbol`` and the table's value columns are required; ``venue`` defaults
-        to "" and ``ts`` to now. ``ts`` is int64 nanoseconds (or datetime64).
+        to "" and ``ts`` to now. ``ts`` is int64 nanoseconds (or datetime64). Value columns
+        must have a numeric dtype (strings, bools and objects raise InvalidTick).
+
+        Every row is checked before anything is written. A batch larger than
+        ``max_batch_rows(table)``, or spanning several shards, is written as several
+        records; when Backpressure or WriterUnavailable cuts it off part way, the rows
+        written so far stay written. The exception says how many ("N of M rows were
+        accepted before ...") and carries ``accepted`` (that count) and ``pending_rows``
+        (int64 indices into the batch, ascending, of the rows not written). A retry must
+        send only those rows (index each column array with ``exc.pending_rows``), or the
+        accepted rows are stored twice. ``accepted`` is 0 (nothing was written) when the
+        batch fits one record of one shard.
         """
         t = T.TABLE_IDS.get(table) if type(table) is str else None
         if t is None:
@@ -351,7 +423,10 @@ class Producer:
             if code >= 0:
                 return n
             if code != inbound.INVALID:
-                self._retry_batch(code, args)
+                try:
+                    self._retry_batch(code, args)
+                except (Backpressure, WriterUnavailable) as exc:
+                    raise _cut_off(exc, table, 0, n, None) from None
                 return n
         row, reason = _first_bad_row(t, ts, vals[0], vals[1], vals[2], vals[3], nvals, n,
                                      time.time_ns())
@@ -359,7 +434,10 @@ class Producer:
             raise InvalidTick(f"{table} row {row}: {_reason_text(reason, t)}", row=int(row),
                               reason=T.REJECT_NAMES[reason])
         if self.nshards == 1:
-            self._write_rows(0, rtype, _NO_ROWS, n, ts, sym8, ven8, vals, nvals)
+            try:
+                self._write_rows(0, rtype, _NO_ROWS, n, ts, sym8, ven8, vals, nvals)
+            except (Backpressure, WriterUnavailable) as exc:
+                raise _cut_off(exc, table, exc.accepted, n, None) from None
             return n
         shards = np.empty(n, np.int64)
         shard_of_names(sym8, n, self.nshards, shards)
@@ -368,7 +446,12 @@ class Producer:
         for k in range(self.nshards):
             lo, hi = int(bounds[k]), int(bounds[k + 1])
             if hi > lo:
-                self._write_rows(k, rtype, order[lo:hi], hi - lo, ts, sym8, ven8, vals, nvals)
+                try:
+                    self._write_rows(k, rtype, order[lo:hi], hi - lo, ts, sym8, ven8, vals,
+                                     nvals)
+                except (Backpressure, WriterUnavailable) as exc:
+                    # shards are written in order, each in order: what went in is a prefix
+                    raise _cut_off(exc, table, lo + exc.accepted, n, order) from None
         return n
 
     def _retry_batch(self, code: int, args: tuple) -> None:
@@ -380,6 +463,9 @@ class Producer:
         return (self._rings[0].max_record - L.REC_HEADER_BYTES) // row_bytes
 
     def _write_rows(self, k, rtype, rows, n, ts, sym8, ven8, vals, nvals) -> None:
+        """Write ``n`` rows to shard ``k`` in records of at most ``max_record`` bytes, in
+        order. Backpressure / WriterUnavailable get ``accepted``: the rows of this call that
+        were written before it."""
         ring = self._rings[k]
         per = (ring.max_record - L.REC_HEADER_BYTES) // (40 + 8 * nvals)
         if rows.shape[0] == 0 and n > per:
@@ -395,7 +481,11 @@ class Producer:
 
             r = attempt()
             if r < 0:
-                self._wait_and_retry(k, attempt, r)
+                try:
+                    self._wait_and_retry(k, attempt, r)
+                except (Backpressure, WriterUnavailable) as exc:
+                    exc.accepted = lo
+                    raise
 
     @staticmethod
     def _float_column(values, name: str) -> np.ndarray:
@@ -432,13 +522,17 @@ class Producer:
             if time.monotonic() >= deadline:
                 if code == inbound.NOT_ACCEPTING:
                     _ok, why = self._rings[k].accepting()
-                    raise WriterUnavailable(
+                    exc = WriterUnavailable(
                         f"shard {k} does not accept ticks ({why or 'writer not running'}) "
                         f"after waiting {self.timeout:g}s", shard=k, path=self.path)
-                raise Backpressure(
-                    f"shard {k} inbound ring stayed full for {self.timeout:g}s: its writer is "
-                    f"not keeping up or not running (see: wayy status --db {self.path})",
-                    shard=k, path=self.path)
+                else:
+                    exc = Backpressure(
+                        f"shard {k} inbound ring stayed full for {self.timeout:g}s: its writer "
+                        f"is not keeping up or not running (see: wayy status --db "
+                        f"{self.path})", shard=k, path=self.path)
+                exc.accepted = 0  # publish: the tick was not written
+                exc.pending_rows = None
+                raise exc
             time.sleep(delay)
             # the writer frees a full ring within microseconds of catching up: poll at a
             # fine grain rather than back off to milliseconds of idle producer

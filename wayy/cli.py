@@ -363,11 +363,11 @@ def format_status(st: dict) -> str:
         rej = ", ".join(f"{k}={v}" for k, v in s["rejects"].items() if v) or "-"
         lines.append(f"{s['shard']:>5} {s['state']:<10} {s['writer_pid']:>7} "
                      f"{_dur(s['writer_uptime_s']):>9} {s['symbols']:>8} {s['trades']:>12,} "
-                     f"{s['quotes']:>12,} {s['rate']:>9,}  {rej}")
+                     f"{s['quotes']:>12,} {_rate_text(s):>9}  {rej}")
     t = st["totals"]
     rej = ", ".join(f"{k}={v}" for k, v in t["rejects"].items() if v) or "-"
     lines.append(f"{'total':>5} {'':<10} {'':>7} {'':>9} {t['symbols']:>8} {t['trades']:>12,} "
-                 f"{t['quotes']:>12,} {t['rate']:>9,}  {rej}")
+                 f"{t['quotes']:>12,} {_rate_text(t):>9}  {rej}")
     subs = st.get("subscribers") or []
     lines.append(f"subscribers: {len(subs) or 'none'}")
     if subs:
@@ -566,6 +566,11 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         raise
     finally:
         sub.close()
+
+
+def _rate_text(row: dict) -> str:
+    """Rows/s for the status table; '?' right after a start or a roll (not known yet)."""
+    return f"{row['rate']:,}" if row.get("rate_known", True) else "?"
 
 
 def _dur(s: float) -> str:

@@ -155,6 +155,8 @@ class ShardWriter:
             # a batch that does not fit waits in the ring for the roll, never rejected
             st[ingest.S_HOLD_FULL] = 1
         self._full_seen = int(self.ctl.rejects[T.REJECT_FULL])
+        # rows loaded back from the WAL are not ingest: the first rate counts from here
+        self._rate_rows = int(st[ingest.S_TRADES] + st[ingest.S_QUOTES])
         # change records for local subscribers and the broker; a restarted writer continues
         # the same ring, so readers see one unbroken sequence of records
         self.changes = ChangeRingWriter.attach(segment_name(self.prefix, self.shard, "changes"))
@@ -365,6 +367,7 @@ class ShardWriter:
             return None
         self._day = today
         self._full_seen = int(self.ctl.rejects[T.REJECT_FULL])
+        self._rate_rows = 0  # the rate counts rows since its last look: the roll reset them
         c = self.ctl.counters
         c[C.C_ROWS_TRADES] = self.state[ingest.S_TRADES]
         c[C.C_ROWS_QUOTES] = self.state[ingest.S_QUOTES]

@@ -276,6 +276,31 @@ def test_a_handle_of_an_earlier_run_says_so(db_factory):
         assert len(db["trades"]) == sent
 
 
+def test_flush_returns_once_what_was_published_is_committed(db_factory):
+    d = db_factory("--shards", "2", "--feed", "none")
+    p = wayy.Producer(d.path)
+    db = wayy.attach(d.path)
+    sent = publish_mixed(d.path, 3)  # another producer's rows: flush covers the whole ring
+    p.publish_batch("trades", {"ts": T0 + np.arange(5000), "symbol": SYMS[np.arange(5000) % 40],
+                               "price": np.arange(1.0, 5001.0), "size": np.ones(5000)})
+    p.flush()
+    assert len(db["trades"]) == sent + 5000  # committed: no waiting after flush
+    # a stopped writer: flush says so at its timeout, and succeeds once the writer goes on
+    wpid = d.status()["shards"][0]["writer_pid"]
+    os.kill(wpid, signal.SIGSTOP)
+    try:
+        k0 = [s for s in SYMS if wayy.shard_of(str(s), 2) == 0][0]
+        p.publish("trades", symbol=str(k0), price=1.0, size=1.0)
+        with pytest.raises(wayy.WriterUnavailable, match="has not committed"):
+            p.flush(timeout=0.3)
+    finally:
+        os.kill(wpid, signal.SIGCONT)
+    p.flush()
+    assert len(db["trades"]) == sent + 5001
+    db.close()
+    p.close()
+
+
 def _can_mount() -> bool:
     probe = "/tmp/wayy-mount-probe"
     os.makedirs(probe, exist_ok=True)

@@ -541,6 +541,35 @@ class Producer:
             if code >= 0:
                 return
 
+    # --- acknowledgement -----------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every tick published before this call is committed: written to the
+        shard's write-ahead log and visible to queries and subscribers. ``publish`` returns
+        once a tick is in the shard's inbound ring; a tick still there is lost if the whole
+        database is killed, a committed one is not (docs/durability.md).
+
+        Raises WriterUnavailable when ``timeout`` (default: the producer's) passes first
+        (e.g. a writer stopped, or its disk full).
+        """
+        limit = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + limit
+        # what was claimed in each ring so far (this producer's ticks and maybe others'):
+        # committed once the writer has released the ring up to there
+        targets = [(k, ring, int(ring.hdr64[L.TAIL_I64])) for k, ring in enumerate(self._rings)]
+        delay = 20e-6
+        for k, ring, target in targets:
+            while int(ring.hdr64[L.HEAD_I64]) < target:
+                if time.monotonic() >= deadline:
+                    # a writer restarting after a crash drains the ring again: only a
+                    # writer that is still not taking ticks at the deadline is named
+                    ok, why = ring.accepting()
+                    state = "" if ok else f" (its writer: {why or 'not running'})"
+                    raise WriterUnavailable(f"shard {k} has not committed what was published "
+                                            f"after {limit:g}s{state}; see: wayy status "
+                                            f"--db {self.path}", shard=k, path=self.path)
+                time.sleep(delay)
+                delay = min(delay * 2, 1e-3)
+
     def close(self) -> None:
         """Unmap the inbound rings."""
         for ring in self._rings:

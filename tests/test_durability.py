@@ -263,9 +263,13 @@ def test_a_handle_of_an_earlier_run_says_so(db_factory):
     d = db_factory("--shards", "1", "--feed", "none")
     sent = publish_mixed(d.path, 3)
     old = wayy.attach(d.path)
+    old_producer = wayy.Producer(d.path, timeout=0.3)
     wait_for(lambda: len(old["trades"]) == sent, what="trades committed")
     d.stop()
     d2 = db_factory("--shards", "1", "--feed", "none")
+    with pytest.raises(wayy.WriterUnavailable, match="create a new Producer"):
+        old_producer.publish("trades", symbol="S01", price=1.0, size=1.0)
+    old_producer.close()
     time.sleep(0.6)  # handles look at most every 0.5 s
     for query in (lambda: len(old["trades"]), lambda: old["trades"].tail(3),
                   lambda: old["quotes"].between()):

@@ -40,6 +40,7 @@ from wayy.errors import (
     Backpressure,
     InvalidTick,
     UnknownTable,
+    WayyError,
     WriterUnavailable,
     translate,
 )
@@ -522,9 +523,15 @@ class Producer:
             if time.monotonic() >= deadline:
                 if code == inbound.NOT_ACCEPTING:
                     _ok, why = self._rings[k].accepting()
-                    exc = WriterUnavailable(
-                        f"shard {k} does not accept ticks ({why or 'writer not running'}) "
-                        f"after waiting {self.timeout:g}s", shard=k, path=self.path)
+                    if self._restarted():
+                        exc = WriterUnavailable(
+                            f"the database at {self.path} was stopped and started again "
+                            f"since this Producer attached; create a new Producer",
+                            shard=k, path=self.path)
+                    else:
+                        exc = WriterUnavailable(
+                            f"shard {k} does not accept ticks ({why or 'writer not running'}) "
+                            f"after waiting {self.timeout:g}s", shard=k, path=self.path)
                 else:
                     exc = Backpressure(
                         f"shard {k} inbound ring stayed full for {self.timeout:g}s: its writer "
@@ -540,6 +547,14 @@ class Producer:
             code = attempt()
             if code >= 0:
                 return
+
+    def _restarted(self) -> bool:
+        """Whether a newer run of the database than the one attached is up (its rings are
+        new shared memory: this Producer's would never be drained again)."""
+        try:
+            return read_manifest(self.path).started_ns != self.manifest.started_ns
+        except WayyError:
+            return False
 
     # --- acknowledgement -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:

@@ -202,10 +202,10 @@ class ShardWriter:
                                     or st[ingest.S_QUOTES] >= self._fill_rows
                                     or self.ctl.rejects[T.REJECT_FULL] != self._full_seen):
                 self._fill_due = True
-        if st[ingest.S_FULL_HELD]:
-            self._fill_due = True
         elif self._pending is not None:
             self._finish_pending()
+        if st[ingest.S_FULL_HELD]:
+            self._fill_due = True
         if st[ingest.S_STALL_POS] >= 0 and consumed == 0:
             self._check_stall(int(st[ingest.S_STALL_POS]))
         else:

@@ -17,10 +17,8 @@ two cores; --with-broker adds it), and its peer in the same run.
                wake-up); ``writer_to_cb`` = the rest (drain, WAL, commit, publish, the
                subscriber's wake-up and its Python up to the callback).
                Run for each WAL setting (--wal on,off: the default fsync=interval, and
-               --no-wal) and each writer idle policy (--writer-idle): ``as-is`` is
-               workers/writer.py unchanged; ``adaptive``, ``poll`` and ``spin:US`` patch it
-               in the database's launcher process (before the writers fork) -- proposals
-               measured here before they are applied to the writer (_patch_writer_idle).
+               --no-wal) and each writer poll window (--writer-poll-us, passed to `wayy
+               start --writer-poll-us`: 250 is the default, 0 sleeps at once).
                All databases run at once and every configuration runs once per round,
                --rounds times, in alternating order; the figures are medians over rounds
                (a shared machine's background load then falls on every configuration).
@@ -45,7 +43,7 @@ two cores; --with-broker adds it), and its peer in the same run.
                threads), which machine noise and the subscribers' CPU do not move.
 
     PYTHONPATH=. python benchmarks/bench_subscribe.py [--seconds 2] [--rounds 3] [--quick]
-        [--wal on,off] [--writer-idle as-is,adaptive] [--phases latency,zmq,hop,ring,...]
+        [--wal on,off] [--writer-poll-us 250,0] [--phases latency,zmq,hop,ring,...]
 """
 
 from __future__ import annotations
@@ -60,7 +58,6 @@ import platform
 import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,12 +68,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import wayy  # noqa: E402
-from benchmarks._db import REPO, load_average, running_db, wait_rows  # noqa: E402
+from benchmarks._db import load_average, running_db, wait_rows  # noqa: E402
 from shm import change_ring as CR  # noqa: E402
 from shm import ingest  # noqa: E402
 from shm import subscribers as K  # noqa: E402
-from shm.atomics import clock_monotonic_ns, cpu_relax, load_acquire  # noqa: E402
-from shm.layout import inbound as IL  # noqa: E402
+from shm.atomics import clock_monotonic_ns, cpu_relax  # noqa: E402
 from shm.layout import shard as S  # noqa: E402
 
 FORK = mp.get_context("fork")
@@ -105,108 +101,15 @@ def _pct(a: np.ndarray) -> dict:
 
 # --- the database, with a writer idle policy -----------------------------------------------------
 
-# The writer idle policy proposed for workers/writer.py (and a kernel for shm/inbound.py),
-# measured here by patching the class in the launcher process before `wayy start` forks the
-# writers. It wraps the writer's own idle (so whatever else that method does -- rate,
-# heartbeat, rolls -- still runs on every busy pass) and changes two things:
-#  1. the writer polls for new input inside a kernel (_writer_poll: a cached read of the
-#     inbound tail every ~50 ns, the GIL released) instead of going round its Python loop:
-#     it sees a commit ~0.1 us after it lands, and its WAL fsync thread gets the GIL at once
-#     (a writer polling in Python holds it; measured, that costs the WAL path more than the
-#     poll saves);
-#  2. when ticks have been arriving faster than every ADAPTIVE_MAX_S / 2 on average, it polls
-#     up to ADAPTIVE_MAX_S after its last work instead of ADAPTIVE_BASE_S (IDLE_SPIN_S). At
-#     10k ticks/s it then never sleeps, so a producer pays no futex wake and a tick no writer
-#     wake-up; below 8k ticks/s it sleeps as before (no CPU burnt for ticks that come seldom).
-# It polls without sched_yield on purpose: measured on this shared 2-core machine, a yield
-# hands the core to a background task for its whole time slice (milliseconds) and the writer
-# then misses the tick it was polling for -- worse than sleeping on the futex.
-ADAPTIVE_BASE_S = 50e-6
-ADAPTIVE_MAX_S = 250e-6
-ADAPTIVE_EWMA = 0.125  # weight of the newest gap: an average over the last ~8
-
-
-@numba.njit(nogil=True)
-def _writer_poll(hdr64, pos, max_ns):
-    """Poll the inbound ring's tail until it passes ``pos`` (1) or ``max_ns`` passes (0)."""
-    deadline = clock_monotonic_ns() + max_ns
-    while True:
-        for _ in range(64):
-            if load_acquire(hdr64, IL.TAIL_I64) > pos:
-                return 1
-            cpu_relax()
-        if clock_monotonic_ns() >= deadline:
-            return 0
-
-
-def _patch_writer_idle(policy: str) -> None:
-    """Install ``policy`` in workers.writer, in this process: as-is; adaptive (the proposal
-    above); poll (1. alone: the kernel poll, over IDLE_SPIN_S only); spin:US (the writer's
-    own Python poll, IDLE_SPIN_S = US)."""
-    if policy == "as-is":
-        return
-    import workers.writer as W
-
-    if policy.startswith("spin:"):
-        W.IDLE_SPIN_S = float(policy[5:]) * 1e-6
-        return
-    if policy not in ("adaptive", "poll"):
-        raise SystemExit(f"unknown writer idle policy {policy!r}")
-    longest = ADAPTIVE_MAX_S if policy == "adaptive" else ADAPTIVE_BASE_S
-    orig = W.ShardWriter.idle
-    hdr = np.zeros(IL.DATA_OFFSET // 8, np.int64)
-    _writer_poll(hdr, 0, 0)  # compile here, before the writers fork
-    W.IDLE_SPIN_S = ADAPTIVE_BASE_S
-
-    def idle(self, work: int) -> None:
-        now = time.monotonic()
-        gap = getattr(self, "_gap", 1.0)
-        if work:
-            self._gap = gap + (min(now - self._last_work, 1.0) - gap) * ADAPTIVE_EWMA
-        elif self._stall_pos < 0:
-            window = longest if gap * 2 <= longest else ADAPTIVE_BASE_S
-            quiet = now - self._last_work
-            if quiet < window and _writer_poll(self.ring.hdr64,
-                                               int(self.state[ingest.S_IN_POS]),
-                                               int((window - quiet) * 1e9)):
-                return  # input is there: the next pass takes it
-        orig(self, work)  # no input within the window: the writer's own idle sleeps
-
-    W.ShardWriter.idle = idle
-
-
 @contextlib.contextmanager
-def database(*args: str, writer_idle: str = "as-is", broker: bool = False):
-    """Like benchmarks._db.running_db (--shards 1 --feed none --no-redis), started through
-    this file's launcher so ``writer_idle`` is in force in the forked writers."""
+def database(*args: str, poll_us: str = "250", broker: bool = False):
+    """benchmarks._db.running_db (--shards 1 --feed none, --no-redis unless ``broker``) with
+    the writers' poll window ``poll_us`` (`wayy start --writer-poll-us`)."""
     if not broker:
         args = ("--no-redis", *args)
-    if writer_idle == "as-is":
-        with running_db("--shards", "1", "--feed", "none", *args) as path:
-            yield path
-        return
-    tmp = tempfile.mkdtemp(prefix="wayy-bench-")
-    path = os.path.join(tmp, "db")
-    cmd = [sys.executable, os.path.abspath(__file__), "--launch", writer_idle, "start", "--db",
-           path, "--detach", "--shards", "1", "--feed", "none", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if r.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"wayy start failed: {r.stderr.strip()}")
-    try:
+    with running_db("--shards", "1", "--feed", "none", "--writer-poll-us", poll_us,
+                    *args) as path:
         yield path
-    finally:
-        subprocess.run([sys.executable, "-m", "wayy.cli", "stop", "--db", path],
-                       capture_output=True, cwd=REPO)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _launch(argv: list[str]) -> None:
-    """``bench_subscribe.py --launch POLICY start ...``: wayy's CLI with a writer policy."""
-    _patch_writer_idle(argv[0])
-    from wayy.cli import main as cli
-
-    cli(args=argv[1:], prog_name="wayy")
 
 
 # --- latency: wayy ---------------------------------------------------------------------------
@@ -749,8 +652,8 @@ def latency_rounds(args, phases: set, wals: list, idles: list, subs: list,
     load that comes and goes on a shared machine falls on all of them alike."""
     keys = []
     if "latency" in phases:
-        keys += [(f"wal_{w}/writer_{p}", f"wayy_{i}_{r // 1000}k_{n}sub", r, n, i)
-                 for w in wals for p in args.writer_idle.split(",")
+        keys += [(f"wal_{w}/poll_{p}us", f"wayy_{i}_{r // 1000}k_{n}sub", r, n, i)
+                 for w in wals for p in args.writer_poll_us.split(",")
                  for r in rates for n in subs for i in idles]
     if "zmq" in phases:
         keys += [("zmq", f"zmq_ipc_{r // 1000}k_{n}sub", r, n, None) for r in rates
@@ -764,10 +667,10 @@ def latency_rounds(args, phases: set, wals: list, idles: list, subs: list,
     with contextlib.ExitStack() as stack:
         paths = {}
         for cfg in sorted({k[0] for k in keys if k[0] != "zmq"}):
-            wal, policy = cfg[len("wal_"):].split("/writer_")
+            wal, poll = cfg[len("wal_"):-len("us")].split("/poll_")
             paths[cfg] = stack.enter_context(database(
                 "--capacity", str(capacity), "--roll-fill", "0", *WAL_ARGS[wal],
-                writer_idle=policy, broker=args.with_broker))
+                poll_us=poll, broker=args.with_broker))
         for rnd in range(args.rounds):
             for cfg, key, rate, nsubs, idle in (keys if rnd % 2 == 0 else keys[::-1]):
                 if cfg == "zmq":
@@ -788,9 +691,6 @@ def latency_rounds(args, phases: set, wals: list, idles: list, subs: list,
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--launch":
-        _launch(sys.argv[2:])
-        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="per latency configuration")
     ap.add_argument("--rows", type=int, default=2_000_000, help="throughput phase rows")
@@ -804,9 +704,9 @@ def main() -> None:
     ap.add_argument("--wal", default="on,off",
                     help="WAL settings to run the latency and writer phases with: on (the "
                          "default start, fsync interval), off (--no-wal)")
-    ap.add_argument("--writer-idle", default="as-is,adaptive",
-                    help="writer idle policies for the latency phase: as-is, adaptive, "
-                         "spin:US (see the module doc)")
+    ap.add_argument("--writer-poll-us", default="250,0",
+                    help="writer poll windows for the latency phase (`wayy start "
+                         "--writer-poll-us`; 250 is the default)")
     ap.add_argument("--idles", default=",".join(IDLES), help="subscriber idle strategies")
     ap.add_argument("--subs", default="1,3", help="subscriber counts for the latency phase")
     ap.add_argument("--with-broker", action="store_true",

@@ -26,7 +26,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from shm.atomics import (
+    clock_monotonic_ns,
     compare_exchange,
+    cpu_relax,
     fence_full,
     fetch_add,
     futex_wait,
@@ -311,6 +313,21 @@ def writer_wait(hdr64, hdr32, pos, timeout_ns):
     r = futex_wait(hdr32, L.WAKE_WORD_I32, word, timeout_ns)
     store_release(hdr32, L.WRITER_SLEEPING_I32, np.int32(0))
     return 1 if r == 0 else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def writer_poll(hdr64, pos, max_ns):
+    """Writer idle, first stage: poll the ring's tail until it passes ``pos`` (1) or
+    ``max_ns`` have passed (0). No system call but the clock, and the GIL released, so the
+    writer's WAL threads run meanwhile; a commit is seen ~0.1 us after it lands."""
+    deadline = clock_monotonic_ns() + max_ns
+    while True:
+        for _ in range(64):
+            if load_acquire(hdr64, L.TAIL_I64) > pos:
+                return 1
+            cpu_relax()
+        if clock_monotonic_ns() >= deadline:
+            return 0
 
 
 @numba.njit(cache=True, nogil=True)

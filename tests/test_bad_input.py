@@ -289,7 +289,9 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
 
     for args, text in [(["--shards", "0"], "--shards"), (["--capacity", "1000"], "capacity"),
                        (["--ring-bytes", "1000"], "power of two"),
-                       (["--feed", "bogus"], "feed")]:
+                       (["--feed", "bogus"], "feed"),
+                       (["--writer-poll-us", "-1"], "--writer-poll-us"),
+                       (["--writer-poll-us", "nan"], "--writer-poll-us")]:
         r = run_cli("start", "--db", str(tmp_path / "bad"), *args)
         assert r.returncode != 0 and text in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr

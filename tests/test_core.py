@@ -64,6 +64,38 @@ def test_quotes_batch_and_unknown_symbol(shared_db):
     db.close()
 
 
+
+def test_batch_of_one_shards_symbols_goes_to_that_shard(shared_db):
+    """publish_batch on a multi-shard database: a batch whose symbols all belong to one
+    shard (one record, the fast path), for each of the 4 shards, and one symbol repeated
+    with another of the same shard, all land where per-symbol queries look for them."""
+    from wayy.names import shard_of
+
+    p = wayy.Producer(shared_db.path)
+    db = wayy.attach(shared_db.path)
+    by_shard: dict[int, list[str]] = {}
+    i = 0
+    while min((len(v) for v in by_shard.values()), default=0) < 2 or len(by_shard) < 4:
+        name = f"OS.{i}"
+        by_shard.setdefault(shard_of(name, 4), []).append(name)
+        i += 1
+    n = 40
+    for k in range(4):
+        a, b = by_shard[k][:2]
+        syms = np.array([a] * (n // 2) + [b] * (n // 2))
+        p.publish_batch("trades", {"ts": T0 + np.arange(n), "symbol": syms,
+                                   "price": np.arange(n, dtype=float) + 100 * k + 1,
+                                   "size": np.ones(n)})
+    p.flush(10.0)
+    for k in range(4):
+        a, b = by_shard[k][:2]
+        ra = db["trades"].tail(100, symbol=a)
+        rb = db["trades"].tail(100, symbol=b)
+        np.testing.assert_array_equal(ra["price"], np.arange(n // 2) + 100.0 * k + 1)
+        np.testing.assert_array_equal(rb["price"], np.arange(n // 2, n) + 100.0 * k + 1)
+    p.close()
+    db.close()
+
 def test_tail_and_between_match_numpy_reference(shared_db):
     """Random ticks over 4 shards; every query equals a pure-numpy computation."""
     rng = np.random.default_rng(7)
@@ -280,3 +312,64 @@ def test_supervisor_sigkill_then_restart_reclaims_stale_segments(tmp_path):
     finally:
         for db_run in started:
             cleanup_db(db_run)
+
+
+def test_writer_poll_kernel_sees_a_commit_and_times_out():
+    """shm.inbound.writer_poll: 1 as soon as the tail passes pos (written by another thread
+    while the kernel polls without the GIL), 0 once its time is up."""
+    import threading
+
+    from shm import inbound
+    from shm.layout import inbound as L
+
+    hdr = np.zeros(L.DATA_OFFSET // 8, np.int64)
+    hdr[L.TAIL_I64] = 100
+    assert inbound.writer_poll(hdr, 99, 0) == 1  # already there
+    t0 = time.monotonic()
+    assert inbound.writer_poll(hdr, 100, 20_000_000) == 0  # 20 ms, nothing comes
+    assert time.monotonic() - t0 >= 0.019
+
+    def commit_later():
+        time.sleep(0.05)
+        hdr[L.TAIL_I64] = 164
+
+    t = threading.Thread(target=commit_later)
+    t.start()
+    t0 = time.monotonic()
+    got = inbound.writer_poll(hdr, 100, 5_000_000_000)  # would poll 5 s if nothing came
+    t.join()
+    assert got == 1 and time.monotonic() - t0 < 4.0
+
+
+@pytest.mark.parametrize("poll_us", ["0", "250"])
+def test_writer_poll_window_keeps_every_tick(db_factory, poll_us):
+    """Whether the writer sleeps at once (0) or polls after each batch (250, the default),
+    ticks that come one at a time, at any pace, are all committed in order; the window is
+    recorded in the manifest, and with 0 the writer sleeps between spaced-out ticks."""
+    from shm.layout import control as C
+    from shm.shard import Control
+    from wayy.manifest import read_manifest
+
+    db_run = db_factory("--shards", "1", "--feed", "none", "--writer-poll-us", poll_us)
+    assert read_manifest(db_run.path).writer_poll_us == float(poll_us)
+    m = read_manifest(db_run.path)
+    ctl = Control.attach(m.prefix, 0)
+    p = wayy.Producer(db_run.path)
+    db = wayy.attach(db_run.path)
+    try:
+        sleeps0 = int(ctl.counters[C.C_IDLE_LOOPS])
+        for i in range(300):  # bursts (gaps of microseconds) and pauses (of milliseconds)
+            p.publish("trades", symbol="POLL", price=float(i + 1), size=1.0, ts=T0 + i)
+            if i % 50 == 49:
+                time.sleep(0.02)
+        p.flush(10.0)
+        wait_for(lambda: len(db["trades"]) == 300, what="300 trades committed")
+        r = db["trades"].tail(300, symbol="POLL")
+        np.testing.assert_array_equal(r["price"], np.arange(1, 301, dtype=float))
+        assert np.all(np.diff(r["seq"]) > 0)
+        # 5 pauses of 20 ms: far longer than any poll window, so the writer slept
+        assert int(ctl.counters[C.C_IDLE_LOOPS]) - sleeps0 >= 5
+    finally:
+        p.close()
+        db.close()
+        ctl.close()

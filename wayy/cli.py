@@ -100,6 +100,12 @@ def main() -> None:
 @click.option("--history-days", type=int, default=None, show_default="keep everything",
               help="Delete history partitions older than this many days (checked at each "
                    "roll).")
+@click.option("--writer-poll-us", type=float, default=250.0, show_default=True,
+              help="While ticks arrive more often than every half this many microseconds, "
+                   "a writer keeps polling for the next one this long after each batch "
+                   "instead of sleeping (lowest latency, but about a core per busy shard); "
+                   "otherwise it polls 50 us, then sleeps until a producer wakes it. 0: "
+                   "sleep at once (least CPU).")
 @click.option("--redis", "redis_url", metavar="URL", default=None,
               help="Publish to this existing Redis (redis://[user[:password]@]host:port/db "
                    "or unix:///path.sock?db=N) instead of starting one. A password in "
@@ -137,7 +143,8 @@ def main() -> None:
 def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | None,
           max_symbols: int | None, feeds: tuple[str, ...], fsync: str,
           fsync_interval_ms: float, wal_compress: bool, no_wal: bool, roll_daily: bool, roll_fill: float,
-          history_days: int | None, redis_url: str | None, no_redis: bool,
+          history_days: int | None, writer_poll_us: float, redis_url: str | None,
+          no_redis: bool,
           redis_port: int, redis_bind: str, redis_pubsub_limit: str | None, brokers: int,
           wire: str | None, stream_retention: str | None, detach: bool,
           verbose: bool) -> None:
@@ -166,7 +173,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
                  feeds=specs, wal=not no_wal, fsync=fsync, wal_compress=wal_compress,
                  fsync_interval_ms=fsync_interval_ms, roll_daily=roll_daily,
                  roll_fill=roll_fill or None, history_days=history_days,
-                 no_redis=no_redis, redis_url=redis_url,
+                 writer_poll_us=writer_poll_us, no_redis=no_redis, redis_url=redis_url,
                  redis_port=redis_port, redis_bind=redis_bind,
                  redis_pubsub_limit=redis_pubsub_limit, brokers=brokers)
     if wire is not None:

@@ -64,6 +64,8 @@ class Manifest:
     roll_daily: bool = True
     roll_fill: float | None = 0.9
     history_days: int | None = None
+    # how long writers poll for input after a pass while ticks come often (workers/writer.py)
+    writer_poll_us: float = 250.0
     format_version: int = FORMAT_VERSION
 
     def write(self) -> None:

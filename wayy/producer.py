@@ -108,6 +108,24 @@ def _check_and_write(hdr64, hdr32, data8, data32, pid, rtype, n, ts, sym8, ven8,
 
 
 _EMPTY_ROWS = np.empty(0, np.int64)  # a compile-time constant inside _check_and_write
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_shard(sym8, n, nshards):
+    """The shard every one of the ``n`` 16-byte names in ``sym8`` maps to, or -1 when they
+    span several. A batch of one symbol (the common case) hashes one name."""
+    names64 = sym8[: n * 16].view(np.uint64)
+    first = np.empty(1, np.int64)
+    shard_of_names(sym8, 1, nshards, first)
+    k = first[0]
+    out = np.empty(1, np.int64)
+    for i in range(1, n):
+        if names64[2 * i] == names64[0] and names64[2 * i + 1] == names64[1]:
+            continue
+        shard_of_names(sym8[i * 16:], 1, nshards, out)
+        if out[0] != k:
+            return -1
+    return k
 _MISSING = object()  # publish(): a field that was not given
 _FIELDS = ("symbol", "price", "size", "bid", "ask", "bid_size", "ask_size")
 _NO_VENUE = ""  # the default venue (CPython has one empty str, so `is` is exact)
@@ -415,9 +433,10 @@ class Producer:
         ven8 = ven.view(np.uint8)
         ven8.flags.writeable = False
         rtype = L.TYPE_TRADES if t == T.TRADES else L.TYPE_QUOTES
-        if self.nshards == 1 and n <= self._per_record[0][nvals]:
+        k = 0 if self.nshards == 1 else _one_shard(sym8, n, self.nshards)
+        if k >= 0 and n <= self._per_record[k][nvals]:
             # the common case: one shard, one record -- check and write in one kernel call
-            ring = self._rings[0]
+            ring = self._rings[k]
             args = (ring.hdr64, ring.hdr32, ring.data8, ring.data32, self._pid, rtype, n, ts,
                     sym8, ven8, vals[0], vals[1], vals[2], vals[3], nvals)
             code = _check_and_write(*args, time.time_ns())
@@ -425,7 +444,7 @@ class Producer:
                 return n
             if code != inbound.INVALID:
                 try:
-                    self._retry_batch(code, args)
+                    self._retry_batch(k, code, args)
                 except (Backpressure, WriterUnavailable) as exc:
                     raise _cut_off(exc, table, 0, n, None) from None
                 return n
@@ -455,8 +474,8 @@ class Producer:
                     raise _cut_off(exc, table, lo + exc.accepted, n, order) from None
         return n
 
-    def _retry_batch(self, code: int, args: tuple) -> None:
-        self._wait_and_retry(0, lambda: _check_and_write(*args, time.time_ns()), code)
+    def _retry_batch(self, k: int, code: int, args: tuple) -> None:
+        self._wait_and_retry(k, lambda: _check_and_write(*args, time.time_ns()), code)
 
     def max_batch_rows(self, table: str) -> int:
         """Rows that fit one inbound record: the largest batch that is visible atomically."""

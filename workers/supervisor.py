@@ -76,6 +76,7 @@ class Config:
     roll_daily: bool = True  # roll each shard to history at the end of each UTC day
     roll_fill: float | None = 0.9  # ... and when a table reaches this fraction of capacity
     history_days: int | None = None  # history retention (None: keep everything)
+    writer_poll_us: float = 250.0  # writers poll this long after a pass while ticks come often
     # Redis fan-out. redis_url None: run the embedded redis-server (wayy/redis_server.py)
     no_redis: bool = False  # local only: no Redis, no broker
     redis_url: str | None = None  # an existing server instead of the embedded one
@@ -103,6 +104,9 @@ class Config:
             raise InvalidInput(f"--roll-fill must be in (0, 1], got {self.roll_fill:g}")
         if self.history_days is not None and self.history_days < 1:
             raise InvalidInput(f"--history-days must be at least 1, got {self.history_days}")
+        if not 0 <= self.writer_poll_us <= 100_000:
+            raise InvalidInput(f"--writer-poll-us must be between 0 and 100000, got "
+                               f"{self.writer_poll_us:g}")
         if not 0.1 <= self.fsync_interval_ms <= 60_000:
             raise InvalidInput(f"--fsync-interval-ms must be between 0.1 and 60000, got "
                                f"{self.fsync_interval_ms:g}")
@@ -247,7 +251,7 @@ class Supervisor:
                  wal=cfg.wal, fsync=cfg.fsync, fsync_interval_ms=cfg.fsync_interval_ms,
                  wal_compress=cfg.wal_compress,
                  roll_daily=cfg.roll_daily, roll_fill=cfg.roll_fill,
-                 history_days=cfg.history_days,
+                 history_days=cfg.history_days, writer_poll_us=cfg.writer_poll_us,
                  redis_url=self.redis_url, redis_credentials=self.redis_credentials,
                  redis_embedded=self.redis is not None,
                  brokers=self._n_brokers() if self.redis_url else 0, wire=cfg.wire,
@@ -349,7 +353,8 @@ class Supervisor:
                                  interval_ms=cfg.fsync_interval_ms,
                                  compress=cfg.wal_compress),
                        RollConfig(daily=cfg.roll_daily, fill=cfg.roll_fill,
-                                  keep_days=cfg.history_days))
+                                  keep_days=cfg.history_days),
+                       cfg.writer_poll_us)
 
         return target
 

@@ -41,7 +41,13 @@ log = logging.getLogger("wayy.writer")
 
 MAX_BATCHES_PER_PASS = 256
 MAX_BYTES_PER_PASS = 2**20  # small passes: a full ring gets room back (release) every ~1 ms
-IDLE_SPIN_S = 50e-6  # keep polling this long after the last work, then sleep on the futex
+# Idle (see ShardWriter.idle): after a pass the writer polls the ring's tail in a kernel for
+# IDLE_SPIN_S, or for up to the poll window (`wayy start --writer-poll-us`) while ticks have
+# been coming faster than every half window on average; then it sleeps on the futex.
+IDLE_SPIN_S = 50e-6
+DEFAULT_POLL_US = 250.0
+MAX_POLL_US = 100_000.0
+GAP_EWMA = 0.125  # weight of the newest gap between passes: an average over the last ~8
 IDLE_WAIT_NS = 100_000_000  # heartbeat resolution while idle
 STALL_DEAD_CHECK_S = 0.2  # a claim unfinished this long: is its producer alive?
 STALL_ZERO_HEADER_S = 5.0  # a claim with no header at all this long: pad over it
@@ -72,8 +78,14 @@ class ShardWriter:
     """Agent that owns shard ``shard`` of the database with segment prefix ``prefix``."""
 
     def __init__(self, prefix: str, shard: int, db_path: str | None = None,
-                 wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None) -> None:
+                 wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None,
+                 poll_us: float = DEFAULT_POLL_US) -> None:
         self.name = f"writer-{shard}"
+        # the idle poll windows, in ns: the short one after any pass, the long one while
+        # ticks come often (poll_us 0: sleep on the futex as soon as a pass finds nothing)
+        self._poll_long_ns = int(max(0.0, min(poll_us, MAX_POLL_US)) * 1000)
+        self._poll_short_ns = min(int(IDLE_SPIN_S * 1e9), self._poll_long_ns)
+        self._gap = 1.0  # average seconds between passes that found work
         self.prefix = prefix
         self.shard = shard
         self.db_path = db_path
@@ -336,12 +348,24 @@ class ShardWriter:
             self._rate_rows = rows
             self._rate_t = now
         if work:
+            self._gap += (min(now - self._last_work, 1.0) - self._gap) * GAP_EWMA
             self._last_work = now
             return
-        # Poll only briefly: on a small machine a polling writer takes the CPU its producers
-        # need. A sleeping writer costs a producer one futex wake per commit.
-        if now - self._last_work < IDLE_SPIN_S or self._stall_pos >= 0:
+        if self._stall_pos >= 0:
             return
+        # Poll, in a kernel without the GIL (the WAL threads run meanwhile), then sleep. The
+        # long window only while ticks come faster than every half window: then the writer
+        # never sleeps, so a producer pays no futex wake and a tick no writer wake-up; with
+        # ticks seldom it sleeps soon, leaving the CPU to producers and subscribers (on a
+        # small machine a polling writer takes the core they need). No sched_yield in the
+        # poll: a yield hands the core to a background task for its whole time slice.
+        window = (self._poll_long_ns if self._gap * 2e9 <= self._poll_long_ns
+                  else self._poll_short_ns)
+        quiet = int((now - self._last_work) * 1e9)
+        if quiet < window and inbound.writer_poll(self.ring.hdr64,
+                                                  int(self.state[ingest.S_IN_POS]),
+                                                  window - quiet):
+            return  # input is there: the next pass takes it
         self.ctl.counters[C.C_IDLE_LOOPS] += 1
         inbound.writer_wait(self.ring.hdr64, self.ring.hdr32, self.state[ingest.S_IN_POS],
                             IDLE_WAIT_NS)
@@ -564,6 +588,7 @@ def warm_up() -> None:
     ingest.pad_stalled(data8.view(np.int32), ring, 0)
     inbound.set_accepting(ring.view(np.int32), 0, 0)
     inbound.writer_wait(ring, ring.view(np.int32), 1 << 40, 0)
+    inbound.writer_poll(ring, 1 << 40, 0)
     # prefault kernels with nothing to do (no system call made)
     pf = np.zeros(ingest.P_WORDS, np.int64)
     cols = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
@@ -574,11 +599,13 @@ def warm_up() -> None:
 
 
 def run(prefix: str, shard: int, db_path: str | None = None,
-        wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None) -> None:
+        wal_cfg: WalConfig | None = None, roll_cfg: RollConfig | None = None,
+        poll_us: float = DEFAULT_POLL_US) -> None:
     """Run a shard writer in this process until SIGTERM/SIGINT (with a WAL in ``db_path``
     unless ``wal_cfg`` disables it; rolling to history per ``roll_cfg`` and when `wayy roll`
-    bumps the inbound ring's roll_requests word)."""
-    runner = Runner(ShardWriter(prefix, shard, db_path, wal_cfg, roll_cfg))
+    bumps the inbound ring's roll_requests word; polling for input up to ``poll_us`` after
+    a pass while ticks come often)."""
+    runner = Runner(ShardWriter(prefix, shard, db_path, wal_cfg, roll_cfg, poll_us))
     runner.install_signals()
     runner.run()
 
@@ -595,7 +622,8 @@ def main() -> None:
     run(m.prefix, args.shard, m.path,
         WalConfig(enabled=m.wal, fsync=m.fsync, interval_ms=m.fsync_interval_ms,
                   compress=m.wal_compress),
-        RollConfig(daily=m.roll_daily, fill=m.roll_fill, keep_days=m.history_days))
+        RollConfig(daily=m.roll_daily, fill=m.roll_fill, keep_days=m.history_days),
+        m.writer_poll_us)
 
 
 if __name__ == "__main__":

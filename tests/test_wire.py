@@ -767,3 +767,63 @@ def test_fuzz_mutations_raise_only_wire_error():
             encode_json(d)
         encode_binary(d)  # whatever decodes re-encodes
     assert refused > 1000 and ok > 50  # the mutations exercise both outcomes
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_group_encoder_gives_encode_binarys_bytes_for_every_symbol_and_venue(readonly):
+    """wire.GroupEncoder (the broker's one-call path) against encode_binary of the same
+    per-symbol WireBatches: one message per symbol (all its venues), then one per named
+    venue when a symbol's rows have several; byte-identical, compressed or not, for random
+    batches of both tables (NaN values, a lone symbol or venue, ts going backwards,
+    read-only columns as shared memory gives them), with buffers that have to grow."""
+    from wayy.names import to_name_array
+    from wayy.wire import G_MAIN, G_SYM, G_VENUE, GroupEncoder
+
+    rng = np.random.default_rng(7)
+    enc = GroupEncoder()
+    enc._out = np.empty(64, np.uint8)  # force the retry with bigger buffers
+    enc._groups = np.empty((1, enc._groups.shape[1]), np.int64)
+    syms = np.array(["AAPL", "MSFT", "X", "SIXTEEN.CHARS.AB"])
+    vens = np.array(["", "NYSE", "NASDAQ", "ARCA"])
+    sym8 = to_name_array(syms, "symbol", 4).view(np.uint8).copy()
+    ven8 = to_name_array(vens, "venue", 4).view(np.uint8).copy()
+    for trial in range(120):
+        table = ("trades", "quotes")[trial % 2]
+        n = int(rng.integers(1, 200))
+        ts = np.sort(rng.integers(1, 10**18, n)).astype(np.int64)
+        if trial % 5 == 0:
+            ts = ts[::-1].copy()
+        sid = rng.integers(0, 4 if trial % 3 else 1, n).astype(np.int32)
+        vid = (rng.integers(0, 4 if trial % 4 else 1, n) if trial % 7 else np.full(n, 2)
+               ).astype(np.int32)
+        seq = np.cumsum(rng.integers(1, 5, n)).astype(np.int64)
+        names = VALUE_COLUMNS[table]
+        vals = [np.round(rng.random(n) * 1000 + 1, int(rng.integers(0, 5))) for _ in names]
+        if trial % 11 == 0:
+            vals[0][0] = np.nan
+        if readonly:
+            for a in (ts, sid, vid, seq, *vals):
+                a.flags.writeable = False
+        compress = trial % 3 != 0
+        out, groups, count = enc.encode(table, 3, ts, sid, vid, seq, list(vals), sym8, ven8)
+        got = [(int(g[G_SYM]), int(g[G_VENUE]), int(g[G_MAIN]),
+                GroupEncoder.message(out, g, compress)) for g in groups[:count]]
+        want = []
+        order = np.argsort(sid, kind="stable")
+        for s in np.unique(sid):
+            rows = order[sid[order] == s]
+            u, inv = np.unique(vid[rows], return_inverse=True)
+            wb = WireBatch(table, 3, str(syms[s]), [str(vens[i]) for i in u],
+                           inv.astype(np.int32), ts[rows], seq[rows],
+                           {c: a[rows] for c, a in zip(names, vals)})
+            want.append((int(s), int(u[0]) if len(u) == 1 else -1, 1,
+                         encode_binary(wb, compress=compress)))
+            for v in (u if len(u) > 1 else []):
+                if not vens[v]:
+                    continue  # venue "": no channel of its own
+                r = rows[vid[rows] == v]
+                vb = WireBatch(table, 3, str(syms[s]), [str(vens[v])],
+                               np.zeros(len(r), np.int32), ts[r], seq[r],
+                               {c: a[r] for c, a in zip(names, vals)})
+                want.append((int(s), int(v), 0, encode_binary(vb, compress=compress)))
+        assert got == want, trial

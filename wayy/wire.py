@@ -458,6 +458,300 @@ def _encode_columns(ts, seq, venue, nv, v0, v1, v2, v3, k, out, info):
     return pos
 
 
+
+# -- kernels: a shard's rows as per-symbol messages (the broker's fast path) -------------------
+# One call encodes every symbol group of a batch of one table and one shard: rows split by
+# symbol (seq order kept), each group as one uncompressed binary message, and -- for a group
+# whose rows have several venues -- one message per named venue of it. The caller LZ4s bodies
+# (the header's flags byte and the body are replaced) and packs the Redis commands. The
+# bytes are those encode_binary(..., compress=False) gives for the same WireBatch.
+
+G_SYM = 0  # symbol id of the message's rows
+G_VENUE = 1  # venue id when the message's rows have one venue, else -1
+G_MAIN = 2  # 1: the symbol's message (channel and stream); 0: one venue's (venue channel)
+G_START = 3  # offset of the message in ``out``
+G_BODY = 4  # offset of its body
+G_END = 5  # offset just past it
+G_ROWS = 6
+G_LAST_SEQ = 7
+G_TS_MAX = 8
+G_WORDS = 9
+NAME_BYTES = 16
+GROUPS_OUT_OF_ROOM = -100  # ``out`` or ``groups`` is too small: info[0] = bytes wanted
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put_le(out, pos, v, nbytes):
+    u = np.uint64(v)
+    for i in range(nbytes):
+        out[pos + i] = np.uint8(u & _FF)
+        u >>= np.uint64(8)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _name_len(names8, i):
+    o = i * NAME_BYTES
+    n = 0
+    while n < NAME_BYTES and names8[o + n] != 0:
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_message(ts, seq, vloc, vids, nv, v0, v1, v2, v3, k, schema, shard, sym, sym8,
+                   ven8, out, pos, info):
+    """One message (header, names, columns) at ``out[pos:]``; returns (end, body start) or
+    (ENC code, 0); GROUPS_OUT_OF_ROOM when it may not fit."""
+    n = ts.shape[0]
+    names = 2 + _name_len(sym8, sym)
+    for j in range(nv):
+        names += 1 + _name_len(ven8, vids[j])
+    need = HEADER_SIZE + names + (3 + k) * (33 + 8 * n)
+    if pos + need > out.shape[0]:
+        info[0] = pos + need
+        return GROUPS_OUT_OF_ROOM, 0
+    body = pos + HEADER_SIZE
+    q = body
+    ln = _name_len(sym8, sym)
+    out[q] = ln
+    for c in range(ln):
+        out[q + 1 + c] = sym8[sym * NAME_BYTES + c]
+    q += 1 + ln
+    out[q] = nv
+    q += 1
+    for j in range(nv):
+        ln = _name_len(ven8, vids[j])
+        out[q] = ln
+        for c in range(ln):
+            out[q + 1 + c] = ven8[vids[j] * NAME_BYTES + c]
+        q += 1 + ln
+    cinfo = np.zeros(4, np.int64)
+    length = _encode_columns(ts, seq, vloc, nv, v0, v1, v2, v3, k, out[q:], cinfo)
+    if length < 0:
+        info[0] = cinfo[0]
+        info[1] = cinfo[1]
+        info[2] = cinfo[2]
+        return length, 0
+    end = q + length
+    out[pos] = 0x57  # W A Y B
+    out[pos + 1] = 0x41
+    out[pos + 2] = 0x59
+    out[pos + 3] = 0x42
+    out[pos + 4] = VERSION
+    out[pos + 5] = 0
+    out[pos + 6] = schema
+    out[pos + 7] = 0
+    _put_le(out, pos + 8, n, 4)
+    _put_le(out, pos + 12, shard, 4)
+    for f in range(4):
+        _put_le(out, pos + 16 + 8 * f, cinfo[f], 8)
+    _put_le(out, pos + 48, end - body, 4)
+    return end, body
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_order(keys, n):
+    """Indices 0..n-1 ordered by ``keys``, ties in index order (a bottom-up merge sort:
+    numba's own argsort/unique cost many seconds of compilation on a fresh machine)."""
+    a = np.arange(n)
+    b = np.empty(n, np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, o = lo, mid, lo
+            while i < mid and j < hi:
+                if keys[a[j]] < keys[a[i]]:
+                    b[o] = a[j]
+                    j += 1
+                else:
+                    b[o] = a[i]
+                    i += 1
+                o += 1
+            while i < mid:
+                b[o] = a[i]
+                i += 1
+                o += 1
+            while j < hi:
+                b[o] = a[j]
+                j += 1
+                o += 1
+        a, b = b, a
+        width *= 2
+    return a
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ven8, out,
+                   groups, info):
+    """Every symbol group of one table's rows of one shard, encoded (see above). Returns the
+    number of messages (rows of ``groups``), or an ENC_* / GROUPS_OUT_OF_ROOM code."""
+    n = ts.shape[0]
+    order = _stable_order(sid, n)  # stable: seq order within a symbol
+    gts = np.empty(n, np.int64)
+    gseq = np.empty(n, np.int64)
+    gven = np.empty(n, np.int64)
+    gloc = np.empty(n, np.int32)
+    gv = np.empty((4, n), np.float64)
+    nmsg = 0
+    pos = 0
+    a = 0
+    while a < n:
+        s = sid[order[a]]
+        b = a + 1
+        while b < n and sid[order[b]] == s:
+            b += 1
+        m = b - a
+        tsmax = ts[order[a]]
+        for i in range(m):
+            r = order[a + i]
+            gts[i] = ts[r]
+            gseq[i] = seq[r]
+            gven[i] = vid[r]
+            gv[0, i] = v0[r]
+            gv[1, i] = v1[r]
+            gv[2, i] = v2[r]
+            gv[3, i] = v3[r]
+            if ts[r] > tsmax:
+                tsmax = ts[r]
+        # the group's venues, ascending (as np.unique gives them), and each row's index
+        vo = _stable_order(gven, m)
+        uv = np.empty(m, np.int64)
+        nv = 0
+        for i in range(m):
+            v = gven[vo[i]]
+            if nv == 0 or uv[nv - 1] != v:
+                uv[nv] = v
+                nv += 1
+            gloc[vo[i]] = nv - 1
+        if nv > MAX_VENUES:
+            info[0] = nv
+            return ENC_VENUE
+        uv = uv[:nv]
+        subs = nv if nv > 1 else 0
+        if nmsg + 1 + subs > groups.shape[0]:
+            info[0] = -1
+            return GROUPS_OUT_OF_ROOM
+        end, body = _group_message(gts[:m], gseq[:m], gloc[:m], uv, nv, gv[0, :m],
+                                   gv[1, :m], gv[2, :m], gv[3, :m], k, schema, shard, s,
+                                   sym8, ven8, out, pos, info)
+        if body == 0:
+            return end
+        g = groups[nmsg]
+        g[G_SYM] = s
+        g[G_VENUE] = uv[0] if nv == 1 else -1
+        g[G_MAIN] = 1
+        g[G_START] = pos
+        g[G_BODY] = body
+        g[G_END] = end
+        g[G_ROWS] = m
+        g[G_LAST_SEQ] = gseq[m - 1]
+        g[G_TS_MAX] = tsmax
+        nmsg += 1
+        pos = end
+        for j in range(subs):
+            v = uv[j]
+            if _name_len(ven8, v) == 0:
+                continue  # venue "": no channel of its own
+            c = 0
+            sts = np.empty(m, np.int64)
+            sseq = np.empty(m, np.int64)
+            sv = np.empty((4, m), np.float64)
+            for i in range(m):
+                if gven[i] == v:
+                    sts[c] = gts[i]
+                    sseq[c] = gseq[i]
+                    for f in range(4):
+                        sv[f, c] = gv[f, i]
+                    c += 1
+            vmax = sts[0]
+            for i in range(c):
+                if sts[i] > vmax:
+                    vmax = sts[i]
+            zeros = np.zeros(c, np.int32)
+            one = uv[j:j + 1]
+            end, body = _group_message(sts[:c], sseq[:c], zeros, one, 1, sv[0, :c],
+                                       sv[1, :c], sv[2, :c], sv[3, :c], k, schema, shard, s,
+                                       sym8, ven8, out, pos, info)
+            if body == 0:
+                return end
+            g = groups[nmsg]
+            g[G_SYM] = s
+            g[G_VENUE] = v
+            g[G_MAIN] = 0
+            g[G_START] = pos
+            g[G_BODY] = body
+            g[G_END] = end
+            g[G_ROWS] = c
+            g[G_LAST_SEQ] = sseq[c - 1]
+            g[G_TS_MAX] = vmax
+            nmsg += 1
+            pos = end
+        a = b
+    return nmsg
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` contiguous and read-only (a view when it is writeable): one kernel signature
+    whether columns come from shared memory (read-only) or from copies, so a fresh machine
+    compiles the kernel once."""
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+class GroupEncoder:
+    """The broker's fast path: a batch of one table and one shard (columns as numpy arrays,
+    symbol and venue ids into 16-byte NUL-padded name tables) encoded as per-symbol binary
+    messages in one kernel call, with reusable buffers.
+
+    ``encode(...)`` returns (out, groups, count): message i is ``out[groups[i, G_START]:
+    groups[i, G_END]]``, uncompressed; ``message(out, g, compress)`` gives its bytes (LZ4'd
+    when that is smaller, as encode_binary does). Raises WireError for rows that cannot be
+    encoded (the caller can encode the batch the slow way to learn which).
+    """
+
+    def __init__(self) -> None:
+        self._out = np.empty(1 << 16, np.uint8)
+        self._groups = np.empty((64, G_WORDS), np.int64)
+        self._info = np.zeros(4, np.int64)
+
+    def encode(self, table: str, shard: int, ts: np.ndarray, sid: np.ndarray,
+               vid: np.ndarray, seq: np.ndarray, values: list, sym8: np.ndarray,
+               ven8: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        k = len(values)
+        ts, sid, vid, seq, sym8, ven8 = (_readonly(a) for a in (ts, sid, vid, seq, sym8, ven8))
+        vs = [_readonly(a) for a in values] + [_readonly(values[0])] * (4 - k)
+        while True:
+            got = _encode_groups(ts, sid, vid, seq, vs[0], vs[1], vs[2], vs[3], k,
+                                 SCHEMA_IDS[table], shard, sym8, ven8, self._out,
+                                 self._groups, self._info)
+            if got >= 0:
+                return self._out, self._groups, int(got)
+            if got != GROUPS_OUT_OF_ROOM:
+                raise WireError(f"cannot encode {len(ts)} rows of shard {shard} (code {got}, "
+                                f"{self._info.tolist()})")
+            want = int(self._info[0])
+            if want < 0:
+                self._groups = np.empty((2 * len(self._groups), G_WORDS), np.int64)
+            else:
+                self._out = np.empty(max(want, 2 * len(self._out)), np.uint8)
+
+    @staticmethod
+    def message(out: np.ndarray, g: np.ndarray, compress: bool) -> bytes:
+        """Message ``g`` (a row of the groups table) as bytes, its body LZ4'd if smaller."""
+        start, body, end = int(g[G_START]), int(g[G_BODY]), int(g[G_END])
+        if compress:
+            packed = lz4.block.compress(out[body:end], store_size=False)
+            if len(packed) < end - body:
+                head = out[start:body].tobytes()
+                return head[:5] + b"\x01" + head[6:] + packed
+        return out[start:end].tobytes()
+
+
 # -- kernels: decoding ----------------------------------------------------------------------
 
 DEC_TRUNCATED = -1  # info: column, bytes needed, bytes left
@@ -1057,6 +1351,20 @@ def warm_up() -> None:
                       ts=np.array([1, 2], dtype=np.int64), seq=np.array([1, 2], dtype=np.int64),
                       values={k: np.array([1.5, float("nan")]) for k in names})
         decode(encode_binary(b))
+
+
+def warm_up_group_encoder() -> None:
+    """Load (or compile, once per machine: several seconds) GroupEncoder's kernel."""
+    for table, names in VALUE_COLUMNS.items():
+        b = WireBatch(table=table, shard=0, symbol="WARM", venues=["A"],
+                      venue=np.zeros(2, dtype=np.int32), ts=np.array([1, 2], dtype=np.int64),
+                      seq=np.array([1, 2], dtype=np.int64),
+                      values={k: np.array([1.5, float("nan")]) for k in names})
+        names8 = np.zeros(2 * NAME_BYTES, np.uint8)
+        names8[:4] = np.frombuffer(b"WARM", np.uint8)
+        names8[NAME_BYTES] = ord("A")
+        GroupEncoder().encode(table, 0, b.ts, np.zeros(2, np.int32), b.venue, b.seq,
+                              [b.values[k] for k in names], names8, names8)
 
 
 __all__ = [

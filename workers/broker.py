@@ -62,6 +62,7 @@ from wayy import wire
 from wayy.channels import TABLE_KINDS
 from wayy.errors import InvalidInput, NotRunning, WayyError
 from wayy.manifest import database_id
+from wayy.names import to_name_array
 from wayy.remote import (
     BROKER_CURSORS_KEY,
     F_DATA,
@@ -194,6 +195,9 @@ class Broker:
         self.encode = wire.encoder(wire_format)
         self.stream_binary = wire_format != "json"
         self.stream_compress = wire_format != "binary"
+        # binary formats: every symbol group of a batch encoded by one kernel call
+        self._genc = wire.GroupEncoder() if self.stream_binary else None
+        self._name_tables: dict[int, tuple] = {}  # shard -> (names object, 16-byte tables)
         self.link = RedisLink(redis_url, username, password, timeout=5.0,
                               name=f"wayy-broker-{index}")
         self.db = None
@@ -231,6 +235,8 @@ class Broker:
                  redact(self.redis_url), self.wire, self.retention)
         # load (or compile, once per machine) the codec kernels before the first batch
         wire.warm_up()
+        if self._genc is not None:
+            wire.warm_up_group_encoder()
         self._write_status(force=True)
 
     def do_work(self) -> int:
@@ -601,7 +607,7 @@ class Broker:
         ids: dict[bytes, tuple[int, int]] = {}
         rows = nbytes = nmsg = 0
         last_ts: dict[int, int] = {}
-        groups = []
+        entries: list = []
         for b in items:
             k = b.shard
             if k not in self._mine:
@@ -617,17 +623,18 @@ class Broker:
             if int(seq[0]) < floor:  # republished after a restart: Redis has these rows
                 cut = int(np.searchsorted(seq, floor, "left"))
                 cols = {c: v[cut:] for c, v in cols.items()}
-            groups.extend(self._groups(k, t, cols, self._batch_names(b)))
-        self._load_stream_ids([g[2] for g in groups])  # may settle the transaction in flight
+            names = self._batch_names(b)
+            if self._genc is not None:
+                try:
+                    entries.extend(self._entries_fast(k, t, cols, names, b.names))
+                    continue
+                except wire.WireError:
+                    pass  # the general path below says what cannot be encoded
+            entries.extend(self._entries(k, t, cols, names))
+        self._load_stream_ids([e[2] for e in entries])  # may settle the transaction in flight
         stream_last = self._stream_last
         inflight_ids = self._inflight.ids if self._inflight is not None else {}
-        for k, t, skey, ch, chv, wb, ts_max in groups:
-            try:
-                msgs = self.encode(wb)
-            except wire.WireError as exc:  # rows the writer accepted should always encode
-                self._error(f"cannot encode {len(wb)} rows of {wb.symbol} (shard {k}, seq "
-                            f"{int(wb.seq[0])}..{int(wb.seq[-1])}), not published: {exc}")
-                continue
+        for k, t, skey, ch, chv, msgs, vmsgs, data, n, last, ts_max in entries:
             for m in msgs:
                 add(pack((b"PUBLISH", ch, m)))
                 nbytes += len(m)
@@ -637,37 +644,25 @@ class Broker:
                     add(pack((b"PUBLISH", chv, m)))
                     nbytes += len(m)
                 nmsg += len(msgs)
-            elif len(wb.venues) > 1:
-                for j, v in enumerate(wb.venues):
-                    if not v:
-                        continue
-                    sel = np.flatnonzero(wb.venue == j)
-                    vb = wire.WireBatch(wb.table, k, wb.symbol, [v],
-                                        np.zeros(len(sel), np.int32), wb.ts[sel], wb.seq[sel],
-                                        {c: a[sel] for c, a in wb.values.items()})
-                    chv = self._venue_channel(t, wb.symbol, v)
-                    for m in self.encode(vb):
-                        add(pack((b"PUBLISH", chv, m)))
-                        nbytes += len(m)
-                        nmsg += 1
+            for c, m in vmsgs:  # several venues: each named one's rows
+                add(pack((b"PUBLISH", c, m)))
+                nbytes += len(m)
+                nmsg += 1
             # the stream entry: one binary batch
             if stream_last.get(skey, 0) is _BAD_STREAM:
                 continue  # not a stream (reported when found): pub/sub only
-            if self.stream_binary and len(msgs) == 1:
-                data = msgs[0]
-            else:
-                data = wire.encode_binary(wb, compress=self.stream_compress)
+            if callable(data):
+                data = data()
             prev_ms, prev_l = (ids.get(skey) or inflight_ids.get(skey)
                                or stream_last.get(skey, (0, -1)))
             ms = max(prev_ms, ts_max // 1_000_000)
-            last = int(wb.seq[-1])
             if last <= prev_l and ms == prev_ms:
                 # seqs went back (a recreated database): keep ids increasing
                 ms = prev_ms + 1
             add(pack((b"XADD", skey, *self.retention.trim_args(ms), f"{ms}-{last}".encode(),
                       F_DATA, data, F_PREV, str(prev_l).encode(), F_SHARD, str(k).encode())))
             ids[skey] = (ms, last)
-            rows += len(wb)
+            rows += n
             if ts_max > last_ts.get(k, 0):
                 last_ts[k] = ts_max
         new = self._next_cursors()
@@ -681,7 +676,76 @@ class Broker:
             return None
         return _Txn(b"".join((_MULTI, *cmds, _EXEC)), len(cmds) + 2,
                     {k: new[k] for k in changed}, ids, last_ts, rows, nmsg, nbytes,
-                    len(groups))
+                    len(entries))
+
+    def _entries_fast(self, k: int, t: int, cols: dict, names: tuple[list, list],
+                      arrays: tuple) -> list:
+        """What _entries gives, for the binary formats: every group (and venue) message
+        encoded by one kernel call (wire.GroupEncoder). WireError: take the general path."""
+        sym8, ven8 = self._tables(k, arrays)
+        vcols = T.VALUE_COLUMNS[t]
+        out, groups, count = self._genc.encode(
+            _TNAME[t], k, cols["ts"], cols["symbol_id"], cols["venue_id"], cols["seq"],
+            [cols[c] for c in vcols], sym8, ven8)
+        syms, vens = names
+        message = wire.GroupEncoder.message
+        compress = self.stream_compress
+        entries = []
+        for g in groups[:count].tolist():
+            msg = message(out, g, compress)
+            sym = syms[g[wire.G_SYM]]
+            v = g[wire.G_VENUE]
+            if g[wire.G_MAIN]:
+                ch, skey = self._channel(t, sym)
+                chv = self._venue_channel(t, sym, vens[v]) if v >= 0 and vens[v] else None
+                entries.append((k, t, skey, ch, chv, (msg,), [], msg, g[wire.G_ROWS],
+                                g[wire.G_LAST_SEQ], g[wire.G_TS_MAX]))
+            else:
+                entries[-1][6].append((self._venue_channel(t, sym, vens[v]), msg))
+        return entries
+
+    def _tables(self, k: int, arrays: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """16-byte NUL-padded name tables (uint8) of a batch's names (cached per object)."""
+        cached = self._name_tables.get(k)
+        if cached is not None and cached[0][0] is arrays[0] and cached[0][1] is arrays[1]:
+            return cached[1]
+        tables = tuple(np.ascontiguousarray(to_name_array(a, what, len(a))).view(np.uint8)
+                       if len(a) else np.zeros(16, np.uint8)
+                       for a, what in ((arrays[0], "symbol"), (arrays[1], "venue")))
+        self._name_tables[k] = (arrays, tables)
+        return tables
+
+    def _entries(self, k: int, t: int, cols: dict, names: tuple[list, list]) -> list:
+        """Every symbol group of one shard's rows of one table, encoded in the wire format:
+        ``(shard, table, stream key, channel, venue channel or None, messages, [(venue
+        channel, message)], stream entry data (or a function giving it), rows, last seq,
+        max ts)``. Rows that cannot be encoded are reported and left out."""
+        entries = []
+        for k, t, skey, ch, chv, wb, ts_max in self._groups(k, t, cols, names):
+            try:
+                msgs = self.encode(wb)
+            except wire.WireError as exc:  # rows the writer accepted should always encode
+                self._error(f"cannot encode {len(wb)} rows of {wb.symbol} (shard {k}, seq "
+                            f"{int(wb.seq[0])}..{int(wb.seq[-1])}), not published: {exc}")
+                continue
+            vmsgs = []
+            if chv is None and len(wb.venues) > 1:
+                for j, v in enumerate(wb.venues):
+                    if not v:
+                        continue
+                    sel = np.flatnonzero(wb.venue == j)
+                    vb = wire.WireBatch(wb.table, k, wb.symbol, [v],
+                                        np.zeros(len(sel), np.int32), wb.ts[sel], wb.seq[sel],
+                                        {c: a[sel] for c, a in wb.values.items()})
+                    c = self._venue_channel(t, wb.symbol, v)
+                    vmsgs += [(c, m) for m in self.encode(vb)]
+            if self.stream_binary and len(msgs) == 1:
+                data = msgs[0]
+            else:
+                data = (lambda wb=wb: wire.encode_binary(wb, compress=self.stream_compress))
+            entries.append((k, t, skey, ch, chv, msgs, vmsgs, data, len(wb),
+                            int(wb.seq[-1]), ts_max))
+        return entries
 
     def _send(self, txn: "_Txn") -> None:
         """Write a built transaction; its replies are read by the next ``_settle``, after the

@@ -169,6 +169,52 @@ def test_torn_tail_is_cut_back_and_everything_before_it_recovered(db_factory):
     assert run_cli("verify", "--db", d2.path).returncode == 0
 
 
+
+@pytest.mark.parametrize("wal_fate", ["emptied", "removed", "moved-away-no-wal",
+                                      "first-record-damaged"])
+def test_seq_continues_above_history_whatever_became_of_the_wal(db_factory, wal_fate):
+    """Rows rolled to history, then the WAL lost (emptied, removed, moved away as the
+    --no-wal refusal suggests, or damaged in its first record): the next start continues
+    seq above what history holds, so new rows are committed AND visible to every query."""
+    d = db_factory("--shards", "1", "--feed", "none")
+    p = wayy.Producer(d.path)
+    for i in range(10):
+        p.publish("trades", symbol="HW", price=100.0 + i, size=1.0)
+    p.flush(10.0)
+    p.close()
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    d.stop()
+    wal_file = wal_files(d.path)[0]
+    args = ["--shards", "1", "--feed", "none"]
+    if wal_fate == "emptied":
+        open(wal_file, "w").close()
+    elif wal_fate == "removed":
+        os.unlink(wal_file)
+    elif wal_fate == "moved-away-no-wal":
+        os.rename(os.path.join(d.path, "wal"), os.path.join(d.path, "wal.away"))
+        args.append("--no-wal")
+    else:
+        with open(wal_file, "r+b") as f:  # a byte of the new WAL's first (roll) record
+            f.seek(70)
+            b = f.read(1)
+            f.seek(70)
+            f.write(bytes([b[0] ^ 0xFF]))
+    d2 = db_factory(*args, name="db")
+    p = wayy.Producer(d2.path)
+    p.publish("trades", symbol="HW", price=999.0, size=1.0)
+    p.flush(10.0)
+    p.close()
+    db = wayy.attach(d2.path)
+    try:
+        assert len(db["trades"]) == 11
+        r = db["trades"].tail(3, symbol="HW")
+        assert list(r["price"]) == [108.0, 109.0, 999.0]
+        assert list(r["seq"]) == [8, 9, 10]
+        assert list(db["trades"].between(symbol="HW")["seq"]) == list(range(11))
+    finally:
+        db.close()
+    assert "history holds seqs up to 9" in d2.log()
+
 def test_mid_file_corruption_is_reported_and_nothing_after_it_trusted(db_factory, tmp_path):
     d, before = _stopped_db_with_rows(db_factory, batches=60)
     from shm import wal
@@ -304,6 +350,34 @@ def test_flush_returns_once_what_was_published_is_committed(db_factory):
     db.close()
     p.close()
 
+
+
+def test_flush_raises_for_rows_a_writer_refused(db_factory):
+    """publish returned, but the writer refused the rows (symbol table full; table full
+    with --roll-fill 0): flush raises RowsRejected naming shard, reason and count, once;
+    the next flush, with nothing refused since, returns."""
+    d = db_factory("--shards", "1", "--feed", "none", "--max-symbols", "4",
+                   "--capacity", "1024", "--roll-fill", "0")
+    p = wayy.Producer(d.path)
+    for i in range(8):
+        p.publish("trades", symbol=f"SYM{i}", price=1.0, size=1.0)
+    with pytest.raises(wayy.RowsRejected, match="4 symbols_full") as exc:
+        p.flush(10.0)
+    assert exc.value.rejected == {0: {"symbols_full": 4}}
+    p.publish("trades", symbol="SYM0", price=2.0, size=1.0)
+    p.flush(10.0)  # nothing refused since the last flush
+    n = 5000
+    assert p.publish_batch("trades", {"symbol": np.array(["SYM1"] * n),
+                                      "price": np.ones(n), "size": np.ones(n)}) == n
+    with pytest.raises(wayy.RowsRejected, match="full") as exc:
+        p.flush(10.0)
+    assert exc.value.rejected[0]["full"] > 0
+    db = wayy.attach(d.path)
+    try:
+        assert len(db["trades"]) == 5  # SYM0..SYM3 and SYM0 again; none of the refused
+    finally:
+        db.close()
+        p.close()
 
 def _can_mount() -> bool:
     probe = "/tmp/wayy-mount-probe"

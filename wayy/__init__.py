@@ -26,6 +26,7 @@ from wayy.errors import (
     NotRunning,
     RedisRefused,
     RedisUnavailable,
+    RowsRejected,
     UnknownTable,
     WayyError,
     WriterUnavailable,
@@ -69,5 +70,6 @@ __all__ = [
     "CorruptData",
     "RedisUnavailable",
     "RedisRefused",
+    "RowsRejected",
     "__version__",
 ]

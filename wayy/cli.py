@@ -165,7 +165,13 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
     if shards is None:
         from wayy.manifest import stored_shards
 
-        shards = stored_shards(os.path.realpath(db)) or default_shards()
+        try:
+            shards = stored_shards(os.path.realpath(db)) or default_shards()
+        except NotADirectoryError:  # a path that cannot be a directory: said where it is made
+            shards = default_shards()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the shard count of {os.path.realpath(db)}: "
+                               f"{exc.strerror}", path=db) from None
     cfg = Config(db=db, shards=shards,
                  capacity=S.DEFAULT_CAPACITY if capacity is None else capacity,
                  ring_capacity=L.DEFAULT_CAPACITY if ring_bytes is None else ring_bytes,
@@ -254,7 +260,11 @@ def _redis_banner(path: str) -> str:
 def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
     from workers.supervisor import Supervisor
 
-    os.makedirs(path, exist_ok=True)
+    try:  # here too, not only in the supervisor: the log file goes in it before the fork
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot create database directory {path}: {exc.strerror}",
+                           path=path) from None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -430,45 +440,102 @@ def roll(db: str, timeout: float) -> None:
 
     Queries (`db["trades"].between(...)`, `tail(...)`) read history and memory as one
     table, so nothing disappears from them; `seq` goes on. Waits until every shard has
-    rolled and prints what each one stored.
+    rolled and prints each shard's new generation (the rows moved are in the log). A shard
+    whose roll fails (history not writable, disk full) is reported as soon as it fails;
+    its rows stay in memory and in its write-ahead log, and the roll can be run again.
+    Exits 1 if any shard did not roll, or if the database stops meanwhile.
     """
+    from shm import errors as shm_errors
     from shm import inbound
     from shm.layout import control as C
     from shm.layout import shard as S
     from shm.shard import Control, InboundRing, ShardData
-    from wayy.manifest import read_manifest
+    from wayy.errors import translate
+    from wayy.manifest import lock_holder, read_manifest
 
-    m = read_manifest(db)
-    ctls = [Control.attach(m.prefix, k) for k in range(m.shards)]
-    datas = [ShardData.attach(m.prefix, k) for k in range(m.shards)]
-    rings = [InboundRing.attach(m.prefix, k) for k in range(m.shards)]
+    path = os.path.realpath(db)
+    m = read_manifest(path)
+    supervisor = lock_holder(path)[1]
+
+    def stopped() -> bool:
+        # a stop unlinks the segments but our mappings stay readable: the lock (and its
+        # holder, should the database be started again meanwhile) is what tells
+        running, pid = lock_holder(path)
+        return not running or pid != supervisor
+
+    ctls: list = []
+    datas: list = []
+    rings: list = []
     try:
+        try:
+            with translate(path):
+                for k in range(m.shards):
+                    ctls.append(Control.attach(m.prefix, k))
+                    datas.append(ShardData.attach(m.prefix, k))
+                    rings.append(InboundRing.attach(m.prefix, k))
+        except NotRunning as exc:
+            if isinstance(exc.__cause__, shm_errors.SegmentMissing) and stopped():
+                raise NotRunning(f"the database at {path} stopped before it could roll",
+                                 path=path) from None
+            raise
         before = [int(c.counters[C.C_ROLLS]) for c in ctls]
         for k, c in enumerate(ctls):
-            if int(c.counters[C.C_STATE]) != C.STATE_RUNNING:
-                raise WayyError(f"shard {k} is not running (state "
-                                f"{C.STATE_NAMES[int(c.counters[C.C_STATE])]}); try again "
-                                f"when `wayy status` shows it running", shard=k)
-        for r in rings:
-            inbound.request_roll(r.hdr64, r.hdr32)
+            state = int(c.counters[C.C_STATE])
+            if state != C.STATE_RUNNING:
+                if stopped():
+                    raise NotRunning(f"the database at {path} stopped before it could roll",
+                                     path=path)
+                raise WayyError(f"shard {k} is not running (state {C.STATE_NAMES[state]}); "
+                                f"try again when `wayy status` shows it running", shard=k)
+        asked = [inbound.request_roll(r.hdr64, r.hdr32) for r in rings]
         deadline = time.monotonic() + timeout
         pending = set(range(m.shards))
+        failed: set[int] = set()
+        next_lock_check = time.monotonic() + 0.25
         while pending and time.monotonic() < deadline:
-            pending = {k for k in pending if int(ctls[k].counters[C.C_ROLLS]) == before[k]}
-            time.sleep(0.05)
+            for k in sorted(pending):
+                c = ctls[k].counters
+                # read before C_ROLLS: the writer stores the count first, then marks the
+                # request seen, so a request seen without a roll is a roll that failed
+                seen = int(c[C.C_ROLL_REQUESTS_SEEN])
+                if int(c[C.C_ROLLS]) != before[k]:
+                    pending.discard(k)
+                elif seen >= asked[k]:
+                    pending.discard(k)
+                    failed.add(k)
+            if pending and time.monotonic() >= next_lock_check:
+                if stopped():
+                    raise NotRunning(f"the database at {path} stopped while rolling "
+                                     f"({m.shards - len(pending) - len(failed)} of {m.shards} "
+                                     f"shard(s) rolled)", path=path)
+                next_lock_check = time.monotonic() + 0.25
+            time.sleep(0.02)
+        where = _log_hint(path, supervisor)
         for k in range(m.shards):
-            if k in pending:
-                click.echo(f"shard {k}: did not roll within {timeout:g}s (see the log)",
-                           err=True)
+            if k in failed:
+                click.echo(f"shard {k}: roll failed ({where})", err=True)
+            elif k in pending:
+                click.echo(f"shard {k}: did not roll within {timeout:g}s ({where})", err=True)
             else:
                 click.echo(f"shard {k}: rolled; generation "
                            f"{int(datas[k].hdr64[S.GENERATION_I64])}")
-        if pending:
+        if pending or failed:
             sys.exit(1)
-        click.echo(f"wayy roll: history is in {os.path.join(m.path, 'hist')}")
+        click.echo(f"wayy roll: history is in {os.path.join(path, 'hist')}")
     finally:
         for seg in (*ctls, *datas, *rings):
             seg.close()
+
+
+def _log_hint(path: str, supervisor: int | None) -> str:
+    """Where the running database logs: DB/wayy.log when detached, else `wayy start`'s own
+    stderr (a wayy.log left by an earlier detached run would be the wrong place to look)."""
+    log_file = os.path.join(path, "wayy.log")
+    try:
+        detached = os.readlink(f"/proc/{supervisor}/fd/2") == log_file
+    except (OSError, TypeError):  # another user's process, no /proc, or no pid known
+        detached = os.path.exists(log_file)
+    return f"see the log: {log_file}" if detached else "see the log of `wayy start`"
 
 
 @main.command()

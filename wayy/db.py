@@ -541,7 +541,12 @@ class Table:
         """Rows with start_ts <= ts < end_ts (either bound may be None) from history and
         memory, in timestamp order (equal timestamps: shard, then seq order); only
         ``symbol``'s / ``venue``'s rows when given. Partitions and memory blocks whose ts
-        range cannot overlap are skipped unread."""
+        range cannot overlap are skipped unread.
+
+        Bounds are int nanoseconds since the epoch or numpy.datetime64 (any unit). A bound
+        beyond the int64 nanosecond range (before 1677 or after 2262) is no bound on that
+        side: ``end_ts=2**70`` is the same as ``end_ts=None`` (and a start after 2262 or an
+        end before 1677 selects nothing). NaT and non-integers raise InvalidInput."""
         start = _ts_bound(start_ts, "start_ts", np.iinfo(np.int64).min)
         end = _ts_bound(end_ts, "end_ts", np.iinfo(np.int64).max)
         if venue is not None:
@@ -612,15 +617,49 @@ def _decode_names(raw: np.ndarray) -> np.ndarray:
     return raw.astype(f"U{width}")
 
 
+_I64_MIN, _I64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+# exact nanoseconds of numpy's fixed-length datetime64 units; 'Y' and 'M' (not fixed) go
+# through days, and the units below a nanosecond divide instead
+_NS_PER_UNIT = {"W": 7 * 86_400 * 10**9, "D": 86_400 * 10**9, "h": 3_600 * 10**9,
+                "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_UNITS_PER_NS = {"ps": 10**3, "fs": 10**6, "as": 10**9}
+# years / months from 1970 past which a datetime64 is certainly outside int64 nanoseconds
+# (1677-09-21 .. 2262-04-11), so its days need not be computed (they could overflow too)
+_BEYOND_NS = {"Y": 300, "M": 300 * 12}
+
+
 def _ts_bound(v, what: str, default: int) -> int:
+    """A between() bound as int64 nanoseconds, clamped to the int64 range.
+
+    Clamping keeps the answer exact: every stored ts is an int64 (in fact 1990 .. a little
+    past now), so a start below the range or an end above it excludes nothing, and a start
+    above it or an end below it matches nothing, just as the unclamped bound would. A
+    datetime64 is converted exactly (numpy's own cast to ns wraps around silently outside
+    the range); a fraction of a nanosecond rounds up, which is exact for ``>=`` and ``<``
+    on integer timestamps."""
     if v is None:
         return int(default)
     if isinstance(v, np.datetime64):
-        return int(v.astype("datetime64[ns]").astype(np.int64))
+        if np.isnat(v):
+            raise InvalidInput(f"{what} is NaT (not a time); pass None for no bound")
+        unit, count = np.datetime_data(v.dtype)
+        n = int(v.astype(np.int64)) * count
+        if unit in _BEYOND_NS:
+            if abs(n) > _BEYOND_NS[unit]:
+                return _I64_MAX if n > 0 else _I64_MIN
+            unit, n = "D", int(v.astype("datetime64[D]").astype(np.int64))
+        if unit in _NS_PER_UNIT:
+            ns = n * _NS_PER_UNIT[unit]
+        elif unit in _UNITS_PER_NS:
+            ns = -(-n // _UNITS_PER_NS[unit])
+        else:  # "generic": a datetime64 without a unit is a count of nothing in particular
+            raise InvalidInput(f"{what} must be int nanoseconds since the epoch (or "
+                               f"numpy.datetime64 with a unit), got {v!r}")
+        return min(max(ns, _I64_MIN), _I64_MAX)
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise InvalidInput(f"{what} must be int nanoseconds since the epoch (or "
                            f"numpy.datetime64), got {v!r}")
-    return int(v)
+    return min(max(int(v), _I64_MIN), _I64_MAX)
 
 
 def attach(path: str) -> Database:

@@ -88,6 +88,14 @@ class WriterUnavailable(WayyError):
     """The shard writer does not accept input now; the message says why."""
 
 
+class RowsRejected(WayyError):
+    """A writer refused rows after ``publish`` returned (the table or the shard's symbol
+    table was full): raised by ``Producer.flush``. ``rejected`` maps shard -> {reason:
+    rows}."""
+
+    rejected: dict = {}
+
+
 class RedisUnavailable(WayyError):
     """Redis cannot be reached, or the connection was lost: retried with backoff."""
 

@@ -288,7 +288,7 @@ def _list_parts(hist: str, tid: int | None = None) -> list[tuple[str, str, int, 
     out = []
     try:
         dates = os.listdir(hist)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no history (yet)
         return out
     tables = T.TABLE_NAMES if tid is None else (T.TABLE_NAMES[tid],)
     for date in dates:
@@ -307,6 +307,27 @@ def _list_parts(hist: str, tid: int | None = None) -> list[tuple[str, str, int, 
                                 int(m.group(1)), int(m.group(2))))
     out.sort(key=lambda p: (p[1], p[2], p[3], p[4]))
     return out
+
+
+def shard_next_seq(db_path: str, shard: int) -> int:
+    """One past the highest seq the history of ``shard`` holds, in either table (0 if it
+    holds none): a writer must never give out a seq at or below it, or queries, which skip
+    memory rows that history already holds, would hide the new rows. A partition whose
+    meta.json cannot be read counts from the first seq in its name (the caller still
+    continues above every readable one)."""
+    hist = os.path.join(db_path, HIST_DIR)
+    newest: dict[int, tuple[str, int]] = {}
+    for path, _date, tid, k, first in _list_parts(hist):
+        if k == shard:
+            newest[tid] = (path, first)  # sorted by (date, first_seq): the last one wins
+    nxt = 0
+    for path, first in newest.values():
+        try:
+            last = int(read_meta(path)["last_seq"])
+        except WayyError:
+            last = first
+        nxt = max(nxt, last + 1)
+    return nxt
 
 
 def write_partition(db_path: str, date, table: str, shard: int, columns: dict,

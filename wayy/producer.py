@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import time
+import weakref
 from collections.abc import Mapping
 
 import numba
@@ -35,10 +36,11 @@ from shm import inbound
 from shm.ingest import row_reason
 from shm.layout import inbound as L
 from shm.layout import tables as T
-from shm.shard import InboundRing
+from shm.shard import Control, InboundRing
 from wayy.errors import (
     Backpressure,
     InvalidTick,
+    RowsRejected,
     UnknownTable,
     WayyError,
     WriterUnavailable,
@@ -189,8 +191,25 @@ def _cut_off(exc: Backpressure | WriterUnavailable, table: str, accepted: int, n
     return out
 
 
+_LIVE: "weakref.WeakSet[Producer]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A record names the pid that claimed it; a writer waits for a live claimer to finish
+    # and pads over a dead one. A forked child killed mid-record must be seen as dead, so
+    # it claims under its own pid, not its parent's.
+    for p in list(_LIVE):
+        p._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Producer:
-    """Writes ticks into the inbound rings of a running database's shards."""
+    """Writes ticks into the inbound rings of a running database's shards.
+
+    A Producer inherited by a forked child keeps working there (its records carry the
+    child's pid, so the writer pads over them if the child dies mid-record)."""
 
     def __init__(self, path: str, timeout: float = 5.0) -> None:
         """Attach to the database at ``path``.
@@ -202,6 +221,10 @@ class Producer:
             self.manifest = read_manifest(path)
             self._rings = [InboundRing.attach(self.manifest.prefix, k)
                            for k in range(self.manifest.shards)]
+            self._ctls = [Control.attach(self.manifest.prefix, k)
+                          for k in range(self.manifest.shards)]
+        # rows each shard's writer refused so far: flush() reports what it refuses after
+        self._refused = [self._refusals(k) for k in range(len(self._ctls))]
         self.path = path
         self.timeout = float(timeout)
         self.nshards = self.manifest.shards
@@ -215,6 +238,15 @@ class Producer:
         # rows per record by value-column count, per shard (max_record is fixed at creation)
         self._per_record = [{nv: (ring.max_record - L.REC_HEADER_BYTES) // (40 + 8 * nv)
                              for nv in (2, 4)} for ring in self._rings]
+        _LIVE.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: claim records under this process's pid (the cached routes
+        carry the parent's)."""
+        self._pid = os.getpid()
+        self._routes.clear()
+        self._fast_trades.clear()
+        self._fast_quotes.clear()
 
     # --- one tick -----------------------------------------------------------------------
     def publish(self, table: str, *, symbol=_MISSING, price=_MISSING, size=_MISSING,
@@ -419,8 +451,10 @@ class Producer:
         sym = to_name_array(columns["symbol"], "symbol", n)
         ven = to_name_array(columns.get("venue", ""), "venue", n)
         if len(ts) != n or len(sym) != n or len(ven) != n or any(len(v) != n for v in vals):
-            lengths = {c: len(v) for c, v in zip(names, vals)}
-            lengths.update(ts=len(ts), symbol=len(sym), venue=len(ven))
+            got = {c: len(v) for c, v in zip(names, vals)}
+            got.update(ts=len(ts), symbol=len(sym), venue=len(ven))
+            # only the columns given: a defaulted ts or venue takes the first column's length
+            lengths = {c: got[c] for c in columns if c in got}
             raise InvalidTick(f"{table}: columns have unequal lengths {lengths}")
         if n == 0:
             return 0
@@ -583,7 +617,10 @@ class Producer:
         database is killed, a committed one is not (docs/durability.md).
 
         Raises WriterUnavailable when ``timeout`` (default: the producer's) passes first
-        (e.g. a writer stopped, or its disk full).
+        (e.g. a writer stopped, or its disk full), and RowsRejected when a writer refused
+        rows since this Producer's last flush (or its creation) -- a table full with
+        ``--roll-fill 0``, or a shard's symbol table full: those rows are not stored. The
+        counts are per shard, so they may include rows other producers published.
         """
         limit = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + limit
@@ -603,12 +640,40 @@ class Producer:
                                             f"--db {self.path}", shard=k, path=self.path)
                 time.sleep(delay)
                 delay = min(delay * 2, 1e-3)
+        self._check_refusals()
+
+    def _refusals(self, k: int) -> np.ndarray:
+        """Shard ``k``'s rows refused after publish returned, by reason (a copy)."""
+        got = np.array(self._ctls[k].rejects, dtype=np.int64)
+        got[T.REJECT_DEAD_PRODUCER] = 0  # claims padded over: not rows refused
+        return got
+
+    def _check_refusals(self) -> None:
+        refused = {}
+        for k in range(len(self._ctls)):
+            now = self._refusals(k)
+            new = now - self._refused[k]
+            self._refused[k] = now
+            if new.any():
+                refused[k] = {T.REJECT_NAMES[i]: int(c) for i, c in enumerate(new) if c > 0}
+        if refused:
+            what = "; ".join(f"shard {k}: " + ", ".join(f"{c} {r}" for r, c in d.items())
+                             for k, d in refused.items())
+            exc = RowsRejected(f"rows were refused after they were published ({what}); "
+                               f"they are not stored. The counts are the shard's since this "
+                               f"Producer's last flush and may include other producers' "
+                               f"rows: see wayy status --db {self.path}", path=self.path)
+            exc.rejected = refused
+            raise exc
 
     def close(self) -> None:
         """Unmap the inbound rings."""
         for ring in self._rings:
             ring.close()
         self._rings = []
+        for ctl in getattr(self, "_ctls", []):
+            ctl.close()
+        self._ctls = []
         self._routes.clear()
         self._fast_trades.clear()
         self._fast_quotes.clear()

@@ -32,6 +32,7 @@ from shm.change_ring import ChangeRingWriter
 from shm.segment import pid_alive
 from shm.shard import Control, InboundRing, ShardData, segment_name
 from shm.errors import WalWriteError
+from wayy import history
 from workers.agent import Runner
 from workers import roll
 from workers.roll import RollConfig
@@ -141,6 +142,8 @@ class ShardWriter:
                                 cfg.compress)
             self.log.recover(d, st)
             self._wal_stage = _WalStage(self.log, d)
+        if self.db_path is not None:
+            self._continue_after_history()
         # the name tables only now: recovery may have loaded names the WAL holds, and a
         # name missing here would be interned again under a second id
         self.htab_s = np.zeros(_pow2_at_least(2 * d.max_symbols), np.int32)
@@ -184,6 +187,20 @@ class ShardWriter:
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
+
+    def _continue_after_history(self) -> None:
+        """Never give out a seq that history holds: with the WAL lost, emptied or damaged
+        in its first record (or moved away to start empty), recovery alone would start
+        again at 0, and queries -- which skip memory rows history already holds -- would
+        never show the new rows."""
+        floor = history.shard_next_seq(self.db_path, self.shard)
+        st = self.state
+        if int(st[ingest.S_NEXT_SEQ]) < floor:
+            log.warning("shard %d: history holds seqs up to %d but the write-ahead log and "
+                        "memory only up to %d (was the WAL removed, emptied or damaged?); "
+                        "continuing from seq %d", self.shard, floor - 1,
+                        int(st[ingest.S_NEXT_SEQ]) - 1, floor)
+            st[ingest.S_NEXT_SEQ] = floor
 
     def do_work(self) -> int:
         """Drain, commit, release. Returns the number of records consumed (0 = idle)."""
@@ -373,10 +390,21 @@ class ShardWriter:
     def roll(self, why: str) -> dict | None:
         """Move the committed rows to history and start a new generation (workers/roll.py).
 
-        A failure (disk full, say) leaves the segment as it was; the next trigger retries."""
+        A failure (disk full, say) leaves the segment as it was, is logged, and counts in
+        C_ROLL_FAILS (C_LAST_ROLL_FAIL_NS: when); the next trigger retries. Every way out
+        moves C_ROLLS or C_ROLL_FAILS before the caller marks a request seen, so `wayy roll`
+        learns at once that its request failed instead of waiting out its timeout."""
+        def failed(reason: object) -> None:
+            log.error("shard %d: roll (%s) failed: %s", self.shard, why, reason)
+            c = self.ctl.counters
+            c[C.C_LAST_ROLL_FAIL_NS] = time.time_ns()
+            c[C.C_ROLL_FAILS] += 1
+
         if self._pending is not None and not self._finish_pending():
+            failed("the write-ahead log cannot be written")
             return None
         if self.db_path is None:
+            failed("this writer has no database directory to roll into")
             return None
         today = roll.utc_date(time.time_ns())
         label = self._day if why == "day" else today
@@ -384,7 +412,7 @@ class ShardWriter:
             stats = roll.roll(self.db_path, self.data, self.state, self.log, label,
                               self.roll_cfg.keep_days)
         except Exception as exc:  # noqa: BLE001  (never take the writer down; retried)
-            log.error("shard %d: roll (%s) failed: %s", self.shard, why, exc)
+            failed(exc)
             if self.log is not None and self.log.writer is None:
                 # failed between closing the old WAL and opening the new one: reopen
                 self.log.recover(self.data, self.state)

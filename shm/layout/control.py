@@ -17,7 +17,7 @@ from shm.layout import tables as T
 
 MAGIC = 0x5741_5959_4354_4C31  # "WAYYCTL1"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: C_ROLL_FAILS, C_LAST_ROLL_FAIL_NS (zero in a 1.0 segment)
 
 COUNTERS_OFFSET = common.CACHE_LINE
 C_STATE = 0  # STATE_* below
@@ -34,6 +34,10 @@ C_IDLE_LOOPS = 10
 C_ROLLS = 11  # rolls done (each one answers every roll request made before it)
 C_LAST_ROLL_NS = 12  # wall time of the last roll
 C_ROLL_REQUESTS_SEEN = 13  # the inbound ring's roll_requests value last acted on
+# rolls attempted and not done (history or WAL not writable): `wayy roll` reports one at
+# once instead of waiting out its timeout
+C_ROLL_FAILS = 14
+C_LAST_ROLL_FAIL_NS = 15  # wall time of the last failed roll
 N_COUNTERS = 16
 COUNTERS_I64 = COUNTERS_OFFSET // 8
 
@@ -42,6 +46,7 @@ REJECTS_I64 = REJECTS_OFFSET // 8
 HEADER_BYTES = common.PAGE
 SEGMENT_BYTES = common.PAGE
 
+assert C_LAST_ROLL_FAIL_NS < N_COUNTERS
 assert COUNTERS_OFFSET + 8 * N_COUNTERS <= REJECTS_OFFSET
 assert REJECTS_OFFSET + 8 * T.N_REJECT_REASONS <= SEGMENT_BYTES
 

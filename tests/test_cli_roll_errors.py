@@ -93,6 +93,9 @@ def test_failed_roll_is_reported_at_once_and_loses_nothing(db_factory):
         assert int(c[C.C_STATE]) == C.STATE_RUNNING
     assert "roll (request) failed" in d.log()
     assert committed_in_memory(d.path) == in_memory  # nothing left memory
+    st = run_cli("status", "--db", d.path)  # the status says so too
+    assert st.returncode == 0 and "shard 1: 1 roll(s) to history failed" in st.stdout, st.stdout
+    assert d.status()["shards"][0]["roll_failures"] == fails0[0] + 1
 
     os.remove(hist)
     more = publish_mixed(d.path, 3, seed=5, first_price=1_000_000.0)  # still ingesting

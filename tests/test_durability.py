@@ -442,6 +442,33 @@ def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_p
         subprocess.run(["umount", "-l", wal_dir], capture_output=True)
 
 
+
+@pytest.mark.skipif(not _can_mount(), reason="needs permission to mount a small tmpfs")
+def test_stop_of_a_wal_blocked_shard_says_what_it_cannot_store(db_factory, tmp_path):
+    """`wayy stop` drains the rings, except a shard whose WAL cannot be written: it stops
+    anyway, and says how much of that ring (never acknowledged) is not stored."""
+    path = str(tmp_path / "db")
+    wal_dir = os.path.join(path, "wal")
+    os.makedirs(wal_dir)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", wal_dir], check=True)
+    try:
+        d = db_factory("--shards", "1", "--feed", "none", "--fsync", "batch")
+        p = wayy.Producer(d.path, timeout=2)
+        n = 100
+        with pytest.raises(WriterUnavailable):
+            for i in range(5000):
+                p.publish_batch("trades", {"ts": np.full(n, T0), "symbol": "DISK",
+                                           "price": i + 1.0 + np.arange(n),
+                                           "size": np.ones(n)})
+        p.close()
+        assert d.status()["shards"][0]["state"] == "wal-blocked"
+        r = run_cli("stop", "--db", d.path)
+        assert r.returncode == 0, r.stderr
+        assert "shard 0 cannot write its write-ahead log" in r.stderr, r.stderr
+        assert "never acknowledged by a flush, are not stored" in r.stderr
+    finally:
+        subprocess.run(["umount", "-l", wal_dir], capture_output=True)
+
 def ingest_forever(path: str, seconds: float, q) -> None:
     """Producer process: trade batches priced 1, 2, 3, ... for ``seconds``; puts the count."""
     p = wayy.Producer(path, timeout=60)

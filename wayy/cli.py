@@ -320,6 +320,7 @@ def stop(db: str, timeout: float) -> None:
     running, pid = lock_holder(path)
     if not running or not pid:
         raise NotRunning(f"no database is running at {path}")
+    _warn_unstorable(path)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -334,6 +335,31 @@ def stop(db: str, timeout: float) -> None:
     click.echo(f"wayy: the database at {path} did not stop in {timeout:g}s; killed pid {pid} "
                f"and removed its segments", err=True)
     sys.exit(1)
+
+
+def _warn_unstorable(path: str) -> None:
+    """A stop drains every inbound ring first, except where the WAL cannot be written
+    (wal-blocked): say what is lost there -- ticks never acknowledged by a flush."""
+    from shm.layout import inbound as L
+    from shm.shard import InboundRing
+    from wayy.manifest import read_manifest
+
+    try:
+        m = read_manifest(path)
+        for k in range(m.shards):
+            ring = InboundRing.attach(m.prefix, k)
+            try:
+                ok, _why = ring.accepting()
+                blocked = not ok and int(ring.hdr32[L.REFUSE_REASON_I32]) == L.REFUSE_DISK
+                pending = int(ring.hdr64[L.TAIL_I64]) - int(ring.hdr64[L.HEAD_I64])
+            finally:
+                ring.close()
+            if blocked and pending > 0:
+                click.echo(f"wayy: warning: shard {k} cannot write its write-ahead log: the "
+                           f"{pending:,} bytes of ticks in its inbound ring, never "
+                           f"acknowledged by a flush, are not stored", err=True)
+    except (WayyError, OSError):
+        pass  # stopping matters more than this warning
 
 
 @main.command()
@@ -385,6 +411,12 @@ def format_status(st: dict) -> str:
     rej = ", ".join(f"{k}={v}" for k, v in t["rejects"].items() if v) or "-"
     lines.append(f"{'total':>5} {'':<10} {'':>7} {'':>9} {t['symbols']:>8} {t['trades']:>12,} "
                  f"{t['quotes']:>12,} {_rate_text(t):>9}  {rej}")
+    for s in st["shards"]:
+        if s.get("roll_failures"):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                 time.gmtime(s["last_roll_failure_ns"] / 1e9))
+            lines.append(f"shard {s['shard']}: {s['roll_failures']} roll(s) to history "
+                         f"failed, the last at {when} (rows stay in memory; see the log)")
     subs = st.get("subscribers") or []
     lines.append(f"subscribers: {len(subs) or 'none'}")
     if subs:

@@ -175,7 +175,7 @@ def stored_shards(path: str) -> int | None:
     try:
         with open(os.path.join(path, SHARDS_NAME)) as f:
             return int(f.read().strip())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
     except ValueError:
         raise CorruptData(f"{os.path.join(path, SHARDS_NAME)} does not hold a shard count; "

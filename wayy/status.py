@@ -89,6 +89,8 @@ def read_status(path: str, redis: bool = True) -> dict:
                     "last_exit": int(c[C.C_LAST_EXIT]),
                     "generation": int(data.hdr64[S.GENERATION_I64]),
                     "rolls": int(c[C.C_ROLLS]),
+                    "roll_failures": int(c[C.C_ROLL_FAILS]),
+                    "last_roll_failure_ns": int(c[C.C_LAST_ROLL_FAIL_NS]) or None,
                     "rejects": rejects,
                 }
             finally:

@@ -55,7 +55,12 @@ class RunningDb:
         from wayy.manifest import lock_holder
 
         deadline = time.monotonic() + timeout
-        while lock_holder(self.path)[0] and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            running, pid = lock_holder(self.path)
+            # held by this run's supervisor (or its children, under its pid) -- not by a
+            # later run of the same database, which must not make this stop wait
+            if not running or (pid is not None and pid != self.proc.pid):
+                break
             time.sleep(0.05)
         return self.proc.returncode
 

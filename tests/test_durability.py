@@ -3,6 +3,7 @@ is detected and reported, and a full disk stops ingest cleanly until space retur
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import multiprocessing as mp
 import os
@@ -170,8 +171,11 @@ def test_torn_tail_is_cut_back_and_everything_before_it_recovered(db_factory):
 
 
 
-@pytest.mark.parametrize("wal_fate", ["emptied", "removed", "moved-away-no-wal",
-                                      "first-record-damaged"])
+@pytest.mark.parametrize("wal_fate", [
+    "emptied",
+    pytest.param("removed", marks=pytest.mark.slow),
+    pytest.param("moved-away-no-wal", marks=pytest.mark.slow),
+    pytest.param("first-record-damaged", marks=pytest.mark.slow)])
 def test_seq_continues_above_history_whatever_became_of_the_wal(db_factory, wal_fate):
     """Rows rolled to history, then the WAL lost (emptied, removed, moved away as the
     --no-wal refusal suggests, or damaged in its first record): the next start continues
@@ -390,13 +394,23 @@ def _can_mount() -> bool:
     return ok
 
 
-@pytest.mark.skipif(not _can_mount(), reason="needs permission to mount a small tmpfs")
-def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_path):
+@contextlib.contextmanager
+def small_wal_disk(tmp_path):
+    """``DB/wal`` of the database at tmp_path/db on a 512 KiB tmpfs (unmounted after):
+    yields (database path, WAL directory)."""
     path = str(tmp_path / "db")
     wal_dir = os.path.join(path, "wal")
     os.makedirs(wal_dir)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", wal_dir], check=True)
     try:
+        yield path, wal_dir
+    finally:
+        subprocess.run(["umount", "-l", wal_dir], capture_output=True)
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs permission to mount a small tmpfs")
+def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_path):
+    with small_wal_disk(tmp_path) as (_path, wal_dir):
         d = db_factory("--shards", "1", "--feed", "none", "--fsync", "batch")
         p = wayy.Producer(d.path, timeout=2)
         acked = 0
@@ -438,20 +452,13 @@ def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_p
         d2 = db_factory("--shards", "1", "--feed", "none")
         assert_same(before, snapshot(d2.path))  # nothing committed was lost
         d2.stop()
-    finally:
-        subprocess.run(["umount", "-l", wal_dir], capture_output=True)
-
 
 
 @pytest.mark.skipif(not _can_mount(), reason="needs permission to mount a small tmpfs")
 def test_stop_of_a_wal_blocked_shard_says_what_it_cannot_store(db_factory, tmp_path):
     """`wayy stop` drains the rings, except a shard whose WAL cannot be written: it stops
     anyway, and says how much of that ring (never acknowledged) is not stored."""
-    path = str(tmp_path / "db")
-    wal_dir = os.path.join(path, "wal")
-    os.makedirs(wal_dir)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", wal_dir], check=True)
-    try:
+    with small_wal_disk(tmp_path):
         d = db_factory("--shards", "1", "--feed", "none", "--fsync", "batch")
         p = wayy.Producer(d.path, timeout=2)
         n = 100
@@ -466,8 +473,6 @@ def test_stop_of_a_wal_blocked_shard_says_what_it_cannot_store(db_factory, tmp_p
         assert r.returncode == 0, r.stderr
         assert "shard 0 cannot write its write-ahead log" in r.stderr, r.stderr
         assert "never acknowledged by a flush, are not stored" in r.stderr
-    finally:
-        subprocess.run(["umount", "-l", wal_dir], capture_output=True)
 
 def ingest_forever(path: str, seconds: float, q) -> None:
     """Producer process: trade batches priced 1, 2, 3, ... for ``seconds``; puts the count."""

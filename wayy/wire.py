@@ -582,6 +582,19 @@ def _stable_order(keys, n):
     return a
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put_group(g, sym, venue, main, start, body, end, rows, last_seq, ts_max):
+    g[G_SYM] = sym
+    g[G_VENUE] = venue
+    g[G_MAIN] = main
+    g[G_START] = start
+    g[G_BODY] = body
+    g[G_END] = end
+    g[G_ROWS] = rows
+    g[G_LAST_SEQ] = last_seq
+    g[G_TS_MAX] = ts_max
+
+
 @numba.njit(cache=True, nogil=True)
 def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ven8, out,
                    groups, info):
@@ -638,16 +651,8 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
                                    sym8, ven8, out, pos, info)
         if body == 0:
             return end
-        g = groups[nmsg]
-        g[G_SYM] = s
-        g[G_VENUE] = uv[0] if nv == 1 else -1
-        g[G_MAIN] = 1
-        g[G_START] = pos
-        g[G_BODY] = body
-        g[G_END] = end
-        g[G_ROWS] = m
-        g[G_LAST_SEQ] = gseq[m - 1]
-        g[G_TS_MAX] = tsmax
+        _put_group(groups[nmsg], s, uv[0] if nv == 1 else -1, 1, pos, body, end, m,
+                   gseq[m - 1], tsmax)
         nmsg += 1
         pos = end
         for j in range(subs):
@@ -676,16 +681,7 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
                                        sym8, ven8, out, pos, info)
             if body == 0:
                 return end
-            g = groups[nmsg]
-            g[G_SYM] = s
-            g[G_VENUE] = v
-            g[G_MAIN] = 0
-            g[G_START] = pos
-            g[G_BODY] = body
-            g[G_END] = end
-            g[G_ROWS] = c
-            g[G_LAST_SEQ] = sseq[c - 1]
-            g[G_TS_MAX] = vmax
+            _put_group(groups[nmsg], s, v, 0, pos, body, end, c, sseq[c - 1], vmax)
             nmsg += 1
             pos = end
         a = b

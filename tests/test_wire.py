@@ -783,9 +783,12 @@ def test_group_encoder_gives_encode_binarys_bytes_for_every_symbol_and_venue(rea
     enc = GroupEncoder()
     enc._out = np.empty(64, np.uint8)  # force the retry with bigger buffers
     enc._groups = np.empty((1, enc._groups.shape[1]), np.int64)
-    syms = np.array(["AAPL", "MSFT", "X", "SIXTEEN.CHARS.AB"])
+    # symbol ids 0-3, or spread over 0..9999 (ids far apart: the merge sort, not counting)
+    syms = np.array([f"S{i}" for i in range(10_000)])
+    syms[:4] = ["AAPL", "MSFT", "X", "SIXTEEN.CHARS.AB"]
+    sparse = np.array([0, 3001, 6002, 9999])
     vens = np.array(["", "NYSE", "NASDAQ", "ARCA"])
-    sym8 = to_name_array(syms, "symbol", 4).view(np.uint8).copy()
+    sym8 = to_name_array(syms, "symbol", len(syms)).view(np.uint8).copy()
     ven8 = to_name_array(vens, "venue", 4).view(np.uint8).copy()
     for trial in range(120):
         table = ("trades", "quotes")[trial % 2]
@@ -794,6 +797,8 @@ def test_group_encoder_gives_encode_binarys_bytes_for_every_symbol_and_venue(rea
         if trial % 5 == 0:
             ts = ts[::-1].copy()
         sid = rng.integers(0, 4 if trial % 3 else 1, n).astype(np.int32)
+        if trial % 4 == 1:
+            sid = sparse[sid].astype(np.int32)
         vid = (rng.integers(0, 4 if trial % 4 else 1, n) if trial % 7 else np.full(n, 2)
                ).astype(np.int32)
         seq = np.cumsum(rng.integers(1, 5, n)).astype(np.int64)

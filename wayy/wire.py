@@ -582,6 +582,36 @@ def _stable_order(keys, n):
     return a
 
 
+@numba.njit(cache=True, nogil=True)
+def _symbol_order(sid, n):
+    """Row indices grouped by symbol id, ascending, seq order kept within a symbol: a
+    counting sort when the ids span a range not much larger than the batch (a shard's
+    busy symbols), else the merge sort."""
+    if n == 0:
+        return np.arange(0)
+    lo = sid[0]
+    hi = sid[0]
+    for i in range(1, n):
+        if sid[i] < lo:
+            lo = sid[i]
+        elif sid[i] > hi:
+            hi = sid[i]
+    span = np.int64(hi) - np.int64(lo) + 1
+    if span > 4 * n + 1024:
+        return _stable_order(sid, n)
+    start = np.zeros(span + 1, np.int64)
+    for i in range(n):
+        start[sid[i] - lo + 1] += 1
+    for j in range(span):
+        start[j + 1] += start[j]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        j = sid[i] - lo
+        order[start[j]] = i
+        start[j] += 1
+    return order
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _put_group(g, sym, venue, main, start, body, end, rows, last_seq, ts_max):
     g[G_SYM] = sym
@@ -601,7 +631,7 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
     """Every symbol group of one table's rows of one shard, encoded (see above). Returns the
     number of messages (rows of ``groups``), or an ENC_* / GROUPS_OUT_OF_ROOM code."""
     n = ts.shape[0]
-    order = _stable_order(sid, n)  # stable: seq order within a symbol
+    order = _symbol_order(sid, n)  # stable: seq order within a symbol
     gts = np.empty(n, np.int64)
     gseq = np.empty(n, np.int64)
     gven = np.empty(n, np.int64)
@@ -629,15 +659,25 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
             if ts[r] > tsmax:
                 tsmax = ts[r]
         # the group's venues, ascending (as np.unique gives them), and each row's index
-        vo = _stable_order(gven, m)
+        one = True
+        for i in range(1, m):
+            if gven[i] != gven[0]:
+                one = False
+                break
         uv = np.empty(m, np.int64)
-        nv = 0
-        for i in range(m):
-            v = gven[vo[i]]
-            if nv == 0 or uv[nv - 1] != v:
-                uv[nv] = v
-                nv += 1
-            gloc[vo[i]] = nv - 1
+        if one:  # the common case: no sort
+            uv[0] = gven[0]
+            nv = 1
+            gloc[:m] = 0
+        else:
+            vo = _stable_order(gven, m)
+            nv = 0
+            for i in range(m):
+                v = gven[vo[i]]
+                if nv == 0 or uv[nv - 1] != v:
+                    uv[nv] = v
+                    nv += 1
+                gloc[vo[i]] = nv - 1
         if nv > MAX_VENUES:
             info[0] = nv
             return ENC_VENUE

@@ -293,11 +293,16 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
                        (["--ring-bytes", "1000"], "power of two"),
                        (["--feed", "bogus"], "feed"),
                        (["--writer-poll-us", "-1"], "--writer-poll-us"),
-                       (["--writer-poll-us", "nan"], "--writer-poll-us")]:
+                       (["--writer-poll-us", "nan"], "--writer-poll-us"),
+                       (["--max-symbols", "0"], "max_symbols 0 out of range: 1 .. 2**31 - 1")]:
         r = run_cli("start", "--db", str(tmp_path / "bad"), *args)
         assert r.returncode != 0 and text in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
 
+    for cmd in ("roll", "stop"):  # a timeout that cannot be waited: refused before acting
+        r = run_cli(cmd, "--db", db_run.path, "--timeout", "-1")
+        assert r.returncode == 2 and "--timeout" in r.stderr, r.stderr
+    assert db_run.status()["shards"][0]["state"] == "running"
     r = run_cli("status", "--db", str(tmp_path / "nothing"))
     assert r.returncode == 1 and "no database" in r.stderr
     r = run_cli("status", "--db", str(tmp_path / "nothing"), "--json")

@@ -309,7 +309,8 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
 
 @main.command()
 @db_option
-@click.option("--timeout", type=float, default=15.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=15.0,
+              show_default=True,
               help="Seconds to wait for a clean stop before killing the supervisor.")
 def stop(db: str, timeout: float) -> None:
     """Stop a running database and remove its shared memory."""
@@ -464,7 +465,8 @@ def _format_redis(r: dict | None) -> list[str]:
 
 @main.command()
 @db_option
-@click.option("--timeout", type=float, default=120.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+              show_default=True,
               help="Seconds to wait for every shard to finish its roll.")
 def roll(db: str, timeout: float) -> None:
     """Roll now: every shard writer moves its rows to history on disk (DB/hist/DATE/TABLE/,

@@ -409,6 +409,8 @@ class Table:
         """
         if n.__class__ is not int or n < 0:
             n = H._check_n(n)
+        if symbol is not None and symbol.__class__ is not str:
+            check_symbol(symbol)  # InvalidName (a list, bytes ...), before any lookup
         self.db._check_current()
         if venue is None and time.monotonic() < self.db.history.empty_until:
             res = self._tail_memory_only(n, symbol)
@@ -434,9 +436,10 @@ class Table:
                 return None
             k, sid = found
             d = db.shards[k]
-            out = np.empty(n, np.int64)
-            got = query.tail_symbol(d.last[self.id], d.prev[self.id], d.committed(self.id),
-                                    sid, n, out)
+            committed = d.committed(self.id)
+            out = np.empty(min(n, committed), np.int64)  # n may be far beyond the rows
+            got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed,
+                                    sid, len(out), out)
             res = Result(self.name, self._gather(k, out[:got]))
             # rows read before a reset of the generation this listing is synced to: valid
             return res if db._hdr[k][_GEN] == db._gens[k] else None
@@ -484,7 +487,7 @@ class Table:
         vid = -1
         if venue is not None and (vid := self._venue_id(k, venue)) < 0:
             return np.empty(0, np.int64)
-        want = n
+        want = min(n, committed)  # n may be far beyond the rows there are
         while True:
             out = np.empty(want, np.int64)
             got = query.tail_symbol(d.last[self.id], d.prev[self.id], committed, sid, want,
@@ -495,9 +498,10 @@ class Table:
             if vid < 0:
                 return rows
             match = rows[d.cols[self.id]["venue"].take(rows) == vid]
-            if len(match) >= n or got < want or cut:  # enough, or no older rows left
+            if len(match) >= n or got < want or cut or want >= committed:
+                # enough, or no older rows left
                 return match[len(match) - n:] if len(match) > n else match
-            want *= 4
+            want = min(want * 4, committed)
 
     def _tail_all(self, n: int, venue: str | None) -> Result:
         parts = self._hist()

@@ -425,7 +425,7 @@ class _Follow:
 class _Acc:
     """Batch mode: pending rows of one (shard, table), as pieces (lo, hi) or index arrays."""
 
-    __slots__ = ("f", "t", "pieces", "n", "first_seq", "since_ns")
+    __slots__ = ("f", "t", "pieces", "n", "first_seq", "last_seq", "gen", "since_ns")
 
     def __init__(self, f: _Follow, t: int) -> None:
         self.f = f
@@ -433,6 +433,8 @@ class _Acc:
         self.pieces: list = []
         self.n = 0
         self.first_seq = -1
+        self.last_seq = -1  # seq of the newest pending row
+        self.gen = -1  # the segment generation the pieces' row positions belong to
         self.since_ns = 0
 
 
@@ -855,27 +857,7 @@ class Subscription:
             if self._stopping:
                 return
             if self.batch_mode:
-                sn, sid = np.unique(cols["symbol"], return_inverse=True)
-                vn, vid = np.unique(cols["venue"], return_inverse=True)
-                bcols = {c: cols[c] for c in T.COLUMNS[t]}
-                bcols["symbol"] = sid.astype(np.int32)
-                bcols["venue"] = vid.astype(np.int32)
-                batch = self._filtered(Batch(f.k, T.TABLE_NAMES[t], bcols, (sn, vn), False))
-                if batch is None:
-                    return
-                if not len(batch):
-                    continue
-                if self.callback is None:
-                    self._queue.append((batch, _Mark(f.k, t, int(cols["seq"][-1]) + 1)))
-                    continue
-                try:
-                    self.callback(batch)
-                except Exception as exc:  # noqa: BLE001
-                    if self._callback_failed(exc, batch):
-                        return
-                self._delivered += len(batch)
-                self._items += 1
-                self._since_ckpt += 1
+                self._history_batches(f, t, cols)
                 continue
             for row in SH.tick_rows(f.k, t, cols):
                 tick = _tick_new(Tick, row)
@@ -1034,14 +1016,22 @@ class Subscription:
     def _accumulate(self, f: _Follow, nr: int) -> None:
         now = 0
         seqcols = (f.data.cols[0]["seq"], f.data.cols[1]["seq"])
+        gen = int(f.stv[K.F_GEN])  # checked by _pump after the call that read these rows
         for t, cnt, fr, start, fs in f.runs[:nr].tolist():
             acc = self._accs[(f.k, t)]
+            if acc.n and acc.gen != gen:
+                # the pending rows' positions are of an earlier generation (a roll came in
+                # between): emit them (from history) before taking rows of this one
+                self._flush_acc(acc)
             if acc.n == 0:
                 if not now:
                     now = time.monotonic_ns()
                 acc.since_ns = now
                 acc.first_seq = fs if start < 0 else int(seqcols[t][f.rows[start]])
+                acc.gen = gen
                 self._next_flush = min(self._next_flush, now + self.max_latency_ns)
+            acc.last_seq = int(seqcols[t][fr + cnt - 1 if start < 0
+                                          else f.rows[start + cnt - 1]])
             if start < 0:
                 last = acc.pieces[-1] if acc.pieces else None
                 if type(last) is tuple and last[1] == fr:
@@ -1079,8 +1069,75 @@ class Subscription:
     def _stopping_hard(self) -> bool:
         return self._stopping and self.error is not None
 
+    def _flush_acc(self, acc: _Acc) -> None:
+        """Emit everything ``acc`` holds, now."""
+        while acc.n and not self._stopping_hard():
+            self._emit(acc, acc.n)
+
+    def _emit_rolled(self, acc: _Acc) -> None:
+        """The pending rows' segment was rolled to history (memory reset, maybe already
+        overwritten): deliver them from history instead -- exactly the rows of this table
+        with first_seq <= seq <= last_seq that the subscription wants, as accumulated."""
+        from wayy import subscribe_history as SH
+
+        f, t = acc.f, acc.t
+        lo, hi, want = acc.first_seq, acc.last_seq + 1, acc.n
+        acc.pieces, acc.n, acc.first_seq, acc.last_seq = [], 0, -1, -1
+        pieces, _found = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        got = 0
+        for pt, cols in pieces:
+            if pt != t or self._stopping:
+                continue
+            got += len(cols["seq"])
+            self._history_batches(f, t, cols)
+        if got < want:
+            f.st[K.F_LOST] += want - got
+            log.warning("subscriber %s: %d rows of shard %d (seq %d..%d) rolled to history "
+                        "while pending and are not there (retention): not delivered",
+                        ",".join(self.channel_names), want - got, f.k, lo, hi - 1)
+        if self.callback is not None:
+            self._cur[f.k][t] = max(self._cur[f.k][t], hi)
+
+    def _history_batches(self, f: _Follow, t: int, cols: dict) -> None:
+        """Rows read back from history (names decoded), as batches of at most batch_size."""
+        sn, sid = np.unique(cols["symbol"], return_inverse=True)
+        vn, vid = np.unique(cols["venue"], return_inverse=True)
+        bcols = {c: cols[c] for c in T.COLUMNS[t]}
+        bcols["symbol"] = sid.astype(np.int32)
+        bcols["venue"] = vid.astype(np.int32)
+        size = self.batch_size or len(sid)
+        for a in range(0, len(sid), size):
+            if self._stopping:
+                return
+            part = {c: v[a:a + size] for c, v in bcols.items()}
+            self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, (sn, vn), False),
+                                int(part["seq"][-1]) + 1)
+
+    def _deliver_batch(self, f: _Follow, t: int, batch: Batch, cursor: int) -> None:
+        """Hand one batch to the callback (or the poll queue), cursor after it."""
+        batch = self._filtered(batch)
+        if batch is None:
+            return
+        if self.callback is None:
+            mark = _Mark(f.k, t, cursor)
+            self._queue.append((batch, mark) if len(batch) else mark)
+            return
+        if len(batch):
+            try:
+                self.callback(batch)
+            except Exception as exc:  # noqa: BLE001
+                if self._callback_failed(exc, batch):
+                    return
+            self._delivered += len(batch)
+            self._items += 1
+            self._since_ckpt += 1
+        self._cur[f.k][t] = cursor
+
     def _emit(self, acc: _Acc, n: int) -> None:
         f, t = acc.f, acc.t
+        if int(f.gen[0]) != acc.gen:
+            self._emit_rolled(acc)
+            return
         cols = f.data.cols[t]
         take, rest, got = [], [], 0
         for i, p in enumerate(acc.pieces):
@@ -1110,6 +1167,9 @@ class Subscription:
                                   for p in take])
             bcols = {c: cols[c][idx] for c in T.COLUMNS[t]}
             zero = False
+        if int(f.gen[0]) != acc.gen:  # rolled while we read: these may be new rows
+            self._emit_rolled(acc)
+            return
         acc.pieces = rest
         acc.n -= n
         if acc.n:

@@ -116,6 +116,7 @@ class ShardWriter:
         self._full_seen = 0
         self._fill_due = False
         self._fill_retry_at = 0.0
+        self._saved_seq = -1  # the next seq last recorded in <db>/shard-K.next-seq
 
     # --- agent ----------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -194,13 +195,45 @@ class ShardWriter:
         again at 0, and queries -- which skip memory rows history already holds -- would
         never show the new rows."""
         floor = history.shard_next_seq(self.db_path, self.shard)
+        given = self._read_next_seq()
         st = self.state
-        if int(st[ingest.S_NEXT_SEQ]) < floor:
-            log.warning("shard %d: history holds seqs up to %d but the write-ahead log and "
-                        "memory only up to %d (was the WAL removed, emptied or damaged?); "
-                        "continuing from seq %d", self.shard, floor - 1,
-                        int(st[ingest.S_NEXT_SEQ]) - 1, floor)
-            st[ingest.S_NEXT_SEQ] = floor
+        if int(st[ingest.S_NEXT_SEQ]) < max(floor, given):
+            log.warning("shard %d: seqs up to %d were given out before (history holds up to "
+                        "%d) but the write-ahead log and memory hold only up to %d (was the "
+                        "WAL removed, emptied or damaged, or off?); continuing from seq %d",
+                        self.shard, max(floor, given) - 1, floor - 1,
+                        int(st[ingest.S_NEXT_SEQ]) - 1, max(floor, given))
+            st[ingest.S_NEXT_SEQ] = max(floor, given)
+        self._saved_seq = int(st[ingest.S_NEXT_SEQ])
+
+    def _seq_file(self) -> str:
+        return os.path.join(self.db_path, f"shard-{self.shard}.next-seq")
+
+    def _read_next_seq(self) -> int:
+        """The next seq recorded by an earlier writer of this shard (0 if none)."""
+        try:
+            with open(self._seq_file()) as f:
+                return max(0, int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            return 0
+
+    def _save_next_seq(self) -> None:
+        """Record the next seq (at stop, and each second it moved): without a WAL -- or with
+        one lost -- a restart must still not give out a seq consumers have seen."""
+        if self.db_path is None:
+            return
+        nxt = int(self.state[ingest.S_NEXT_SEQ])
+        if nxt == self._saved_seq:
+            return
+        path = self._seq_file()
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{nxt}\n")
+            os.replace(tmp, path)
+            self._saved_seq = nxt
+        except OSError as exc:  # a full disk: the WAL path reports it; this is a hint
+            log.debug("shard %d: cannot record next seq: %s", self.shard, exc)
 
     def do_work(self) -> int:
         """Drain, commit, release. Returns the number of records consumed (0 = idle)."""
@@ -355,6 +388,7 @@ class ShardWriter:
                 time.sleep(0.01)
                 return
         if now - self._rate_t >= 1.0:
+            self._save_next_seq()
             why = roll.due(self.roll_cfg, self.data, self.state, self._day)
             if why is not None:
                 self.roll(why)
@@ -458,6 +492,7 @@ class ShardWriter:
         inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_STOPPED)
         if self._pending is not None:
             self._finish_pending()
+        self._save_next_seq()
         if self._wal_stage is not None:
             self._wal_stage.stop()
         if self.log is not None:

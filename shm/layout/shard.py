@@ -113,8 +113,10 @@ def check_params(capacity: int, max_symbols: int, max_venues: int) -> None:
         raise CapacityError(f"capacity {capacity} must be a positive multiple of {BLOCK_ROWS}")
     if capacity >= 2**31:
         raise CapacityError(f"capacity {capacity} must be below 2**31 rows per table")
-    if not 1 <= max_symbols < 2**31 or not 2 <= max_venues < 2**31:
-        raise CapacityError(f"max_symbols {max_symbols} / max_venues {max_venues} out of range")
+    if not 1 <= max_symbols < 2**31:
+        raise CapacityError(f"max_symbols {max_symbols} out of range: 1 .. 2**31 - 1")
+    if not 2 <= max_venues < 2**31:
+        raise CapacityError(f"max_venues {max_venues} out of range: 2 .. 2**31 - 1")
 
 
 def region_offsets(capacity: int, max_symbols: int, max_venues: int) -> np.ndarray:

@@ -128,6 +128,8 @@ def _one_shard(sym8, n, nshards):
         if out[0] != k:
             return -1
     return k
+
+
 _MISSING = object()  # publish(): a field that was not given
 _FIELDS = ("symbol", "price", "size", "bid", "ask", "bid_size", "ask_size")
 _NO_VENUE = ""  # the default venue (CPython has one empty str, so `is` is exact)

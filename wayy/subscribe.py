@@ -1127,7 +1127,7 @@ class Subscription:
                 self.callback(batch)
             except Exception as exc:  # noqa: BLE001
                 if self._callback_failed(exc, batch):
-                    return
+                    return  # the cursor stays before this batch
             self._delivered += len(batch)
             self._items += 1
             self._since_ckpt += 1
@@ -1181,25 +1181,7 @@ class Subscription:
             acc.first_seq = -1
             cursor = int(f.st[K.F_NEXT])
         names = f.name_arrays(self.db)
-        batch = self._filtered(Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero))
-        if batch is None:
-            return
-        if self.callback is None:
-            mark = _Mark(f.k, t, cursor)
-            self._queue.append((batch, mark) if len(batch) else mark)
-            return
-        if len(batch):
-            try:
-                self.callback(batch)
-            except Exception as exc:  # noqa: BLE001
-                if self._callback_failed(exc, batch):
-                    return  # cursor stays before this batch
-            except BaseException:
-                raise
-            self._delivered += len(batch)
-            self._items += 1
-            self._since_ckpt += 1
-        self._cur[f.k][t] = cursor
+        self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero), cursor)
 
     def _filtered(self, batch: Batch) -> Batch | None:
         """The batch after the subscription's filter (None: the filter raised and errors

@@ -503,7 +503,8 @@ def _group_message(ts, seq, vloc, vids, nv, v0, v1, v2, v3, k, schema, shard, sy
     """One message (header, names, columns) at ``out[pos:]``; returns (end, body start) or
     (ENC code, 0); GROUPS_OUT_OF_ROOM when it may not fit."""
     n = ts.shape[0]
-    names = 2 + _name_len(sym8, sym)
+    sym_len = _name_len(sym8, sym)
+    names = 2 + sym_len
     for j in range(nv):
         names += 1 + _name_len(ven8, vids[j])
     need = HEADER_SIZE + names + (3 + k) * (33 + 8 * n)
@@ -512,11 +513,10 @@ def _group_message(ts, seq, vloc, vids, nv, v0, v1, v2, v3, k, schema, shard, sy
         return GROUPS_OUT_OF_ROOM, 0
     body = pos + HEADER_SIZE
     q = body
-    ln = _name_len(sym8, sym)
-    out[q] = ln
-    for c in range(ln):
+    out[q] = sym_len
+    for c in range(sym_len):
         out[q + 1 + c] = sym8[sym * NAME_BYTES + c]
-    q += 1 + ln
+    q += 1 + sym_len
     out[q] = nv
     q += 1
     for j in range(nv):
@@ -654,8 +654,9 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
             gven[i] = vid[r]
             gv[0, i] = v0[r]
             gv[1, i] = v1[r]
-            gv[2, i] = v2[r]
-            gv[3, i] = v3[r]
+            if k > 2:  # trades have two value columns: the other two are never read
+                gv[2, i] = v2[r]
+                gv[3, i] = v3[r]
             if ts[r] > tsmax:
                 tsmax = ts[r]
         # the group's venues, ascending (as np.unique gives them), and each row's index
@@ -707,7 +708,7 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
                 if gven[i] == v:
                     sts[c] = gts[i]
                     sseq[c] = gseq[i]
-                    for f in range(4):
+                    for f in range(k):
                         sv[f, c] = gv[f, i]
                     c += 1
             vmax = sts[0]

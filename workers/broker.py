@@ -197,7 +197,6 @@ class Broker:
         self.stream_compress = wire_format != "binary"
         # binary formats: every symbol group of a batch encoded by one kernel call
         self._genc = wire.GroupEncoder() if self.stream_binary else None
-        self._name_tables: dict[int, tuple] = {}  # shard -> (names object, 16-byte tables)
         self.link = RedisLink(redis_url, username, password, timeout=5.0,
                               name=f"wayy-broker-{index}")
         self.db = None
@@ -209,7 +208,8 @@ class Broker:
         self._seen_cursors: list | None = None
         self.cursors: dict[int, list[int]] = {}  # committed in Redis: next seq per table
         self._stream_last: dict[bytes, tuple[int, int]] = {}  # key -> (M, L) of the last id
-        self._names: dict[int, tuple] = {}  # shard -> (names object, its lists)
+        # shard -> [names object, its lists, its 16-byte tables (made when first wanted)]
+        self._names: dict[int, list] = {}
         self._chan_cache: dict[tuple, object] = {}
         self._last_ts: dict[int, int] = {}
         self._retry_db = 0.0
@@ -588,13 +588,28 @@ class Broker:
         """(symbol names, venue names) that ``b``'s symbol / venue ids index: the shard's
         interned names for rows from memory, the batch's own for rows read back from history.
         (``Batch.names``, converted to lists once per names object.)"""
+        return self._names_entry(b)[1]
+
+    def _name_tables(self, b) -> tuple[np.ndarray, np.ndarray]:
+        """The same names as 16-byte NUL-padded tables (read-only uint8), for the kernel."""
+        entry = self._names_entry(b)
+        if entry[2] is None:
+            tables = []
+            for a, what in zip(entry[0], ("symbol", "venue")):
+                tab = (np.ascontiguousarray(to_name_array(a, what, len(a))).view(np.uint8)
+                       if len(a) else np.zeros(16, np.uint8))
+                tab.flags.writeable = False
+                tables.append(tab)
+            entry[2] = tuple(tables)
+        return entry[2]
+
+    def _names_entry(self, b) -> list:
         key = b.names
         cached = self._names.get(b.shard)
         if cached is not None and cached[0][0] is key[0] and cached[0][1] is key[1]:
-            return cached[1]
-        lists = (key[0].tolist(), key[1].tolist())
-        self._names[b.shard] = (key, lists)
-        return lists
+            return cached
+        entry = self._names[b.shard] = [key, (key[0].tolist(), key[1].tolist()), None]
+        return entry
 
     def _build(self, items: list) -> "_Txn | None":
         """One MULTI/EXEC: every symbol group's PUBLISHes and XADD, and the cursors, packed.
@@ -623,14 +638,13 @@ class Broker:
             if int(seq[0]) < floor:  # republished after a restart: Redis has these rows
                 cut = int(np.searchsorted(seq, floor, "left"))
                 cols = {c: v[cut:] for c, v in cols.items()}
-            names = self._batch_names(b)
             if self._genc is not None:
                 try:
-                    entries.extend(self._entries_fast(k, t, cols, names, b.names))
+                    entries.extend(self._entries_fast(k, t, cols, b))
                     continue
                 except wire.WireError:
                     pass  # the general path below says what cannot be encoded
-            entries.extend(self._entries(k, t, cols, names))
+            entries.extend(self._entries(k, t, cols, self._batch_names(b)))
         self._load_stream_ids([e[2] for e in entries])  # may settle the transaction in flight
         stream_last = self._stream_last
         inflight_ids = self._inflight.ids if self._inflight is not None else {}
@@ -678,16 +692,16 @@ class Broker:
                     {k: new[k] for k in changed}, ids, last_ts, rows, nmsg, nbytes,
                     len(entries))
 
-    def _entries_fast(self, k: int, t: int, cols: dict, names: tuple[list, list],
-                      arrays: tuple) -> list:
-        """What _entries gives, for the binary formats: every group (and venue) message
-        encoded by one kernel call (wire.GroupEncoder). WireError: take the general path."""
-        sym8, ven8 = self._tables(k, arrays)
+    def _entries_fast(self, k: int, t: int, cols: dict, b) -> list:
+        """What _entries gives, for the binary formats: every group (and venue) message of
+        batch ``b``'s rows ``cols`` encoded by one kernel call (wire.GroupEncoder).
+        WireError: take the general path."""
+        sym8, ven8 = self._name_tables(b)
         vcols = T.VALUE_COLUMNS[t]
         out, groups, count = self._genc.encode(
             _TNAME[t], k, cols["ts"], cols["symbol_id"], cols["venue_id"], cols["seq"],
             [cols[c] for c in vcols], sym8, ven8)
-        syms, vens = names
+        syms, vens = self._batch_names(b)
         message = wire.GroupEncoder.message
         compress = self.stream_compress
         entries = []
@@ -703,17 +717,6 @@ class Broker:
             else:
                 entries[-1][6].append((self._venue_channel(t, sym, vens[v]), msg))
         return entries
-
-    def _tables(self, k: int, arrays: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """16-byte NUL-padded name tables (uint8) of a batch's names (cached per object)."""
-        cached = self._name_tables.get(k)
-        if cached is not None and cached[0][0] is arrays[0] and cached[0][1] is arrays[1]:
-            return cached[1]
-        tables = tuple(np.ascontiguousarray(to_name_array(a, what, len(a))).view(np.uint8)
-                       if len(a) else np.zeros(16, np.uint8)
-                       for a, what in ((arrays[0], "symbol"), (arrays[1], "venue")))
-        self._name_tables[k] = (arrays, tables)
-        return tables
 
     def _entries(self, k: int, t: int, cols: dict, names: tuple[list, list]) -> list:
         """Every symbol group of one shard's rows of one table, encoded in the wire format:

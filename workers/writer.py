@@ -190,20 +190,20 @@ class ShardWriter:
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
 
     def _continue_after_history(self) -> None:
-        """Never give out a seq that history holds: with the WAL lost, emptied or damaged
-        in its first record (or moved away to start empty), recovery alone would start
-        again at 0, and queries -- which skip memory rows history already holds -- would
-        never show the new rows."""
-        floor = history.shard_next_seq(self.db_path, self.shard)
-        given = self._read_next_seq()
+        """Never give out a seq given out before (in history, or recorded in
+        shard-K.next-seq): with the WAL lost, emptied or damaged in its first record (or
+        moved away to start empty, or off), recovery alone would start again lower, and
+        queries -- which skip memory rows history already holds -- would hide new rows."""
+        in_history = history.shard_next_seq(self.db_path, self.shard)
+        floor = max(in_history, self._read_next_seq())
         st = self.state
-        if int(st[ingest.S_NEXT_SEQ]) < max(floor, given):
+        if int(st[ingest.S_NEXT_SEQ]) < floor:
             log.warning("shard %d: seqs up to %d were given out before (history holds up to "
                         "%d) but the write-ahead log and memory hold only up to %d (was the "
                         "WAL removed, emptied or damaged, or off?); continuing from seq %d",
-                        self.shard, max(floor, given) - 1, floor - 1,
-                        int(st[ingest.S_NEXT_SEQ]) - 1, max(floor, given))
-            st[ingest.S_NEXT_SEQ] = max(floor, given)
+                        self.shard, floor - 1, in_history - 1, int(st[ingest.S_NEXT_SEQ]) - 1,
+                        floor)
+            st[ingest.S_NEXT_SEQ] = floor
         self._saved_seq = int(st[ingest.S_NEXT_SEQ])
 
     def _seq_file(self) -> str:

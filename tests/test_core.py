@@ -424,3 +424,23 @@ def test_producer_inherited_by_a_forked_child_claims_under_its_own_pid(db_factor
         db.close()
         q.close()
         p.close()
+
+
+def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
+    """`wayy start` says it is compiling (the first start takes a minute) only when numba's
+    cache lacks the writer's kernels: a process pointed at an empty cache directory sees it
+    cold, this one (warm: the suite's databases loaded them) sees it warm."""
+    import subprocess
+    import sys
+
+    from workers.writer import kernels_cached, warm_up
+
+    warm_up()
+    assert kernels_cached()
+    code = "from workers.writer import kernels_cached; print(kernels_cached())"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -207,6 +207,11 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
         for line in _damage_notes(path, started_ns):
             click.echo(line, err=True)
 
+    from workers.writer import kernels_cached
+
+    if not kernels_cached():
+        click.echo("wayy: first start on this machine: compiling kernels (about a minute; "
+                   "later starts take a second or two)", err=True)
     if not detach:
         logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
         sup = Supervisor(cfg)

@@ -12,6 +12,7 @@
     ├── InsufficientSpace              /dev/shm or disk cannot hold what was asked for
     ├── Backpressure                   a shard's inbound ring stayed full past the timeout
     ├── WriterUnavailable              the shard writer refuses input (starting, stopped, disk)
+    ├── RowsRejected                   a writer refused rows after publish returned (flush)
     ├── CorruptData                    a file or record failed its checks
     └── RedisUnavailable               Redis cannot be reached or the connection was lost
                                        (retried with backoff)
@@ -93,7 +94,9 @@ class RowsRejected(WayyError):
     table was full): raised by ``Producer.flush``. ``rejected`` maps shard -> {reason:
     rows}."""
 
-    rejected: dict = {}
+    def __init__(self, message: str, *, rejected: dict | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.rejected: dict[int, dict[str, int]] = {} if rejected is None else rejected
 
 
 class RedisUnavailable(WayyError):

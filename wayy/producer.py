@@ -664,8 +664,8 @@ class Producer:
             exc = RowsRejected(f"rows were refused after they were published ({what}); "
                                f"they are not stored. The counts are the shard's since this "
                                f"Producer's last flush and may include other producers' "
-                               f"rows: see wayy status --db {self.path}", path=self.path)
-            exc.rejected = refused
+                               f"rows: see wayy status --db {self.path}", path=self.path,
+                               rejected=refused)
             raise exc
 
     def close(self) -> None:

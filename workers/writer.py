@@ -612,6 +612,16 @@ class _Prefaulter:
             log.exception("prefault thread stopped")
 
 
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache already holds the writer's main kernel: False on the
+    first start on a machine (or after an upgrade), when warm_up compiles for about a
+    minute instead of loading for a second or two. True when it cannot tell."""
+    try:
+        return os.path.exists(ingest.drain._cache._cache_file._index_path)
+    except Exception:  # noqa: BLE001  (numba internals: only a hint for the user)
+        return True
+
+
 def warm_up() -> None:
     """Compile (or load from cache) every kernel the writer uses, before going live."""
     from shm.segment import Segment  # noqa: F401  (import cost paid here too)

@@ -1107,3 +1107,115 @@ def test_a_change_ring_of_another_layout_version_is_refused_clearly(fake):
     with pytest.raises(wayy.IncompatibleVersion, match="layout version"):
         db.subscribe("trades")
     f.rings[0]._seg.publish_version(CRL.VERSION_MAJOR, CRL.VERSION_MINOR)
+
+
+# --- found by an outside-in check ---------------------------------------------------------------
+
+def test_checkpoint_of_a_database_made_again_at_the_same_path_is_refused(fake, tmp_path):
+    """Same path, same segment prefix, but the directory was made again (a new wayy.id):
+    resuming from the old cursors would skip the new database's first rows silently."""
+    f = fake(nshards=1)
+    with open(os.path.join(f.path, "wayy.id"), "w") as fh:
+        fh.write("aaaa\n")
+    p = str(tmp_path / "c.json")
+    db = f.attach()
+    sub = db.subscribe("trades", checkpoint=p, from_seq=0)
+    f.append("trades", ["A"] * 5)
+    assert len([sub.poll(1.0) for _ in range(5)]) == 5
+    sub.stop()
+    assert json.load(open(p))["db_id"] == "aaaa"
+    db.subscribe("trades", checkpoint=p).stop()  # the same database: resumes
+    with open(os.path.join(f.path, "wayy.id"), "w") as fh:
+        fh.write("bbbb\n")
+    with pytest.raises(InvalidInput, match="created again"):
+        db.subscribe("trades", checkpoint=p)
+
+
+def test_batch_filter_that_raises_or_returns_a_bad_mask_skips_the_batch(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    got, errors = [], []
+    bad = {"raise": lambda b: 1 / 0, "short mask": lambda b: np.array([True]),
+           "ints": lambda b: np.arange(len(b))}
+    for why, filt in bad.items():
+        db.subscribe("trades", batch_size=4, filter=filt, callback=got.append,
+                     on_error=lambda exc, item: errors.append(exc))
+    f.append("trades", ["A"] * 4)
+    db.run(timeout=0.3)  # no traceback out of run: each is an error of its subscription
+    assert got == []
+    assert len(errors) == 3
+    assert isinstance(errors[0], ZeroDivisionError)
+    assert all(isinstance(e, InvalidInput) and "boolean mask" in str(e) for e in errors[1:])
+    assert all(s.active for s in db.subscriptions)
+
+
+def test_subscribing_on_a_handle_of_a_stopped_database_raises_not_running(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    os.close(f.lock)  # the supervisor is gone
+    try:
+        with pytest.raises(NotRunning):
+            db.subscribe("trades", callback=lambda t: None)
+    finally:
+        f.lock = acquire_lock(f.path)
+
+
+def test_a_subscription_made_inside_run_joins_it(fake):
+    f = fake(nshards=2)
+    db = f.attach()
+    late = []
+
+    def first(t):
+        if not late:
+            late.append(db.subscribe("ticks:B", callback=late.append))
+
+    db.subscribe("ticks:A", callback=first)
+    f.append("trades", ["A"])
+    deadline = time.monotonic() + 5
+    while not late and time.monotonic() < deadline:
+        db.run(timeout=0.05)
+    threading.Timer(0.2, lambda: f.append("trades", ["B"] * 3)).start()
+    db.run(timeout=1.0)  # the one run services both
+    assert [t.symbol for t in late[1:]] == ["B"] * 3
+
+
+def test_huge_start_points_and_limits_are_clear_errors_or_clamped(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    f.append("trades", ["A"] * 3)
+    for kw in ({"from_seq": 2**70}, {"from_seq": {0: 2**64}}, {"batch_size": 2**70},
+               {"checkpoint_every": 2**70, "checkpoint": "x"}, {"max_latency_ms": 1e300}):
+        with pytest.raises(InvalidInput):
+            db.subscribe("trades", **kw)
+    s = db.subscribe("trades", from_ts=2**70)  # later than everything: live
+    assert s.poll(0.05) is None
+    s.stop()
+    s = db.subscribe("trades", from_ts=-2**70)  # before everything: from the first row
+    assert [s.poll(1.0).seq for _ in range(3)] == [0, 1, 2]
+    s.stop()
+
+
+def test_a_checkpoint_that_cannot_be_made_stops_the_subscription_once(fake, tmp_path):
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("trades", callback=lambda t: None, checkpoint=str(tmp_path / "c.json"),
+                       on_checkpoint=lambda: {"not json": object()})
+    f.append("trades", ["A"] * 2)
+    with pytest.raises(InvalidInput, match="JSON"):
+        db.run(timeout=3.0)  # the first checkpoint is due within a second
+    assert sub.stopped_reason == "checkpoint failed"
+    sub.stop()  # no second error
+    assert not sub.active
+
+
+def test_zero_copy_batch_says_when_a_roll_reused_its_memory(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("trades", batch_size=4)
+    f.append("trades", ["A"] * 4)
+    b = sub.poll(1.0)
+    assert b.zero_copy and b.valid
+    ingest.bump_generation(f.data[0].hdr64)  # what a roll does before reusing the rows
+    assert not b.valid
+    assert b.keep(np.ones(len(b), bool)).valid  # a copy stays valid
+    sub.stop()

@@ -96,6 +96,7 @@ class Database:
         self._tables = {name: Table(self, name) for name in T.TABLE_NAMES}
         self._pid = os.getpid()
         self._subscriptions: list = []
+        self._subs_made = 0  # subscriptions ever made here: db.run() notices new ones
         self._rings: dict = {}
         self._reg = None
         self._alive_due = time.monotonic() + ALIVE_CHECK_S
@@ -202,10 +203,12 @@ class Database:
         """Run every active callback subscription in this thread until they all stop,
         Ctrl-C / SIGTERM (which stop them cleanly: checkpoints written), or ``timeout``
         seconds (then they stay active). A callback that stops with ``stop_on_error``
-        stops the others and its exception is raised here."""
+        stops the others and its exception is raised here. Subscriptions made while it
+        runs (in a callback, say) join it."""
         from wayy.subscribe import _run
 
-        _run([s for s in self._subscriptions if s.active and s.callback is not None], timeout)
+        _run([s for s in self._subscriptions if s.active and s.callback is not None], timeout,
+             self)
 
     @property
     def subscriptions(self) -> list:

@@ -196,7 +196,8 @@ def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> lis
 
     ``heads`` gives per shard the committed next seq and the newest row's ts: a subscriber's
     lag is how many committed rows of its shards it has not processed yet, and how far (in
-    the rows' own timestamps) the newest of them is ahead of the last one it processed.
+    the rows' own timestamps) the newest of them is ahead of the last one it processed (of
+    the moment it subscribed, when it has processed none yet).
     """
     reg = Registry.attach_readonly(prefix)
     if reg is None:
@@ -218,8 +219,11 @@ def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> lis
                     continue
                 behind = max(0, heads[k][0] - int(row[RL.SHARD_NEXT_SEQ]))
                 lag_rows += behind
-                if behind and row[RL.SHARD_LAST_TS]:
-                    lag_ns = max(lag_ns, heads[k][1] - int(row[RL.SHARD_LAST_TS]))
+                if behind:
+                    # nothing processed yet on this shard: at least as far behind as the
+                    # newest row is after the moment it subscribed (not 0)
+                    done_ts = int(row[RL.SHARD_LAST_TS]) or claimed_ns
+                    lag_ns = max(lag_ns, heads[k][1] - done_ts)
             idle = int(i32[RL.IDLE_I32])
             mode = int(i32[RL.MODE_I32])
             state = int(i32[RL.STATE_I32])

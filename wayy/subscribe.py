@@ -66,6 +66,7 @@ from shm.layout import subscribers as RL
 from shm.layout import tables as T
 from wayy.channels import Channel, channel_of, format_channel
 from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
+from wayy.manifest import ID_NAME
 from wayy.names import shard_of
 
 log = logging.getLogger("wayy.subscribe")
@@ -173,15 +174,26 @@ class Batch:
     are the raw per-shard ids. Iterating a batch gives :class:`Tick` objects.
     """
 
-    __slots__ = ("shard", "table", "zero_copy", "_cols", "_names", "_decoded")
+    __slots__ = ("shard", "table", "zero_copy", "_cols", "_names", "_decoded", "_gen",
+                 "_gen0")
 
-    def __init__(self, shard: int, table: str, cols: dict, names: tuple, zero_copy: bool) -> None:
+    def __init__(self, shard: int, table: str, cols: dict, names: tuple, zero_copy: bool,
+                 gen: np.ndarray | None = None, gen0: int = 0) -> None:
         self.shard = shard
         self.table = table
         self.zero_copy = zero_copy
         self._cols = cols
         self._names = names  # (symbol names, venue names) of the shard: numpy str arrays
         self._decoded: dict = {}
+        self._gen = gen if zero_copy else None  # the segment's generation word (views only)
+        self._gen0 = gen0
+
+    @property
+    def valid(self) -> bool:
+        """Whether the rows are still the ones delivered: always for a copy; for zero-copy
+        views, until the shard rolls (a roll reuses the memory). A callback that works on
+        views for long, or keeps them, checks this after reading (or copies first)."""
+        return self._gen is None or int(self._gen[0]) == self._gen0
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -456,6 +468,16 @@ def _checkpoint_path(db, spec: str) -> str:
     return os.path.join(db.path, CHECKPOINT_DIR, spec + ".json")
 
 
+def _read_db_id(path: str) -> str | None:
+    """The database's identity (<db>/wayy.id, made by its first start), or None if it
+    cannot be read (then checkpoints are matched by path and prefix alone)."""
+    try:
+        with open(os.path.join(path, ID_NAME)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def _payload_crc(body: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -470,7 +492,10 @@ class _Checkpoint:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise InvalidInput(f"checkpoint {path}: {exc.strerror}", path=path) from None
+            why = exc.strerror
+            if isinstance(exc, FileExistsError):  # a file where a directory must be
+                why = f"{os.path.dirname(path)} is not a directory"
+            raise InvalidInput(f"checkpoint {path}: {why}", path=path) from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -485,6 +510,7 @@ class _Checkpoint:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.last_cursors: list | None = None
+        self.db_id = _read_db_id(db.path)
 
     def load(self) -> dict | None:
         """The stored checkpoint, checked; None if there is none yet."""
@@ -516,6 +542,13 @@ class _Checkpoint:
         if doc["prefix"] != m.prefix or doc["db_path"] != m.path:
             raise InvalidInput(f"checkpoint {self.path} belongs to the database at "
                                f"{doc['db_path']}, not {m.path}", path=self.path)
+        if doc.get("db_id") and self.db_id and doc["db_id"] != self.db_id:
+            # the same path and prefix, but the directory was made again: its seqs are
+            # another database's, and resuming would skip (or repeat) rows silently
+            raise InvalidInput(f"checkpoint {self.path} belongs to an earlier database at "
+                               f"{m.path} (id {doc['db_id']}; this one is {self.db_id}): the "
+                               f"database was created again; delete the checkpoint to start "
+                               f"over", path=self.path)
         if doc["shards"] != m.shards or len(doc["cursors"]) != m.shards:
             raise InvalidInput(f"checkpoint {self.path} was written for {doc['shards']} shards; "
                                f"the database has {m.shards}", path=self.path)
@@ -528,6 +561,8 @@ class _Checkpoint:
         doc = {"wayy_checkpoint": CHECKPOINT_FORMAT, "db_path": m.path, "prefix": m.prefix,
                "shards": m.shards, "channels": channels, "cursors": cursors, "state": state,
                "written_ns": time.time_ns(), "pid": os.getpid()}
+        if self.db_id:
+            doc["db_id"] = self.db_id
         try:
             doc["crc32"] = _payload_crc(doc)
             data = json.dumps(doc, separators=(",", ":")).encode()
@@ -631,6 +666,7 @@ class Subscription:
         self._next_flush = 1 << 62
         self._slot = None
         self._ckpt: _Checkpoint | None = None
+        self._ckpt_failed = False  # a checkpoint could not be made: the subscription stops
         nshards = db.nshards
         self.channel_names = [format_channel(c) for c in channels]
 
@@ -719,6 +755,9 @@ class Subscription:
                 if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
                     raise InvalidInput(f"from_seq must be a non-negative int seq (or one per "
                                        f"shard), got {s!r}")
+                if s > _INT64_MAX:
+                    raise InvalidInput(f"from_seq {s} is past any seq a shard can hold",
+                                       shard=k)
                 start[k] = int(s)
         elif from_ts is not None:
             if isinstance(from_ts, np.datetime64):
@@ -726,6 +765,8 @@ class Subscription:
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")
+            # beyond int64 either way: from the first row, or from the next one (live)
+            from_ts = min(max(int(from_ts), 0), _INT64_MAX)
             hist = self.db.history
             hist.refresh()
             for f in self._follows:
@@ -850,8 +891,8 @@ class Subscription:
         pieces, found = SH.read(self.db.history, f.k, lo, hi, f.rules)
         if found < hi - lo:
             f.st[K.F_LOST] += hi - lo - found
-            log.warning("subscriber %s: %d rows of shard %d (seq %d..%d) are gone from "
-                        "history (retention) and cannot be delivered",
+            log.warning("subscriber %s: %d of the rows of shard %d between seq %d and %d are "
+                        "gone from history (retention) and cannot be delivered",
                         ",".join(self.channel_names), hi - lo - found, f.k, lo, hi - 1)
         for t, cols in pieces:
             if self._stopping:
@@ -1181,22 +1222,33 @@ class Subscription:
             acc.first_seq = -1
             cursor = int(f.st[K.F_NEXT])
         names = f.name_arrays(self.db)
-        self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero), cursor)
+        self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], bcols, names, zero, f.gen,
+                                        acc.gen), cursor)
 
     def _filtered(self, batch: Batch) -> Batch | None:
         """The batch after the subscription's filter (None: the filter raised and errors
-        stop the subscription)."""
+        stop the subscription). A filter that raises, or returns something that is neither
+        a bool nor a boolean mask of the batch's length, fails like a callback: counted,
+        logged, and -- as a tick a per-tick filter raised on -- the batch is not delivered."""
         if self.filter is None:
             return batch
         try:
             keep = self.filter(batch)
+            if keep is True or keep is None:
+                return batch
+            if keep is False:
+                return batch.keep(np.zeros(len(batch), bool))
+            mask = np.asarray(keep)
+            if mask.dtype != np.bool_ or mask.shape != (len(batch),):
+                raise InvalidInput(f"a batch filter must return a bool or a boolean mask of "
+                                   f"the batch's {len(batch)} rows, got "
+                                   f"{type(keep).__name__} of dtype {mask.dtype} and shape "
+                                   f"{mask.shape}")
         except Exception as exc:  # noqa: BLE001
             if self._callback_failed(exc, batch):
                 return None
-            keep = True
-        if keep is True or keep is None:
-            return batch
-        return batch.keep(np.zeros(len(batch), bool) if keep is False else np.asarray(keep, bool))
+            return batch.keep(np.zeros(len(batch), bool))
+        return batch.keep(mask)
 
     # --- errors ----------------------------------------------------------------------------------
     def _filter(self, filt, tick) -> int:
@@ -1278,17 +1330,34 @@ class Subscription:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint now (no-op without ``checkpoint=``)."""
-        if self._ckpt is None:
+        if self._ckpt is None or self._ckpt_failed:
             return
         self._ckpt_due = time.monotonic_ns() + self._checkpoint_ns
         self._since_ckpt = 0
         cursors = self.cursors()
-        state = None
-        if self.on_checkpoint is not None:
-            state = self.on_checkpoint()
-        elif cursors == self._ckpt.last_cursors:
-            return
-        self._ckpt.write(cursors, self.channel_names, state)
+        try:
+            state = None
+            if self.on_checkpoint is not None:
+                state = self.on_checkpoint()
+            elif cursors == self._ckpt.last_cursors:
+                return
+            self._ckpt.write(cursors, self.channel_names, state)
+        except Exception as exc:  # noqa: BLE001
+            # without a checkpoint a restart would repeat or skip rows: stop, and say why
+            # (once: stop() afterwards does not try again)
+            if isinstance(exc, WayyError):
+                err: WayyError = exc
+            elif isinstance(exc, OSError):
+                err = WayyError(f"checkpoint {self._ckpt.path} cannot be written: "
+                                f"{exc.strerror or exc}", path=self._ckpt.path)
+            else:
+                err = InvalidInput(f"on_checkpoint raised {type(exc).__name__}: {exc}")
+            self._ckpt_failed = True
+            self.error = self.error or err
+            self.stopped_reason = "checkpoint failed"
+            self._stopping = True
+            log.error("subscriber %s stops: %s", ",".join(self.channel_names), err)
+            raise err from None
 
     # --- faces -----------------------------------------------------------------------------------
     def _check_pid(self) -> None:
@@ -1599,8 +1668,10 @@ def _make_idle(name: str) -> _Idle:
 
 # --- running callbacks ---------------------------------------------------------------------------
 
-def _run(subs: list[Subscription], timeout: float | None) -> None:
-    """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout."""
+def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
+    """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout.
+    With ``db``, callback subscriptions made on it while this runs (a callback may
+    subscribe) join the run."""
     if not subs:
         raise InvalidInput("no active callback subscriptions to run")
     for s in subs:
@@ -1629,9 +1700,18 @@ def _run(subs: list[Subscription], timeout: float | None) -> None:
     for s in subs:
         s._running = True
     idle_fn = idle.idle
+    known = db._subs_made if db is not None else 0
     try:
         live = list(subs)
         while live:
+            if db is not None and db._subs_made != known:
+                known = db._subs_made
+                for s in db._subscriptions:
+                    if s.active and s.callback is not None and s not in subs:
+                        s._check_pid()
+                        s._running = True
+                        subs.append(s)
+                        live.append(s)
             work = 0
             ended = False
             for s in live:
@@ -1691,6 +1771,11 @@ def _channels(table_or_channel, symbol, venue) -> list[Channel]:
     return out
 
 
+_INT64_MAX = (1 << 63) - 1
+MAX_ROWS_ARG = 1 << 40  # batch_size, checkpoint_every: far beyond any shard
+MAX_MS_ARG = 86_400_000.0  # max_latency_ms, checkpoint_ms: one day
+
+
 def _positive(v, what: str, integer: bool):
     if v is None:
         return None
@@ -1698,6 +1783,10 @@ def _positive(v, what: str, integer: bool):
     if isinstance(v, bool) or not ok or not math.isfinite(float(v)) or v <= 0:
         kind = "a positive int" if integer else "a positive number"
         raise InvalidInput(f"{what} must be {kind}, got {v!r}")
+    limit = MAX_ROWS_ARG if integer else MAX_MS_ARG
+    if v > limit:
+        unit = "rows" if integer else "ms (one day)"
+        raise InvalidInput(f"{what} must be at most {int(limit):,} {unit}, got {v!r}")
     return v
 
 
@@ -1712,6 +1801,10 @@ def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, f
                            f"{os.getpid()}: attach again in the child")
     if not db.shards:
         raise InvalidInput("the database is closed")
+    # a handle of a stopped (or stopped and started again) database would follow rings no
+    # writer publishes to any more: say so now, as a query would
+    db._alive_due = 0.0
+    db._check_current()
     channels = _channels(table_or_channel, symbol, venue)
     for name, fn in (("callback", callback), ("filter", filter), ("on_overrun", on_overrun),
                      ("on_error", on_error), ("on_checkpoint", on_checkpoint)):
@@ -1744,6 +1837,7 @@ def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, f
                        idle=idle, on_overrun=on_overrun, on_error=on_error,
                        stop_on_error=stop_on_error, shards=shards)
     db._subscriptions.append(sub)
+    db._subs_made += 1
     return sub
 
 

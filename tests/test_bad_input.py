@@ -339,3 +339,21 @@ def test_attach_when_not_running(tmp_path):
 
 def test_reject_names_cover_every_reason():
     assert len(T.REJECT_NAMES) == T.N_REJECT_REASONS
+
+
+def test_the_venue_stream_is_refused_at_publish(shared_db):
+    """ticks:SYM:stream names the Redis stream of ticks:SYM: a venue of that name could be
+    published but its channel never followed."""
+    p = wayy.Producer(shared_db.path)
+    try:
+        with pytest.raises(wayy.InvalidName, match="reserved"):
+            p.publish("trades", symbol="VST", venue="stream", price=1.0, size=1.0)
+        with pytest.raises(wayy.InvalidName, match="row 1.*reserved"):
+            p.publish_batch("trades", {"symbol": ["VST", "VST"], "venue": ["X", "stream"],
+                                       "price": [1.0, 1.0], "size": [1.0, 1.0]})
+        with pytest.raises(wayy.InvalidName, match="reserved"):
+            p.publish_batch("trades", {"symbol": ["VST"], "venue": "stream", "price": [1.0],
+                                       "size": [1.0]})
+        p.publish("trades", symbol="VST", venue="streams", price=1.0, size=1.0)  # only that
+    finally:
+        p.close()

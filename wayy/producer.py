@@ -49,6 +49,7 @@ from wayy.errors import (
 from wayy.manifest import read_manifest
 from wayy.names import (
     check_symbol,
+    check_new_venues,
     check_venue,
     name_words,
     shard_of,
@@ -337,6 +338,7 @@ class Producer:
     def _route(self, symbol: str, venue: str, rtype: int) -> tuple:
         check_symbol(symbol)
         check_venue(venue)
+        check_new_venues(venue)
         k = shard_of(symbol, self.nshards)
         ring = self._rings[k]
         key = np.zeros(inbound.KEY_WORDS, np.int64)
@@ -451,7 +453,9 @@ class Producer:
         n = len(vals[0])
         ts = self._ts_column(columns.get("ts"), n)
         sym = to_name_array(columns["symbol"], "symbol", n)
-        ven = to_name_array(columns.get("venue", ""), "venue", n)
+        venues = columns.get("venue", "")
+        ven = to_name_array(venues, "venue", n)
+        check_new_venues(venues if isinstance(venues, str) else ven)
         if len(ts) != n or len(sym) != n or len(ven) != n or any(len(v) != n for v in vals):
             got = {c: len(v) for c, v in zip(names, vals)}
             got.update(ts=len(ts), symbol=len(sym), venue=len(ven))

@@ -208,6 +208,7 @@ def command(url: str, *args, password: str | None = None, timeout: float = 1.0):
     """
     sock, user, url_pw, db = _connect(url, timeout)
     pw = password or url_pw
+    f = None
     try:
         f = sock.makefile("rb")
         cmds = []
@@ -228,6 +229,10 @@ def command(url: str, *args, password: str | None = None, timeout: float = 1.0):
             raise err
         return replies[-1]
     finally:
+        # the file holds the socket open too: an error kept alive by a traceback (a failed
+        # health ping) would otherwise keep the connection until the garbage collector ran
+        if f is not None:
+            f.close()
         sock.close()
 
 
@@ -300,6 +305,16 @@ def free_port(host: str = DEFAULT_BIND) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_bind_address(host: str) -> None:
+    """Raise InvalidInput unless this machine can listen on ``host`` (for --redis-bind)."""
+    try:
+        free_port(host)
+    except (OSError, ValueError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidInput(f"--redis-bind {host!r}: cannot listen on that address ({why})") \
+            from None
 
 
 def _quote(s: str) -> str:

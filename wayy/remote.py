@@ -76,6 +76,17 @@ ERROR_LOG_EVERY = 1000
 RECV_BYTES = 1 << 20
 
 STREAM_SUFFIX = "stream"
+# error replies of a Redis that is there but not ready (loading its data after a restart,
+# running a long script, a replica without its master): wait and retry, never give up on
+# the command as if it were refused
+TRANSIENT_ERRORS = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+
+
+def transient(reply: object) -> bool:
+    """Whether an error reply says "not now" rather than "no" (TRANSIENT_ERRORS)."""
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(TRANSIENT_ERRORS)
+
+
 BROKER_CURSORS_KEY = "wayy:broker:cursors"  # hash "<shard>:<table>" -> next seq to publish
 OWNER_FIELD = b"db"  # ... "db" -> "<id> <host>:<path>", the database that publishes
 SHARDS_FIELD = b"shards"  # ... and "shards" -> its shard count
@@ -196,6 +207,9 @@ class RedisLink:
             cmds.append(("CLIENT", "SETNAME", self.name))
         if cmds:
             for cmd, reply in zip(cmds, self.pipeline(cmds)):
+                if transient(reply):
+                    self.close()
+                    raise RedisUnavailable(f"Redis at {self.where} is not ready: {reply}")
                 if isinstance(reply, hiredis.ReplyError):
                     self.close()
                     what = "credentials" if cmd[0] == "AUTH" else cmd[0]
@@ -275,10 +289,14 @@ class RedisLink:
         return out
 
     def call(self, *args):
-        """Send one command and return its reply; an error reply raises RedisRefused."""
+        """Send one command and return its reply; an error reply raises RedisRefused, or
+        RedisUnavailable (retried) when it says Redis is not ready yet (``transient``)."""
         self.send(hiredis.pack_command(args))
         reply = self.read_reply()
         if isinstance(reply, hiredis.ReplyError):
+            if transient(reply):
+                raise RedisUnavailable(f"Redis at {self.where} is not ready for {args[0]}: "
+                                       f"{reply}")
             raise RedisRefused(f"Redis refused {args[0]}: {reply}")
         return reply
 
@@ -361,7 +379,10 @@ class _Checkpoint:
             if floor is not None and (not isinstance(floor, int) or floor < 0):
                 raise ValueError("bad floor_ms")
             doc["positions"] = pos
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise CorruptData(f"checkpoint {self.path} is corrupt (not UTF-8 JSON text); "
+                              f"delete it to start over", path=self.path) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptData(f"checkpoint {self.path} is corrupt ({exc}); delete it to start "
                               f"over", path=self.path) from None
         if doc.get("channel") != channel:
@@ -478,7 +499,11 @@ class RemoteSubscription:
         self.home_shard: int | None = None  # the symbol's shard, once the shard count is known
         if checkpoint is not None:
             self._ckpt = _Checkpoint(checkpoint)
-            doc = self._ckpt.load(self.channel)
+            try:
+                doc = self._ckpt.load(self.channel)
+            except BaseException:
+                self._ckpt.close()  # refused: the file is not ours to hold (delete, retry)
+                raise
             if doc is not None:
                 self.database = doc.get("database")
                 self.positions = doc["positions"]
@@ -913,6 +938,8 @@ class Subscriber:
                 if left <= 0:
                     raise RedisUnavailable("no SUBSCRIBE confirmation from Redis")
                 for msg in self._ps.read_pending(left):
+                    if transient(msg):
+                        raise RedisUnavailable(f"Redis is not ready for SUBSCRIBE: {msg}")
                     if isinstance(msg, hiredis.ReplyError):
                         raise RedisRefused(f"Redis refused SUBSCRIBE: {msg}")
                     if isinstance(msg, list) and msg and msg[0] == b"subscribe":

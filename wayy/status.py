@@ -3,6 +3,7 @@ Redis, whose health only Redis can tell (one INFO with a short timeout; never ra
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from shm.layout import tables as T
 from shm.shard import Control, ShardData
 from shm.subscribers import Registry
 from wayy.errors import translate
-from wayy.manifest import read_manifest
+from wayy.manifest import ID_NAME, read_manifest
 
 # The writer's rate (C_RATE) is rows committed over its last window of >= 1 s, counted from
 # the segment's row counts, which a roll resets and a restart reloads: the first window
@@ -140,6 +141,12 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     out.update(enabled=True, embedded=m.redis_embedded, credentials=m.redis_credentials,
                credentials_readable=password is not None or not m.redis_credentials,
                wire=m.wire)
+    if out["up"] and "error" not in out:
+        other = redis_owner(m, password)
+        if other is not None:
+            out["error"] = (f"used by another wayy database ({other}): this database's "
+                            f"brokers are refused and publish nothing")
+            out["foreign_owner"] = other
     progress = broker_progress(m, password) if out["up"] and "error" not in out else None
     out["broker_lag"] = None if progress is None else [
         {"shard": k, "cursor": progress.get(k),
@@ -171,6 +178,42 @@ def unpublished(prefix: str, k: int, cursor: list[int]) -> int:
         data.close()
 
 
+def _owner_id(flat: list) -> str | None:
+    """The database id that claimed the Redis (field "db" of the cursor hash), if any."""
+    from wayy.remote import OWNER_FIELD
+
+    for key, val in zip(flat[::2], flat[1::2]):
+        if key == OWNER_FIELD:
+            return val.decode(errors="replace").split(" ")[0]
+    return None
+
+
+def _database_id(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, ID_NAME)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def redis_owner(m, password: str | None) -> str | None:
+    """Who claimed the Redis, as the cursor hash says ("<id> <host>:<path>"), when it is
+    another database than ``m``'s (its brokers are then refused); None otherwise."""
+    from wayy import redis_server
+    from wayy.remote import BROKER_CURSORS_KEY, OWNER_FIELD
+
+    try:
+        raw = redis_server.command(m.redis_url, "HGET", BROKER_CURSORS_KEY, OWNER_FIELD,
+                                   password=password, timeout=0.5)
+    except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
+        return None
+    if not raw:
+        return None
+    text = raw.decode(errors="replace")
+    mine = _database_id(m.path)
+    return text if mine is not None and text.split(" ")[0] != mine else None
+
+
 def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
     """Per shard, ``[trades, quotes]``: the next seq of each table the brokers will publish,
     as committed in Redis (``wayy:broker:cursors``). None when Redis cannot say."""
@@ -182,6 +225,8 @@ def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
                                     password=password, timeout=0.5)
     except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
         return None
+    if _owner_id(flat) not in (None, _database_id(m.path)):
+        return None  # another database's progress: no measure of this one's
     out: dict[int, list[int]] = {}
     for key, val in zip(flat[::2], flat[1::2]):
         shard, _, table = key.decode(errors="replace").partition(":")

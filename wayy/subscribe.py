@@ -535,7 +535,10 @@ class _Checkpoint:
                 raise ValueError("bad cursors")
             for key in ("db_path", "prefix", "shards"):
                 doc[key]  # noqa: B018  (presence)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise CorruptData(f"checkpoint {self.path} is corrupt (not UTF-8 JSON text); "
+                              f"delete it to start over", path=self.path) from None
+        except (ValueError, KeyError, TypeError) as exc:
             raise CorruptData(f"checkpoint {self.path} is corrupt ({exc}); delete it to start "
                               f"over", path=self.path) from None
         m = self.db.manifest

@@ -76,6 +76,7 @@ from wayy.remote import (
     RedisUnavailable,
     parse_id,
     redact,
+    transient,
 )
 from workers.agent import Runner
 
@@ -90,6 +91,10 @@ RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
 LOG_DOWN_EVERY_S = 30.0
 DEFAULT_RETENTION = "maxlen=100000"
+# what Redis takes (MAXLEN / MINID are int64): beyond this a trim argument is refused at
+# every XADD, and no stream would ever be written
+MAX_RETENTION_ENTRIES = (1 << 62)
+MAX_RETENTION_S = 100 * 365 * 86400
 STARTS = ("earliest", "latest")
 STATUS_FIELDS = ("pid", "index", "shards", "redis_url", "redis", "redis_error",
                  "redis_since_ns", "wire", "retention", "started_ns", "updated_ns",
@@ -135,8 +140,14 @@ class Retention:
         if m.group(1) == "maxlen":
             if m.group(3):
                 raise InvalidInput(f"retention {spec!r}: maxlen counts entries, no unit")
+            if n > MAX_RETENTION_ENTRIES:
+                raise InvalidInput(f"retention {spec!r}: at most maxlen="
+                                   f"{MAX_RETENTION_ENTRIES} (or none: never trimmed)")
             return cls(maxlen=n)
         mult = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(3)]
+        if n * mult > MAX_RETENTION_S:
+            raise InvalidInput(f"retention {spec!r}: at most age={MAX_RETENTION_S // 86400}d "
+                               f"(or none: never trimmed)")
         return cls(age_ms=n * mult * 1000)
 
     def __str__(self) -> str:
@@ -447,6 +458,8 @@ class Broker:
             _, raw = self.link.pipeline([(b"HSETNX", BROKER_CURSORS_KEY, OWNER_FIELD,
                                           self.owner),
                                          (b"HGETALL", BROKER_CURSORS_KEY)])
+            if transient(raw):
+                raise RedisUnavailable(f"Redis is not ready: {raw}")
             if isinstance(raw, hiredis.ReplyError):
                 raise RedisRefused(f"Redis refused HGETALL {BROKER_CURSORS_KEY}: {raw}")
         except (RedisUnavailable, RedisRefused) as exc:
@@ -886,6 +899,8 @@ class Broker:
             return
         replies = self.link.pipeline([(b"XINFO", b"STREAM", k) for k in missing])
         for key, r in zip(missing, replies):
+            if transient(r):  # not a verdict on the key: try again after a reconnect
+                raise RedisUnavailable(f"Redis is not ready: {r}")
             if isinstance(r, hiredis.ReplyError):
                 if "no such key" in str(r).lower():
                     self._stream_last[key] = (0, -1)

@@ -39,8 +39,8 @@ from shm.shard import Control, InboundRing, ShardData, segment_name, shard_bytes
 from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyError, translate
 from wayy.manifest import (MANIFEST_NAME, Manifest, acquire_lock, database_id,
                            store_shards, stored_shards)
-from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_pubsub_limit,
-                               redis_dir, split_url, write_secret)
+from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_bind_address,
+                               check_pubsub_limit, redis_dir, split_url, write_secret)
 from wayy.wire import FORMATS as WIRE_FORMATS
 from workers.broker import DEFAULT_RETENTION, Retention, split_shards
 from workers.shard_log import WAL_DIR, RecoveryError
@@ -124,6 +124,11 @@ class Config:
             raise InvalidInput(f"--stream-retention: {exc}") from None
         if self.redis_url:
             split_url(self.redis_url)
+            from wayy.remote import RedisLink
+
+            RedisLink(self.redis_url)  # every part parsed as the brokers will (no connect)
+        if not self.no_redis and not self.redis_url:
+            check_bind_address(self.redis_bind)
         if not 0 <= self.redis_port <= 65535:
             raise InvalidInput(f"--redis-port must be between 0 and 65535, got "
                                f"{self.redis_port}")

@@ -141,6 +141,16 @@ def acquire_lock(path: str) -> int | None:
     return fd
 
 
+def read_database_id(path: str) -> str | None:
+    """The identity in ``<db>/wayy.id`` if it can be read (never made here: readers may not
+    write the directory), else None."""
+    try:
+        with open(os.path.join(path, ID_NAME)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def database_id(path: str) -> str:
     """The database's identity (``<db>/wayy.id``), made on first use: a random hex string that
     stays with the directory when it moves and changes only when the directory is recreated.

@@ -3,7 +3,6 @@ Redis, whose health only Redis can tell (one INFO with a short timeout; never ra
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from shm.layout import tables as T
 from shm.shard import Control, ShardData
 from shm.subscribers import Registry
 from wayy.errors import translate
-from wayy.manifest import ID_NAME, read_manifest
+from wayy.manifest import read_database_id, read_manifest
 
 # The writer's rate (C_RATE) is rows committed over its last window of >= 1 s, counted from
 # the segment's row counts, which a roll resets and a restart reloads: the first window
@@ -188,14 +187,6 @@ def _owner_id(flat: list) -> str | None:
     return None
 
 
-def _database_id(path: str) -> str | None:
-    try:
-        with open(os.path.join(path, ID_NAME)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
 def redis_owner(m, password: str | None) -> str | None:
     """Who claimed the Redis, as the cursor hash says ("<id> <host>:<path>"), when it is
     another database than ``m``'s (its brokers are then refused); None otherwise."""
@@ -210,7 +201,7 @@ def redis_owner(m, password: str | None) -> str | None:
     if not raw:
         return None
     text = raw.decode(errors="replace")
-    mine = _database_id(m.path)
+    mine = read_database_id(m.path)
     return text if mine is not None and text.split(" ")[0] != mine else None
 
 
@@ -225,7 +216,7 @@ def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
                                     password=password, timeout=0.5)
     except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
         return None
-    if _owner_id(flat) not in (None, _database_id(m.path)):
+    if _owner_id(flat) not in (None, read_database_id(m.path)):
         return None  # another database's progress: no measure of this one's
     out: dict[int, list[int]] = {}
     for key, val in zip(flat[::2], flat[1::2]):

@@ -66,7 +66,7 @@ from shm.layout import subscribers as RL
 from shm.layout import tables as T
 from wayy.channels import Channel, channel_of, format_channel
 from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
-from wayy.manifest import ID_NAME
+from wayy.manifest import read_database_id
 from wayy.names import shard_of
 
 log = logging.getLogger("wayy.subscribe")
@@ -468,16 +468,6 @@ def _checkpoint_path(db, spec: str) -> str:
     return os.path.join(db.path, CHECKPOINT_DIR, spec + ".json")
 
 
-def _read_db_id(path: str) -> str | None:
-    """The database's identity (<db>/wayy.id, made by its first start), or None if it
-    cannot be read (then checkpoints are matched by path and prefix alone)."""
-    try:
-        with open(os.path.join(path, ID_NAME)) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
 def _payload_crc(body: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -510,7 +500,8 @@ class _Checkpoint:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.last_cursors: list | None = None
-        self.db_id = _read_db_id(db.path)
+        # None when unreadable: then checkpoints are matched by path and prefix alone
+        self.db_id = read_database_id(db.path)
 
     def load(self) -> dict | None:
         """The stored checkpoint, checked; None if there is none yet."""

@@ -603,14 +603,24 @@ def test_status_says_when_another_database_holds_the_redis(tmp_path):
         assert r["broker_lag"] == [{"shard": 0, "cursor": None, "lag_rows": None}]
 
 
-def test_status_shows_a_broker_that_stopped_updating_as_not_responding():
+def test_status_shows_a_broker_that_stopped_updating_as_not_responding(tmp_path):
     from wayy.cli import _format_redis
+    from wayy.status import BROKER_STALE_S, read_redis
+
+    m = SimpleNamespace(redis_url="redis://127.0.0.1:1/0", redis_credentials=None,
+                        redis_embedded=False, wire="binary+lz4", brokers=1, started_ns=0,
+                        prefix="wayy.nothing", shards=1, path=str(tmp_path))
+    for age, responding in ((0.5, True), (BROKER_STALE_S + 5, False)):
+        doc = {"pid": os.getpid(), "index": 0, "redis": "ok",
+               "updated_ns": time.time_ns() - int(age * 1e9)}
+        (tmp_path / "broker-0.status.json").write_text(json.dumps(doc))
+        assert read_redis(m, [(0, 0)])["brokers"][0]["responding"] is responding
 
     base = {"enabled": True, "up": True, "url": "redis://x:1/0", "version": "7",
             "broker_lag": None}
     b = {"index": 0, "pid": 1, "alive": True, "shards": [0], "redis": "ok",
          "published_rows": 5, "reconnects": 0}
-    fresh = _format_redis(dict(base, brokers=[dict(b, age_s=0.4)]))
-    stuck = _format_redis(dict(base, brokers=[dict(b, age_s=30.0)]))
+    fresh = _format_redis(dict(base, brokers=[dict(b, age_s=0.4, responding=True)]))
+    stuck = _format_redis(dict(base, brokers=[dict(b, age_s=30.0, responding=False)]))
     assert ": ok," in fresh[1]
     assert "NOT RESPONDING" in stuck[1] and "30 s" in stuck[1]

@@ -1136,17 +1136,24 @@ def test_batch_filter_that_raises_or_returns_a_bad_mask_skips_the_batch(fake):
     db = f.attach()
     got, errors = [], []
     bad = {"raise": lambda b: 1 / 0, "short mask": lambda b: np.array([True]),
-           "ints": lambda b: np.arange(len(b))}
+           "ints": lambda b: np.arange(len(b)), "none": lambda b: None,
+           "numpy false": lambda b: np.bool_(False)}
     for why, filt in bad.items():
         db.subscribe("trades", batch_size=4, filter=filt, callback=got.append,
                      on_error=lambda exc, item: errors.append(exc))
     f.append("trades", ["A"] * 4)
     db.run(timeout=0.3)  # no traceback out of run: each is an error of its subscription
     assert got == []
-    assert len(errors) == 3
+    assert len(errors) == 3  # None and numpy False drop the batch without an error
     assert isinstance(errors[0], ZeroDivisionError)
     assert all(isinstance(e, InvalidInput) and "boolean mask" in str(e) for e in errors[1:])
     assert all(s.active for s in db.subscriptions)
+    # a numpy bool True (e.g. from .any()) keeps the batch
+    kept = []
+    db.subscribe("trades", batch_size=4, callback=kept.append,
+                 filter=lambda b: (b["price"] > 0).any(), from_seq=0)
+    db.run(timeout=0.3)
+    assert [len(b) for b in kept] == [4]
 
 
 def test_subscribing_on_a_handle_of_a_stopped_database_raises_not_running(fake):
@@ -1177,6 +1184,22 @@ def test_a_subscription_made_inside_run_joins_it(fake):
     threading.Timer(0.2, lambda: f.append("trades", ["B"] * 3)).start()
     db.run(timeout=1.0)  # the one run services both
     assert [t.symbol for t in late[1:]] == ["B"] * 3
+    # a callback that subscribes and stops its own subscription: the new one still runs
+    later = []
+
+    def hand_over(t):
+        if not later:
+            later.append(db.subscribe("ticks:D", callback=later.append))
+            sub_c.stop()
+
+    sub_c = db.subscribe("ticks:C", callback=hand_over)
+    for s in db.subscriptions:
+        if s is not sub_c:
+            s.stop()
+    f.append("trades", ["C"])
+    threading.Timer(0.3, lambda: f.append("trades", ["D"] * 2)).start()
+    db.run(timeout=1.5)
+    assert [t.symbol for t in later[1:]] == ["D"] * 2
 
 
 def test_huge_start_points_and_limits_are_clear_errors_or_clamped(fake):
@@ -1193,6 +1216,8 @@ def test_huge_start_points_and_limits_are_clear_errors_or_clamped(fake):
     s = db.subscribe("trades", from_ts=-2**70)  # before everything: from the first row
     assert [s.poll(1.0).seq for _ in range(3)] == [0, 1, 2]
     s.stop()
+    with pytest.raises(InvalidInput, match="NaT"):
+        db.subscribe("trades", from_ts=np.datetime64("NaT"))
 
 
 def test_a_checkpoint_that_cannot_be_made_stops_the_subscription_once(fake, tmp_path):
@@ -1203,9 +1228,24 @@ def test_a_checkpoint_that_cannot_be_made_stops_the_subscription_once(fake, tmp_
     f.append("trades", ["A"] * 2)
     with pytest.raises(InvalidInput, match="JSON"):
         db.run(timeout=3.0)  # the first checkpoint is due within a second
-    assert sub.stopped_reason == "checkpoint failed"
+    assert sub.stopped_reason == "checkpoint failed" and not sub.active
     sub.stop()  # no second error
-    assert not sub.active
+    # poll mode: nothing is handed out after the failure
+    psub = db.subscribe("trades", checkpoint=str(tmp_path / "p.json"), checkpoint_every=1,
+                        on_checkpoint=lambda: {"x": float("nan")})  # NaN is not JSON
+    f.append("trades", ["A"] * 5)
+    failed_at = None
+    deadline = time.monotonic() + 5
+    while failed_at is None and time.monotonic() < deadline:
+        try:
+            psub.poll(0.1)
+        except InvalidInput:
+            failed_at = psub.stats()["delivered"]
+    assert failed_at is not None and not psub.active
+    f.append("trades", ["A"] * 3)
+    assert [psub.poll(0.1) for _ in range(5)] == [None] * 5  # nothing after the failure
+    assert psub.stats()["delivered"] == failed_at
+    assert not os.path.exists(tmp_path / "p.json")
 
 
 def test_zero_copy_batch_says_when_a_roll_reused_its_memory(fake):

@@ -18,8 +18,6 @@ import click
 from wayy.errors import InvalidInput, NotRunning, WayyError
 
 DEFAULT_DB_ENV = "WAYY_DB"
-# a broker rewrites its status file every 0.5 s (a connect attempt may hold it up to 5 s)
-BROKER_STALE_S = 10.0
 
 
 def default_db() -> str:
@@ -458,10 +456,8 @@ def _format_redis(r: dict | None) -> list[str]:
                  f"wire {r.get('wire')}"]
     for b in r.get("brokers") or []:
         state = b.get("redis") if b.get("alive") else "not running"
-        age = b.get("age_s") or 0.0
-        if b.get("alive") and age > BROKER_STALE_S:
-            # it rewrites its status every 0.5 s: this one is stopped or stuck
-            state = f"NOT RESPONDING (no status for {age:.0f} s; was {state})"
+        if b.get("alive") and b.get("responding") is False:
+            state = f"NOT RESPONDING (no status for {b.get('age_s') or 0:.0f} s; was {state})"
         err = f" ({b['redis_error']})" if b.get("redis_error") and state != "ok" else ""
         lines.append(f"  broker-{b.get('index')} pid {b.get('pid')} shards {b.get('shards')}: "
                      f"{state}{err}, {b.get('published_rows') or 0:,} rows published, "

@@ -160,6 +160,8 @@ class RedisLink:
         except ValueError:
             raise InvalidInput(f"Redis URL {redact(url)!r}: database {db!r} is not a number") \
                 from None
+        if not 0 <= self.db < 1 << 31:  # Redis' own range (its `databases` setting: 16)
+            raise InvalidInput(f"Redis URL {redact(url)!r}: database {db!r} is out of range")
         self.username = username if username is not None else (
             unquote(p.username) if p.username else None)
         self.password = password if password is not None else (
@@ -397,7 +399,7 @@ class _Checkpoint:
         doc["positions"] = {str(k): v for k, v in doc["positions"].items()}
         try:
             doc["crc32"] = _crc(doc)
-            data = json.dumps(doc, separators=(",", ":")).encode()
+            data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"on_checkpoint must return JSON-serialisable state: {exc}") \
                 from None

@@ -120,6 +120,11 @@ def read_status(path: str, redis: bool = True) -> dict:
     }
 
 
+# a broker rewrites its status file every 0.5 s (a connect attempt may hold it up to 5 s):
+# one older than this is stopped or stuck
+BROKER_STALE_S = 10.0
+
+
 def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     """Redis' health (up, URL, memory, clients), the brokers, and their lag per shard.
 
@@ -153,7 +158,10 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
         for k in range(len(heads))]
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
-    out["brokers"] = [{k: b.get(k) for k in keep} for b in read_broker_status(m.path)
+    out["brokers"] = [dict({k: b.get(k) for k in keep},
+                           responding=bool(b.get("alive")) and (b.get("age_s") or 0.0)
+                           <= BROKER_STALE_S)
+                      for b in read_broker_status(m.path)
                       if int(b.get("updated_ns") or 0) >= m.started_ns]
     out["broker_count"] = m.brokers
     return out

@@ -559,7 +559,7 @@ class _Checkpoint:
             doc["db_id"] = self.db_id
         try:
             doc["crc32"] = _payload_crc(doc)
-            data = json.dumps(doc, separators=(",", ":")).encode()
+            data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"on_checkpoint must return JSON-serialisable state: {exc}") \
                 from None
@@ -755,6 +755,8 @@ class Subscription:
                 start[k] = int(s)
         elif from_ts is not None:
             if isinstance(from_ts, np.datetime64):
+                if np.isnat(from_ts):
+                    raise InvalidInput("from_ts is NaT (not a time)")
                 from_ts = int(from_ts.astype("datetime64[ns]").astype(np.int64))
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
@@ -1221,25 +1223,28 @@ class Subscription:
 
     def _filtered(self, batch: Batch) -> Batch | None:
         """The batch after the subscription's filter (None: the filter raised and errors
-        stop the subscription). A filter that raises, or returns something that is neither
-        a bool nor a boolean mask of the batch's length, fails like a callback: counted,
-        logged, and -- as a tick a per-tick filter raised on -- the batch is not delivered."""
+        stop the subscription). True (or a numpy bool) keeps the batch, False or None drops
+        it (as a per-tick filter's answer is read), a boolean mask keeps its rows. A filter
+        that raises, or returns anything else, fails like a callback: counted, logged, and
+        -- as a tick a per-tick filter raised on -- the batch is not delivered."""
         if self.filter is None:
             return batch
         try:
             keep = self.filter(batch)
-            if keep is True or keep is None:
+            if keep is True:
                 return batch
-            if keep is False:
+            if keep is False or keep is None:
                 return batch.keep(np.zeros(len(batch), bool))
             mask = np.asarray(keep)
+            if mask.shape == () and mask.dtype == np.bool_:  # e.g. (b["price"] > 0).any()
+                return batch if bool(mask) else batch.keep(np.zeros(len(batch), bool))
             if mask.dtype != np.bool_ or mask.shape != (len(batch),):
                 raise InvalidInput(f"a batch filter must return a bool or a boolean mask of "
                                    f"the batch's {len(batch)} rows, got "
                                    f"{type(keep).__name__} of dtype {mask.dtype} and shape "
                                    f"{mask.shape}")
         except Exception as exc:  # noqa: BLE001
-            if self._callback_failed(exc, batch):
+            if self._callback_failed(exc, batch, "filter"):
                 return None
             return batch.keep(np.zeros(len(batch), bool))
         return batch.keep(mask)
@@ -1250,10 +1255,11 @@ class Subscription:
         try:
             return 1 if filt(tick) else 0
         except Exception as exc:  # noqa: BLE001
-            return -1 if self._callback_failed(exc, tick) else 0
+            return -1 if self._callback_failed(exc, tick, "filter") else 0
 
-    def _callback_failed(self, exc: Exception, item) -> bool:
-        """Count, log (or hand to on_error) a failed callback. True if the subscription stops."""
+    def _callback_failed(self, exc: Exception, item, what: str = "callback") -> bool:
+        """Count, log (or hand to on_error) a failed callback (or ``what``: "filter"). True
+        if the subscription stops."""
         self._errors += 1
         n = self._errors
         if self.on_error is not None:
@@ -1262,11 +1268,11 @@ class Subscription:
             except Exception:  # noqa: BLE001
                 log.exception("on_error handler failed")
         elif n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0:
-            log.error("subscriber %s: callback raised on %r (%d errors so far)",
-                      ",".join(self.channel_names), item, n, exc_info=exc)
+            log.error("subscriber %s: %s raised on %r (%d errors so far)",
+                      ",".join(self.channel_names), what, item, n, exc_info=exc)
         if self.stop_on_error:
             self.error = exc
-            self.stopped_reason = f"callback raised {type(exc).__name__}: {exc}"
+            self.stopped_reason = f"{what} raised {type(exc).__name__}: {exc}"
             self._stopping = True
             return True
         return False
@@ -1351,6 +1357,7 @@ class Subscription:
             self.stopped_reason = "checkpoint failed"
             self._stopping = True
             log.error("subscriber %s stops: %s", ",".join(self.channel_names), err)
+            self._finish()  # nothing more is delivered, queued items included
             raise err from None
 
     # --- faces -----------------------------------------------------------------------------------
@@ -1697,7 +1704,7 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     known = db._subs_made if db is not None else 0
     try:
         live = list(subs)
-        while live:
+        while True:
             if db is not None and db._subs_made != known:
                 known = db._subs_made
                 for s in db._subscriptions:
@@ -1706,6 +1713,8 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
                         s._running = True
                         subs.append(s)
                         live.append(s)
+            if not live:
+                break
             work = 0
             ended = False
             for s in live:

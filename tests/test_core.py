@@ -437,10 +437,12 @@ def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
 
     warm_up()
     assert kernels_cached()
-    code = "from workers.writer import kernels_cached; print(kernels_cached())"
+    code = ("from workers.writer import kernels_cached; from shm import subscribers; "
+            "from shm.jit import in_disk_cache; "
+            "print(kernels_cached(), in_disk_cache(subscribers.follow_packed))")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(
                              os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

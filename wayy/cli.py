@@ -210,7 +210,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
     from workers.writer import kernels_cached
 
     if not kernels_cached():
-        click.echo("wayy: first start on this machine: compiling kernels (about a minute; "
+        click.echo("wayy: first start on this machine: compiling kernels (a minute or more; "
                    "later starts take a second or two)", err=True)
     if not detach:
         logging.basicConfig(level=level, format=fmt, stream=sys.stderr)

@@ -246,9 +246,16 @@ class Supervisor:
                     segment_name(self.prefix, k, "changes"), cfg.change_ring_records))
         self.controls = [seg for seg in self._segments if isinstance(seg, Control)]
         self.rings = [seg for seg in self._segments if isinstance(seg, InboundRing)]
+        from shm import subscribers
+        from shm.jit import in_disk_cache
         from workers import writer
 
         writer.warm_up()
+        if not in_disk_cache(subscribers.follow_packed):
+            # first start on this machine: compile the subscriber kernels too (~20 s), so a
+            # strategy's first subscribe loads them instead of stalling that long; later
+            # starts skip this (loading them here would cost every start a second)
+            subscribers.warm_up()
         self._start_redis()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
                  ring_capacity=cfg.ring_capacity, max_symbols=cfg.max_symbols,

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from shm import inbound, ingest, wal_kernels
+from shm.jit import in_disk_cache
 from shm.atomics import futex_wake
 from shm.layout import change_ring as CR
 from shm.layout import control as C
@@ -615,11 +616,8 @@ class _Prefaulter:
 def kernels_cached() -> bool:
     """Whether numba's on-disk cache already holds the writer's main kernel: False on the
     first start on a machine (or after an upgrade), when warm_up compiles for about a
-    minute instead of loading for a second or two. True when it cannot tell."""
-    try:
-        return os.path.exists(ingest.drain._cache._cache_file._index_path)
-    except Exception:  # noqa: BLE001  (numba internals: only a hint for the user)
-        return True
+    minute instead of loading for a second or two."""
+    return in_disk_cache(ingest.drain)
 
 
 def warm_up() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import types
 
+import pytest
+
 import wayy
 from tests.conftest import REPO, run_cli, wait_for
 from wayy.cli import main as cli_main
@@ -123,3 +125,25 @@ def test_status_rate_after_a_real_roll_is_never_negative(db_factory):
         assert s["rate"] >= 0 and s["heartbeat_age_s"] >= 0
         return s["rate_known"] and s["rate"] > 0
     wait_for(known, 20, what="a known, positive rate after the roll")
+
+
+def test_to_pandas_without_pandas_is_a_wayy_error(monkeypatch):
+    import sys
+
+    from wayy.errors import WayyError, import_pandas
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    with pytest.raises(WayyError, match="pip install pandas"):
+        import_pandas()
+
+
+def test_publish_names_missing_and_unknown_columns(shared_db):
+    p = wayy.Producer(shared_db.path)
+    try:
+        with pytest.raises(wayy.InvalidTick, match="missing size; columns are") as e:
+            p.publish("trades", symbol="MISS", price=1.0)
+        assert e.value.reason == "columns" and "_trade" not in str(e.value)
+        with pytest.raises(wayy.InvalidTick, match="no column bid"):
+            p.publish("trades", symbol="MISS", price=1.0, size=1.0, bid=2.0)
+    finally:
+        p.close()

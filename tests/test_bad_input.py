@@ -75,7 +75,7 @@ def test_producer_rejects_bad_quotes(producer):
 def test_unknown_tables_columns_and_shapes(producer):
     with pytest.raises(wayy.UnknownTable, match="unknown table 'orders'"):
         producer.publish("orders", **GOOD)
-    with pytest.raises(wayy.InvalidTick, match="unexpected keyword"):
+    with pytest.raises(wayy.InvalidTick, match="no column colour"):
         producer.publish("trades", **GOOD, colour="red")
     with pytest.raises(wayy.InvalidTick, match="missing"):
         producer.publish("trades", symbol="X", price=1.0)

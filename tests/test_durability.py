@@ -317,6 +317,23 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_start_refused_for_space_leaves_the_shard_count_free(tmp_path):
+    """The error tells the user to lower --capacity or --shards: the next start with fewer
+    shards must not be refused because the failed one fixed the count."""
+    db = str(tmp_path / "db")
+    r = run_cli("start", "--db", db, "--shards", "2", "--capacity", str(1 << 30), "--feed",
+                "none", "--no-redis", "--detach")
+    assert r.returncode == 1 and "/dev/shm" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(db, "wayy.shards"))
+    r = run_cli("start", "--db", db, "--shards", "1", "--capacity", "4096", "--feed", "none",
+                "--no-redis", "--detach")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert open(os.path.join(db, "wayy.shards")).read().strip() == "1"
+    finally:
+        run_cli("stop", "--db", db)
+
+
 def test_a_handle_of_an_earlier_run_says_so(db_factory):
     # a Database attached before a restart maps the old run's shared memory: it must not go
     # on answering from it

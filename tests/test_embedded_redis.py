@@ -199,6 +199,35 @@ def test_redis_url_uses_that_server_and_keeps_its_password_private(db_factory, t
         assert r["up"] and not r["embedded"] and r["connected_clients"] >= 1
 
 
+def test_redis_password_file_keeps_the_password_off_every_command_line(db_factory, tmp_path):
+    password = "ext-" + os.urandom(8).hex()
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(password + "\n")
+    with redis_server(tmp_path / "ext", password=password) as srv:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        db = db_factory(*QUIET, "--redis", url, "--redis-password-file", str(pw_file))
+        m = read_manifest(db.path)
+        assert rs.read_password(m.redis_credentials) == password
+        wait_for(lambda: any(b.get("redis") == "ok" for b in db.status()["redis"]["brokers"]),
+                 30, what="the broker connected with the file's password")
+        leaks = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if password.encode() in f.read():
+                        leaks.append(pid)
+            except OSError:
+                pass
+        assert leaks == []
+    for args, words in (((), "goes with --redis"),
+                        (("--redis", f"redis://:{password}@127.0.0.1:1/0"), "not both"),
+                        (("--redis", "redis://127.0.0.1:1/0"), "No such file")):
+        bad = str(tmp_path / "missing") if words == "No such file" else str(pw_file)
+        r = run_cli("start", "--db", str(tmp_path / "db2"), *QUIET, *args,
+                    "--redis-password-file", bad)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr
+
+
 def test_unreachable_redis_does_not_stop_the_shards(db_factory):
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     db = db_factory(*QUIET, "--redis", url)  # returns once every shard runs

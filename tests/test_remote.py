@@ -470,6 +470,19 @@ def test_retention_loss_is_counted(db_factory, tmp_path, brokers):
         st = sub.stats()["channels"]["ticks:LOS"]
         assert st["lost_gaps"] == 1  # the trimmed entries: counted, and logged
         assert [s for _, s in col.rows] == [want[0][1]] + kept  # the rest exactly once
+        # a late joiner asking for rows the stream no longer holds: counted too
+        first_ts = int(wire.decode(c.xrange("ticks:LOS:stream", count=1)[0][1][b"d"]).ts[0])
+        for start in ({"from_seq": 0}, {"from_ts": 1_000_000_000_000_000_000},
+                      {"from_ts": first_ts}):
+            late = Collector()
+            sub = Subscriber(srv.url)
+            sub.subscribe("ticks:LOS", late.tick, **start)
+            run_until(sub, lambda: late.rows and late.rows[-1] == want[-1])
+            sub.stop()
+            lost = sub.stats()["channels"]["ticks:LOS"]["lost_gaps"]
+            assert [s for _, s in late.rows] == [s for s in kept if s >= late.rows[0][1]]
+            assert lost == (0 if "from_ts" in start and start["from_ts"] == first_ts else 1), \
+                start
 
 
 # --- wayy tail -----------------------------------------------------------------------------------

@@ -677,13 +677,23 @@ def test_one_ring_idle_strategies_wait_in_the_kernel_and_wake_for_each_tick(fake
             sub.stop()
 
     def publish():
+        # on a loaded machine the subscriber may not have gone back to sleep yet: give it
+        # up to 5 s (a strategy that never sleeps still fails: its count stays 0)
+        deadline = time.monotonic() + 5
+        while (int(f.rings[0].wctl[CRL.WAITERS_I32]) != sleeping
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
         waiters.append(int(f.rings[0].wctl[CRL.WAITERS_I32]))
         f.append("trades", ["A"])
 
+    def publish_three():
+        for _ in range(3):
+            time.sleep(0.1)
+            publish()
+
     sub = db.subscribe("ticks:A", callback=on_tick, idle=idle)
-    for i in range(3):
-        threading.Timer(0.1 * (i + 1), publish).start()
-    db.run(timeout=10)
+    threading.Thread(target=publish_three, daemon=True).start()
+    db.run(timeout=30)
     assert got == [0, 1, 2] and not sub.active
     assert waiters == [sleeping] * 3  # asleep in the kernel (or polling) when a tick came
     assert int(f.rings[0].wctl[CRL.WAITERS_I32]) == 0  # and unregistered after

@@ -109,7 +109,12 @@ def main() -> None:
 @click.option("--redis", "redis_url", metavar="URL", default=None,
               help="Publish to this existing Redis (redis://[user[:password]@]host:port/db "
                    "or unix:///path.sock?db=N) instead of starting one. A password in "
-                   "the URL is kept in DB/redis/external-password (0600), never in wayy.json.")
+                   "the URL is kept in DB/redis/external-password (0600), never in wayy.json; "
+                   "but a URL on the command line shows in process listings: prefer "
+                   "--redis-password-file.")
+@click.option("--redis-password-file", metavar="FILE", default=None,
+              help="Read the password of --redis from FILE's first line (kept off the "
+                   "command line, where every process listing shows it).")
 @click.option("--no-redis", is_flag=True,
               help="Local only: no Redis and no broker (local subscribers still work).")
 @click.option("--redis-port", type=int, default=0, show_default="0",
@@ -144,7 +149,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
           max_symbols: int | None, feeds: tuple[str, ...], fsync: str,
           fsync_interval_ms: float, wal_compress: bool, no_wal: bool, roll_daily: bool, roll_fill: float,
           history_days: int | None, writer_poll_us: float, redis_url: str | None,
-          no_redis: bool,
+          redis_password_file: str | None, no_redis: bool,
           redis_port: int, redis_bind: str, redis_pubsub_limit: str | None, brokers: int,
           wire: str | None, stream_retention: str | None, detach: bool,
           verbose: bool) -> None:
@@ -180,6 +185,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
                  fsync_interval_ms=fsync_interval_ms, roll_daily=roll_daily,
                  roll_fill=roll_fill or None, history_days=history_days,
                  writer_poll_us=writer_poll_us, no_redis=no_redis, redis_url=redis_url,
+                 redis_password_file=redis_password_file,
                  redis_port=redis_port, redis_bind=redis_bind,
                  redis_pubsub_limit=redis_pubsub_limit, brokers=brokers)
     if wire is not None:

@@ -24,7 +24,8 @@ from shm.layout import shard as S
 from shm.layout import tables as T
 from shm.shard import ShardData
 from wayy import history as H
-from wayy.errors import InvalidInput, NotRunning, UnknownTable, WayyError, translate
+from wayy.errors import (InvalidInput, NotRunning, UnknownTable, WayyError, import_pandas,
+                         translate)
 from wayy.manifest import Manifest, read_manifest
 from wayy.names import check_symbol, check_venue, shard_of
 
@@ -66,9 +67,7 @@ class Result:
 
     def to_pandas(self):
         """A pandas DataFrame (requires pandas); ``ts`` stays int64 nanoseconds."""
-        import pandas as pd
-
-        return pd.DataFrame(self.columns)
+        return import_pandas().DataFrame(self.columns)
 
     def __repr__(self) -> str:
         return f"<wayy.Result {self.table}: {len(self)} rows, columns {list(self.columns)}>"

@@ -149,3 +149,14 @@ __all__ = [
     "RedisRefused",
     "translate",
 ]
+
+
+def import_pandas():
+    """pandas, for ``to_pandas()``: an optional dependency, so its absence is a WayyError
+    that says how to install it, not a bare ModuleNotFoundError."""
+    try:
+        import pandas
+    except ImportError:
+        raise WayyError("to_pandas() needs pandas, which wayy does not install: "
+                        "pip install pandas") from None
+    return pandas

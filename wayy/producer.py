@@ -329,11 +329,16 @@ class Producer:
         fn = self._one.get(table)
         if fn is None:
             table_id(table)
-        try:
-            fn(**fields)
-        except TypeError as exc:
-            raise InvalidTick(f"{table}: {exc}; columns are "
-                              f"{', '.join(T.COLUMNS[table_id(table)][:-1])}") from None
+        t = table_id(table)
+        missing = sorted(_REQUIRED[t] - set(fields))
+        unknown = sorted(set(fields) - _ALLOWED[t])
+        if missing or unknown:
+            what = "; ".join(x for x in (missing and f"missing {', '.join(missing)}",
+                                         unknown and f"no column {', '.join(unknown)}") if x)
+            raise InvalidTick(f"{table}: {what}; columns are "
+                              f"{', '.join(T.COLUMNS[t][:-1])} (seq is assigned by wayy)",
+                              reason="columns")
+        fn(**fields)
 
     def _route(self, symbol: str, venue: str, rtype: int) -> tuple:
         check_symbol(symbol)

@@ -307,6 +307,22 @@ def free_port(host: str = DEFAULT_BIND) -> int:
         return s.getsockname()[1]
 
 
+def read_password_file(path: str) -> str:
+    """The password in ``path`` (first line), for ``--redis-password-file``: a password on
+    the command line would show in every process listing, for the database's whole life."""
+    try:
+        with open(path) as f:
+            pw = f.readline().strip()
+    except OSError as exc:
+        raise InvalidInput(f"--redis-password-file {path}: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--redis-password-file {path}: not a text file", path=path) \
+            from None
+    if not pw:
+        raise InvalidInput(f"--redis-password-file {path} is empty", path=path)
+    return pw
+
+
 def check_bind_address(host: str) -> None:
     """Raise InvalidInput unless this machine can listen on ``host`` (for --redis-bind)."""
     try:

@@ -1189,7 +1189,26 @@ class Subscriber:
                                 sub.channel, k, last + 1, prev, sub.stream)
         else:
             sub._chain_checked.add(k)
+            if prev >= 0:
+                self._check_start_trimmed(sub, k, eid, _ms, prev)
         self._decode_take(sub, data, True, sub.stream)
+
+    def _check_start_trimmed(self, sub: RemoteSubscription, k: int, eid: bytes, ms: int,
+                             prev: int) -> None:
+        """The first entry a from_seq / from_ts replay reads follows one that is gone (its
+        ``prev`` is set): if retention trimmed rows the start point asked for, count it."""
+        lost = None
+        if sub.from_seq is not None and prev >= sub.from_seq:
+            lost = f"seq {sub.from_seq}..{prev}"
+        elif sub.from_ts is not None and ms > sub.from_ts // 1_000_000:
+            first = self._cmd.call("XRANGE", sub.stream, "-", "+", "COUNT", 1)
+            if first and first[0][0] == eid:  # nothing before it: the one before was trimmed
+                lost = f"from ts {sub.from_ts} up to seq {prev}"
+        if lost is not None:
+            sub.lost_gaps += 1
+            log.warning("remote subscriber %s: rows of shard %d (%s) were trimmed from %s "
+                        "(retention) before this replay: lost", sub.channel, k, lost,
+                        sub.stream)
 
     # --- running -----------------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> None:

@@ -65,7 +65,8 @@ from shm.layout import shard as S
 from shm.layout import subscribers as RL
 from shm.layout import tables as T
 from wayy.channels import Channel, channel_of, format_channel
-from wayy.errors import CorruptData, InvalidInput, NotRunning, WayyError, translate
+from wayy.errors import (CorruptData, InvalidInput, NotRunning, WayyError, import_pandas,
+                         translate)
 from wayy.manifest import read_database_id
 from wayy.names import shard_of
 
@@ -246,9 +247,8 @@ class Batch:
         return {c: self[c] for c in self.columns}
 
     def to_pandas(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.to_dict())
+        """A pandas DataFrame of the batch (requires pandas)."""
+        return import_pandas().DataFrame(self.to_dict())
 
     def __repr__(self) -> str:
         n = len(self)

@@ -40,7 +40,8 @@ from wayy.errors import AlreadyRunning, InsufficientSpace, InvalidInput, WayyErr
 from wayy.manifest import (MANIFEST_NAME, Manifest, acquire_lock, database_id,
                            store_shards, stored_shards)
 from wayy.redis_server import (EXTERNAL_PASSWORD_FILE, EmbeddedRedis, check_bind_address,
-                               check_pubsub_limit, redis_dir, split_url, write_secret)
+                               check_pubsub_limit, read_password_file, redis_dir, split_url,
+                               write_secret)
 from wayy.wire import FORMATS as WIRE_FORMATS
 from workers.broker import DEFAULT_RETENTION, Retention, split_shards
 from workers.shard_log import WAL_DIR, RecoveryError
@@ -80,6 +81,7 @@ class Config:
     # Redis fan-out. redis_url None: run the embedded redis-server (wayy/redis_server.py)
     no_redis: bool = False  # local only: no Redis, no broker
     redis_url: str | None = None  # an existing server instead of the embedded one
+    redis_password_file: str | None = None  # its password, read from a file (off argv)
     redis_port: int = 0  # embedded: 0 = the previous start's port if free, else any free one
     redis_bind: str = "127.0.0.1"  # embedded: the address it listens on
     redis_pubsub_limit: str | None = None  # embedded: 'HARD SOFT SECONDS'; None = Redis'
@@ -122,6 +124,14 @@ class Config:
             Retention.parse(self.stream_retention)
         except InvalidInput as exc:
             raise InvalidInput(f"--stream-retention: {exc}") from None
+        if self.redis_password_file is not None:
+            if not self.redis_url:
+                raise InvalidInput("--redis-password-file goes with --redis URL (the embedded "
+                                   "Redis makes its own password)")
+            if split_url(self.redis_url)[1]:
+                raise InvalidInput("give the Redis password in --redis-password-file or in the "
+                                   "URL, not both")
+            read_password_file(self.redis_password_file)
         if self.redis_url:
             split_url(self.redis_url)
             from wayy.remote import RedisLink
@@ -198,8 +208,6 @@ class Supervisor:
                     f"--no-wal their rows would not be loaded, and rows written now would be "
                     f"lost at the next start; start it without --no-wal, or move {WAL_DIR}/ "
                     f"away to start empty", path=self.path)
-        if stored is None:
-            store_shards(self.path, cfg.shards)
 
     def prepare(self) -> None:
         """Lock, reclaim, check space, create segments and manifest, warm up kernels."""
@@ -246,6 +254,10 @@ class Supervisor:
                     segment_name(self.prefix, k, "changes"), cfg.change_ring_records))
         self.controls = [seg for seg in self._segments if isinstance(seg, Control)]
         self.rings = [seg for seg in self._segments if isinstance(seg, InboundRing)]
+        if stored_shards(self.path) is None:
+            # fixed now, before any writer makes a WAL -- not earlier: a start refused for
+            # lack of space (say) must leave the count free for the next attempt
+            store_shards(self.path, cfg.shards)
         from shm import subscribers
         from shm.jit import in_disk_cache
         from workers import writer
@@ -256,6 +268,14 @@ class Supervisor:
             # strategy's first subscribe loads them instead of stalling that long; later
             # starts skip this (loading them here would cost every start a second)
             subscribers.warm_up()
+        if not cfg.no_redis:
+            from wayy import wire
+
+            if not in_disk_cache(wire._encode_groups):
+                # and the broker's codec (~20 s), or it would compile after "ready" and
+                # publish nothing meanwhile
+                wire.warm_up()
+                wire.warm_up_group_encoder()
         self._start_redis()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
                  ring_capacity=cfg.ring_capacity, max_symbols=cfg.max_symbols,
@@ -295,6 +315,8 @@ class Supervisor:
             return
         if cfg.redis_url:
             self.redis_url, self.redis_password = split_url(cfg.redis_url)
+            if cfg.redis_password_file is not None:
+                self.redis_password = read_password_file(cfg.redis_password_file)
             self.broker_url = self.redis_url
             if self.redis_password:
                 path = os.path.join(redis_dir(self.path), EXTERNAL_PASSWORD_FILE)

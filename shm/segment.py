@@ -21,6 +21,7 @@ from shm.errors import CapacityError, LayoutMismatch, SegmentExists, SegmentMiss
 from shm.layout import common
 
 SHM_DIR = "/dev/shm"
+CREATING_WAIT_S = 2.0  # how long attach waits for a segment another process is creating
 NAME_PREFIX = "wayy."
 
 
@@ -137,29 +138,44 @@ class Segment:
     def attach(
         cls, name: str, magic: int, major: int, readonly: bool = True, what: str = "segment"
     ) -> "Segment":
-        """Map an existing segment and check its magic and major version."""
-        try:
-            shm = posix_ipc.SharedMemory(name, flags=0, read_only=readonly)
-        except posix_ipc.ExistentialError as exc:
-            raise SegmentMissing(f"{what} {name} does not exist (is the database running?)") from exc
-        except posix_ipc.PermissionsError as exc:
-            raise SegmentMissing(f"no permission to open {what} {name}") from exc
-        try:
-            size = os.fstat(shm.fd).st_size
-            if size < common.PAGE:
-                raise LayoutMismatch(f"{what} {name} is {size} bytes, smaller than its header")
-            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-            mm = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
-        finally:
-            shm.close_fd()
+        """Map an existing segment and check its magic and major version.
+
+        A segment another process is creating right now (sized 0, or its magic not yet
+        written) is waited for, up to CREATING_WAIT_S, as its version word is."""
+        deadline = time.monotonic() + CREATING_WAIT_S
+        while True:
+            try:
+                shm = posix_ipc.SharedMemory(name, flags=0, read_only=readonly)
+            except posix_ipc.ExistentialError as exc:
+                raise SegmentMissing(f"{what} {name} does not exist (is the database "
+                                     f"running?)") from exc
+            except posix_ipc.PermissionsError as exc:
+                raise SegmentMissing(f"no permission to open {what} {name}") from exc
+            size = 0
+            try:
+                size = os.fstat(shm.fd).st_size
+                if size < common.PAGE and time.monotonic() < deadline:
+                    continue  # created, not yet sized (shm_open, then ftruncate)
+                if size < common.PAGE:
+                    raise LayoutMismatch(f"{what} {name} is {size} bytes, smaller than its "
+                                         f"header")
+                prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+                mm = mmap.mmap(shm.fd, size, mmap.MAP_SHARED, prot)
+                break
+            finally:
+                shm.close_fd()
+                if size < common.PAGE:
+                    time.sleep(0.001)
         seg = cls(name, mm, size, readonly=readonly)
         got_magic = int(seg.i64[common.MAGIC_OFFSET // 8]) & 0xFFFFFFFFFFFFFFFF
+        while got_magic == 0 and time.monotonic() < deadline:  # sized, magic not yet written
+            time.sleep(0.001)
+            got_magic = int(seg.i64[common.MAGIC_OFFSET // 8]) & 0xFFFFFFFFFFFFFFFF
         if got_magic != magic & 0xFFFFFFFFFFFFFFFF:
             raise LayoutMismatch(
                 f"{what} {name} has magic {got_magic:#x}, expected {magic & 0xFFFFFFFFFFFFFFFF:#x}"
             )
         word = int(_load_version(seg.i32))
-        deadline = time.monotonic() + 2.0
         while word == 0 and time.monotonic() < deadline:  # creator still initialising
             time.sleep(0.001)
             word = int(_load_version(seg.i32))

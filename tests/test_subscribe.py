@@ -1269,3 +1269,32 @@ def test_zero_copy_batch_says_when_a_roll_reused_its_memory(fake):
     assert not b.valid
     assert b.keep(np.ones(len(b), bool)).valid  # a copy stays valid
     sub.stop()
+
+
+def test_a_segment_being_created_is_waited_for_not_called_incompatible(tmp_path):
+    """wayy status (or a second subscriber) can open the subscriber registry between its
+    creator's shm_open and ftruncate: 0 bytes for an instant. That is not another layout
+    version: attach waits for the creator (a CI run caught `status` failing on it)."""
+    import posix_ipc
+
+    from shm.subscribers import Registry, registry_name
+
+    prefix = db_prefix(str(tmp_path / "racedb"))
+    name = registry_name(prefix)
+    raw = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, size=0)  # created, not sized
+    raw.close_fd()
+
+    def finish_creating():
+        time.sleep(0.1)
+        unlink_quiet(name)
+        Registry.open(prefix).seg.close()
+
+    t = threading.Thread(target=finish_creating)
+    t.start()
+    try:
+        reg = Registry.attach_readonly(prefix)
+        assert reg is not None and reg.max_slots > 0
+        reg.seg.close()
+    finally:
+        t.join()
+        unlink_quiet(name)

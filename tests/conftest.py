@@ -67,6 +67,7 @@ class RunningDb:
 
 # options that put Redis under test; a start naming none of them runs with --no-redis
 REDIS_OPTIONS = ("--redis", "--no-redis", "--redis-port", "--redis-bind", "--redis-pubsub-limit",
+                 "--redis-password-file",
                  "--brokers", "--wire", "--stream-retention")
 
 
@@ -94,18 +95,23 @@ def start_db(path: str, *args: str, timeout: float = 60.0, redis: bool | None = 
     log.close()
     db = RunningDb(path, proc, log_path)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"wayy start exited with {proc.returncode}:\n{db.log()}")
-        try:
-            st = read_status(path, redis=False)
-            if all(s["state"] == "running" for s in st["shards"]):
-                return db
-        except NotRunning:
-            pass
-        time.sleep(0.05)
-    db.stop()
-    raise RuntimeError(f"wayy start not ready after {timeout}s:\n{db.log()}")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"wayy start exited with {proc.returncode}:\n{db.log()}")
+            try:
+                st = read_status(path, redis=False)
+                if all(s["state"] == "running" for s in st["shards"]):
+                    return db
+            except NotRunning:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"wayy start not ready after {timeout}s:\n{db.log()}")
+    except BaseException:
+        # any failure while waiting (an unexpected status error included) must not leave
+        # the database running behind the test
+        db.stop()
+        raise
 
 
 def cleanup_db(db: RunningDb) -> None:

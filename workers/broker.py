@@ -177,7 +177,6 @@ class _Txn:
     rows: int
     messages: int
     nbytes: int
-    entries: int
 
 
 # --- the agent -----------------------------------------------------------------------------------
@@ -702,8 +701,7 @@ class Broker:
         if not cmds:
             return None
         return _Txn(b"".join((_MULTI, *cmds, _EXEC)), len(cmds) + 2,
-                    {k: new[k] for k in changed}, ids, last_ts, rows, nmsg, nbytes,
-                    len(entries))
+                    {k: new[k] for k in changed}, ids, last_ts, rows, nmsg, nbytes)
 
     def _entries_fast(self, k: int, t: int, cols: dict, b) -> list:
         """What _entries gives, for the binary formats: every group (and venue) message of
@@ -803,7 +801,9 @@ class Broker:
         st["published_rows"] += txn.rows
         st["messages"] += txn.messages
         st["bytes"] += txn.nbytes
-        st["stream_entries"] += txn.entries
+        # the XADDs Redis applied: the only bulk-string replies (PUBLISH and HSET answer
+        # integers), so a refused one (or a stream skipped as unusable) is not counted
+        st["stream_entries"] += sum(1 for r in res if type(r) is bytes)
 
     def _sent_cursors(self) -> dict[int, list[int]]:
         """The cursors Redis holds once the transaction in flight is applied."""

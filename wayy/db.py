@@ -234,12 +234,13 @@ class Database:
                 self._reg = Registry.open(self.manifest.prefix)
         return self._reg
 
-    def _check_current(self) -> None:
+    def _check_current(self, force: bool = False) -> None:
         """Raise NotRunning when the database this handle attached to has stopped or was
         started again (new shared memory: this mapping would answer from the old run's rows
-        for ever). Looked at most every ALIVE_CHECK_S, so queries stay cheap."""
+        for ever). Looked at most every ALIVE_CHECK_S, so queries stay cheap; ``force``:
+        look now (for rare calls such as subscribe)."""
         now = time.monotonic()
-        if now < self._alive_due:
+        if now < self._alive_due and not force:
             return
         self._alive_due = now + ALIVE_CHECK_S
         if not self._still_running():

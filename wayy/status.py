@@ -132,7 +132,7 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     file the manifest names; a reader who may not open it still learns whether Redis is up
     (an auth error is an answer). Lag per shard: committed rows the brokers have not yet
     published, from the cursors they commit to Redis with what they publish
-    (:func:`broker_progress`) — fresh, and right even when a broker is dead. ``brokers``:
+    (:func:`broker_cursors`) — fresh, and right even when a broker is dead. ``brokers``:
     each broker's own report (its status file, workers/broker.py) from this run.
     """
     from wayy import redis_server
@@ -145,13 +145,16 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     out.update(enabled=True, embedded=m.redis_embedded, credentials=m.redis_credentials,
                credentials_readable=password is not None or not m.redis_credentials,
                wire=m.wire)
-    if out["up"] and "error" not in out:
-        other = redis_owner(m, password)
-        if other is not None:
+    progress = None
+    cursors = broker_cursors(m, password) if out["up"] and "error" not in out else None
+    if cursors is not None:
+        other = foreign_owner(m, cursors)
+        if other is not None:  # its cursors measure nothing of this database
             out["error"] = (f"used by another wayy database ({other}): this database's "
                             f"brokers are refused and publish nothing")
             out["foreign_owner"] = other
-    progress = broker_progress(m, password) if out["up"] and "error" not in out else None
+        else:
+            progress = broker_progress(m, cursors)
     out["broker_lag"] = None if progress is None else [
         {"shard": k, "cursor": progress.get(k),
          "lag_rows": None if progress.get(k) is None else unpublished(m.prefix, k, progress[k])}
@@ -185,37 +188,10 @@ def unpublished(prefix: str, k: int, cursor: list[int]) -> int:
         data.close()
 
 
-def _owner_id(flat: list) -> str | None:
-    """The database id that claimed the Redis (field "db" of the cursor hash), if any."""
-    from wayy.remote import OWNER_FIELD
-
-    for key, val in zip(flat[::2], flat[1::2]):
-        if key == OWNER_FIELD:
-            return val.decode(errors="replace").split(" ")[0]
-    return None
-
-
-def redis_owner(m, password: str | None) -> str | None:
-    """Who claimed the Redis, as the cursor hash says ("<id> <host>:<path>"), when it is
-    another database than ``m``'s (its brokers are then refused); None otherwise."""
-    from wayy import redis_server
-    from wayy.remote import BROKER_CURSORS_KEY, OWNER_FIELD
-
-    try:
-        raw = redis_server.command(m.redis_url, "HGET", BROKER_CURSORS_KEY, OWNER_FIELD,
-                                   password=password, timeout=0.5)
-    except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
-        return None
-    if not raw:
-        return None
-    text = raw.decode(errors="replace")
-    mine = read_database_id(m.path)
-    return text if mine is not None and text.split(" ")[0] != mine else None
-
-
-def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
-    """Per shard, ``[trades, quotes]``: the next seq of each table the brokers will publish,
-    as committed in Redis (``wayy:broker:cursors``). None when Redis cannot say."""
+def broker_cursors(m, password: str | None) -> dict | None:
+    """The brokers' cursor hash in Redis (``wayy:broker:cursors``: "<shard>:<table>" -> next
+    seq to publish, "db" -> the database that claimed the Redis), one HGETALL; None when
+    Redis cannot say."""
     from wayy import redis_server
     from wayy.remote import BROKER_CURSORS_KEY
 
@@ -224,10 +200,27 @@ def broker_progress(m, password: str | None) -> dict[int, list[int]] | None:
                                     password=password, timeout=0.5)
     except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
         return None
-    if _owner_id(flat) not in (None, read_database_id(m.path)):
-        return None  # another database's progress: no measure of this one's
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def foreign_owner(m, cursors: dict) -> str | None:
+    """Who claimed the Redis ("<id> <host>:<path>"), when it is another database than
+    ``m``'s (whose brokers are then refused); None otherwise."""
+    from wayy.remote import OWNER_FIELD
+
+    raw = cursors.get(OWNER_FIELD)
+    mine = read_database_id(m.path)
+    if not raw or mine is None:
+        return None
+    text = raw.decode(errors="replace")
+    return text if text.split(" ")[0] != mine else None
+
+
+def broker_progress(m, cursors: dict) -> dict[int, list[int]]:
+    """Per shard, ``[trades, quotes]``: the next seq of each table the brokers will publish,
+    from the cursor hash (``broker_cursors``)."""
     out: dict[int, list[int]] = {}
-    for key, val in zip(flat[::2], flat[1::2]):
+    for key, val in cursors.items():
         shard, _, table = key.decode(errors="replace").partition(":")
         if not shard.isdigit() or table not in ("trades", "quotes"):
             continue

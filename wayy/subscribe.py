@@ -1231,14 +1231,8 @@ class Subscription:
             return batch
         try:
             keep = self.filter(batch)
-            if keep is True:
-                return batch
-            if keep is False or keep is None:
-                return batch.keep(np.zeros(len(batch), bool))
-            mask = np.asarray(keep)
-            if mask.shape == () and mask.dtype == np.bool_:  # e.g. (b["price"] > 0).any()
-                return batch if bool(mask) else batch.keep(np.zeros(len(batch), bool))
-            if mask.dtype != np.bool_ or mask.shape != (len(batch),):
+            mask = np.asarray(False if keep is None else keep)
+            if mask.dtype != np.bool_ or mask.shape not in ((), (len(batch),)):
                 raise InvalidInput(f"a batch filter must return a bool or a boolean mask of "
                                    f"the batch's {len(batch)} rows, got "
                                    f"{type(keep).__name__} of dtype {mask.dtype} and shape "
@@ -1246,7 +1240,9 @@ class Subscription:
         except Exception as exc:  # noqa: BLE001
             if self._callback_failed(exc, batch, "filter"):
                 return None
-            return batch.keep(np.zeros(len(batch), bool))
+            mask = np.asarray(False)
+        if mask.shape == ():  # one answer for the whole batch (bool, numpy bool, None)
+            return batch if mask else batch.keep(np.zeros(len(batch), bool))
         return batch.keep(mask)
 
     # --- errors ----------------------------------------------------------------------------------
@@ -1806,8 +1802,7 @@ def subscribe(db, table_or_channel, *, symbol=None, venue=None, callback=None, f
         raise InvalidInput("the database is closed")
     # a handle of a stopped (or stopped and started again) database would follow rings no
     # writer publishes to any more: say so now, as a query would
-    db._alive_due = 0.0
-    db._check_current()
+    db._check_current(force=True)
     channels = _channels(table_or_channel, symbol, venue)
     for name, fn in (("callback", callback), ("filter", filter), ("on_overrun", on_overrun),
                      ("on_error", on_error), ("on_checkpoint", on_checkpoint)):

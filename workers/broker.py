@@ -787,8 +787,13 @@ class Broker:
                               None)
             raise RedisRefused(f"transaction refused: {queued_err or res}")
         ids = txn.ids
+        # the XADDs Redis applied are the only bulk-string replies (PUBLISH and HSET answer
+        # integers): a refused one (or a stream skipped as unusable) is not counted
+        entries = 0
         for r in res:
-            if isinstance(r, hiredis.ReplyError):
+            if type(r) is bytes:
+                entries += 1
+            elif isinstance(r, hiredis.ReplyError):
                 self._error(f"Redis refused a command of the transaction: {r}")
                 # a failed XADD leaves our idea of the stream's last id unsure: reload it
                 self._stream_last = {}
@@ -801,9 +806,7 @@ class Broker:
         st["published_rows"] += txn.rows
         st["messages"] += txn.messages
         st["bytes"] += txn.nbytes
-        # the XADDs Redis applied: the only bulk-string replies (PUBLISH and HSET answer
-        # integers), so a refused one (or a stream skipped as unusable) is not counted
-        st["stream_entries"] += sum(1 for r in res if type(r) is bytes)
+        st["stream_entries"] += entries
 
     def _sent_cursors(self) -> dict[int, list[int]]:
         """The cursors Redis holds once the transaction in flight is applied."""

@@ -124,19 +124,20 @@ class Config:
             Retention.parse(self.stream_retention)
         except InvalidInput as exc:
             raise InvalidInput(f"--stream-retention: {exc}") from None
+        url_password = None
+        if self.redis_url:
+            url_password = split_url(self.redis_url)[1]
+            from wayy.remote import RedisLink
+
+            RedisLink(self.redis_url)  # every part parsed as the brokers will (no connect)
         if self.redis_password_file is not None:
             if not self.redis_url:
                 raise InvalidInput("--redis-password-file goes with --redis URL (the embedded "
                                    "Redis makes its own password)")
-            if split_url(self.redis_url)[1]:
+            if url_password:
                 raise InvalidInput("give the Redis password in --redis-password-file or in the "
                                    "URL, not both")
             read_password_file(self.redis_password_file)
-        if self.redis_url:
-            split_url(self.redis_url)
-            from wayy.remote import RedisLink
-
-            RedisLink(self.redis_url)  # every part parsed as the brokers will (no connect)
         if not self.no_redis and not self.redis_url:
             check_bind_address(self.redis_bind)
         if not 0 <= self.redis_port <= 65535:

@@ -369,10 +369,78 @@ def test_writer_poll_window_keeps_every_tick(db_factory, poll_us):
         assert np.all(np.diff(r["seq"]) > 0)
         # 5 pauses of 20 ms: far longer than any poll window, so the writer slept
         assert int(ctl.counters[C.C_IDLE_LOOPS]) - sleeps0 >= 5
+        shard = db_run.status()["shards"][0]
+        assert shard["polling"] is (poll_us != "0") and shard["poll_pauses"] >= 0
     finally:
         p.close()
         db.close()
         ctl.close()
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_writer_polling_pauses_while_it_waits_for_a_cpu():
+    """The writer's poll governor, on this thread with real CPU contention: two processes
+    spinning on this thread's CPU make it wait on the run queue, so with batches coming
+    fast polling pauses (counted, C_POLLING 0) until a retry, whose trial under the same
+    contention pauses again for twice as long; without contention, and with batches
+    seldom, polling goes on."""
+    from shm.layout import control as C
+    from workers import writer as W
+
+    if not os.path.exists("/proc/thread-self/schedstat"):
+        pytest.skip("no per-thread scheduler statistics (/proc/thread-self/schedstat)")
+    counters = np.zeros(C.N_COUNTERS, np.int64)
+    old_affinity = os.sched_getaffinity(0)
+    cpu = min(old_affinity)
+    os.sched_setaffinity(0, {cpu})  # this thread only
+    hogs: list[mp.Process] = []
+    gov = W._PollGovernor(counters)
+    try:
+        # no contention: busy or not, polling goes on
+        _spin(W.POLL_CHECK_S * 1.5)
+        assert gov.allows(time.monotonic(), True)
+        assert counters[C.C_POLL_BACKOFFS] == 0
+        ctx = mp.get_context("fork")
+        for _ in range(2):
+            h = ctx.Process(target=_hog, args=(cpu, 30.0), daemon=True)
+            h.start()
+            hogs.append(h)
+        _spin(0.3)  # the hogs are running on this CPU now
+        assert gov.allows(time.monotonic(), False)  # a fresh interval, under contention
+        _spin(W.POLL_CHECK_S * 2)
+        # batches seldom: polling goes on although the thread waited
+        assert gov.allows(time.monotonic(), False)
+        _spin(W.POLL_CHECK_S * 2)
+        t = time.monotonic()
+        assert not gov.allows(t, True)  # busy and waiting: pause
+        assert counters[C.C_POLL_BACKOFFS] == 1 and counters[C.C_POLLING] == 0
+        assert not gov.allows(t + W.POLL_CHECK_S * 1.5, True)  # still within the pause
+        t2 = t + W.POLL_RETRY_MIN_S + W.POLL_CHECK_S
+        assert gov.allows(t2, True)  # the retry: a trial
+        assert counters[C.C_POLLING] == 1
+        _spin(W.POLL_CHECK_S * 2)
+        t3 = max(time.monotonic(), t2 + W.POLL_CHECK_S)
+        assert not gov.allows(t3, True)  # the trial failed under the same contention
+        assert counters[C.C_POLL_BACKOFFS] == 2
+        # the next pause is twice as long
+        assert not gov.allows(t3 + W.POLL_RETRY_MIN_S + W.POLL_CHECK_S, True)
+        assert gov.allows(t3 + 2 * W.POLL_RETRY_MIN_S + 2 * W.POLL_CHECK_S, True)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.join(5)
+        os.sched_setaffinity(0, old_affinity)
+        gov.close()
+
+
+def _hog(cpu: int, seconds: float) -> None:
+    os.sched_setaffinity(0, {cpu})
+    _spin(seconds)
 
 
 def test_producer_inherited_by_a_forked_child_claims_under_its_own_pid(db_factory):

@@ -104,8 +104,9 @@ def main() -> None:
               help="While ticks arrive more often than every half this many microseconds, "
                    "a writer keeps polling for the next one this long after each batch "
                    "instead of sleeping (lowest latency, but about a core per busy shard); "
-                   "otherwise it polls 50 us, then sleeps until a producer wakes it. 0: "
-                   "sleep at once (least CPU).")
+                   "otherwise it polls 50 us, then sleeps until a producer wakes it. "
+                   "Polling pauses while the writer has to wait for a CPU (other "
+                   "processes need that core). 0: sleep at once (least CPU).")
 @click.option("--redis", "redis_url", metavar="URL", default=None,
               help="Publish to this existing Redis (redis://[user[:password]@]host:port/db "
                    "or unix:///path.sock?db=N) instead of starting one. A password in "
@@ -429,6 +430,11 @@ def format_status(st: dict) -> str:
                                  time.gmtime(s["last_roll_failure_ns"] / 1e9))
             lines.append(f"shard {s['shard']}: {s['roll_failures']} roll(s) to history "
                          f"failed, the last at {when} (rows stay in memory; see the log)")
+    paused = [str(s["shard"]) for s in st["shards"]
+              if s.get("poll_pauses") and not s.get("polling")]
+    if paused:
+        lines.append(f"writers of shard(s) {', '.join(paused)}: sleeping between batches "
+                     f"instead of polling (other processes are waiting for the CPU)")
     subs = st.get("subscribers") or []
     lines.append(f"subscribers: {len(subs) or 'none'}")
     if subs:

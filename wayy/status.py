@@ -91,6 +91,10 @@ def read_status(path: str, redis: bool = True) -> dict:
                     "rolls": int(c[C.C_ROLLS]),
                     "roll_failures": int(c[C.C_ROLL_FAILS]),
                     "last_roll_failure_ns": int(c[C.C_LAST_ROLL_FAIL_NS]) or None,
+                    # the writer's idle polling (`--writer-poll-us`): paused while other
+                    # processes wait for the CPU it would spin on
+                    "polling": bool(c[C.C_POLLING]),
+                    "poll_pauses": int(c[C.C_POLL_BACKOFFS]),
                     "rejects": rejects,
                 }
             finally:

@@ -17,7 +17,7 @@ from shm.layout import tables as T
 
 MAGIC = 0x5741_5959_4354_4C31  # "WAYYCTL1"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: C_ROLL_FAILS, C_LAST_ROLL_FAIL_NS (zero in a 1.0 segment)
+VERSION_MINOR = 2  # 1.1: C_ROLL_FAILS, C_LAST_ROLL_FAIL_NS; 1.2: C_POLL_* (zero before)
 
 COUNTERS_OFFSET = common.CACHE_LINE
 C_STATE = 0  # STATE_* below
@@ -38,7 +38,11 @@ C_ROLL_REQUESTS_SEEN = 13  # the inbound ring's roll_requests value last acted o
 # once instead of waiting out its timeout
 C_ROLL_FAILS = 14
 C_LAST_ROLL_FAIL_NS = 15  # wall time of the last failed roll
-N_COUNTERS = 16
+# the writer's idle polling (workers/writer.py): times it stopped polling because it had to
+# wait for a CPU, and whether it polls now (1) or sleeps at once until a retry (0)
+C_POLL_BACKOFFS = 16
+C_POLLING = 17
+N_COUNTERS = 18
 COUNTERS_I64 = COUNTERS_OFFSET // 8
 
 REJECTS_OFFSET = 1024
@@ -46,7 +50,7 @@ REJECTS_I64 = REJECTS_OFFSET // 8
 HEADER_BYTES = common.PAGE
 SEGMENT_BYTES = common.PAGE
 
-assert C_LAST_ROLL_FAIL_NS < N_COUNTERS
+assert C_POLLING < N_COUNTERS
 assert COUNTERS_OFFSET + 8 * N_COUNTERS <= REJECTS_OFFSET
 assert REJECTS_OFFSET + 8 * T.N_REJECT_REASONS <= SEGMENT_BYTES
 

@@ -33,6 +33,7 @@ first run on a fresh machine does not measure numba compiling its kernels.
              (plain socket + hiredis reader): messages/s each (redis-py 8.1.0 issue 4230).
 
     PYTHONPATH=. python benchmarks/bench_remote.py [--ticks 4000000] [--rate 100000] [--quick]
+    PYTHONPATH=. python benchmarks/bench_remote.py --poll-governor-ab 3   # writers: pause vs always poll
 """
 
 from __future__ import annotations
@@ -465,6 +466,40 @@ def warm_up(db: str, url: str) -> None:
     phase_e2e(db, url, 100_000, symbols=WARM_SYMBOLS)
 
 
+def phase_governor_ab(rounds: int, rate: float, seconds: float) -> dict:
+    """The latency phase with the writers' poll governor on (the default) and off
+    (``WAYY_POLL_GOVERNOR=0``: writers always poll), alternating, each on a fresh database
+    and broker: p50 / p99 per round and rate, and the median of each."""
+    import tempfile
+
+    runs: dict[str, list] = {"governor": [], "always_poll": []}
+    with tempfile.TemporaryDirectory(prefix="wayy-bench-redis-") as tmp, \
+            redis_server(tmp) as srv:
+        for _ in range(rounds):
+            for name, flag in (("governor", "1"), ("always_poll", "0")):
+                env = dict(os.environ, WAYY_POLL_GOVERNOR=flag)
+                with running_db(*DB_ARGS, env=env) as db:
+                    b = start_broker(db, srv.url, "--retention", "none")
+                    try:
+                        warm_up(db, srv.url)
+                        runs[name].append([phase_latency(db, srv.url, r, seconds)
+                                           for r in (rate / 10, rate)])
+                    finally:
+                        stop(b)
+                srv.client().flushall()  # the next database claims the Redis afresh
+                _note(runs)
+    out: dict = {}
+    for name, rs in runs.items():
+        out[name] = {}
+        for i, r in enumerate((rate / 10, rate)):
+            p50 = [x[i]["p50_us"] for x in rs]
+            p99 = [x[i]["p99_us"] for x in rs]
+            out[name][f"{int(r) // 1000}k"] = {"p50_runs": p50, "p99_runs": p99,
+                                               "p50_median": float(np.median(p50)),
+                                               "p99_median": float(np.median(p99))}
+    return out
+
+
 def _note(out: dict) -> None:
     print(json.dumps(out), file=sys.stderr, flush=True)  # progress, in case a phase fails
 
@@ -476,6 +511,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--peer-ticks", type=int, default=300_000)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--poll-governor-ab", type=int, metavar="ROUNDS", default=0,
+                    help="only the latency phase, ROUNDS times on databases whose writers "
+                         "pause polling under CPU contention (the default) and on ones "
+                         "that always poll (WAYY_POLL_GOVERNOR=0), alternating")
     a = ap.parse_args()
     if a.quick:
         a.ticks, a.seconds, a.peer_ticks = 1_000_000, 1.5, 100_000
@@ -483,6 +522,11 @@ def main() -> None:
            "load_before": load_average()}
     import tempfile
 
+    if a.poll_governor_ab:
+        out["poll_governor_ab"] = phase_governor_ab(a.poll_governor_ab, a.rate, a.seconds)
+        out["load_after"] = load_average()
+        print(json.dumps(out))
+        return
     with tempfile.TemporaryDirectory(prefix="wayy-bench-redis-") as tmp, \
             redis_server(tmp) as srv:
         with running_db(*DB_ARGS) as db:

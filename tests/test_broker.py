@@ -511,6 +511,21 @@ def test_supervisor_starts_the_broker(db_factory, redis_srv):
                         "--db", "/nonexistent", "--count", "1"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode != 0 and "give --password" in r.stderr
+    # the password from a file (not in the process listing), never from both sources
+    pw_file = os.path.join(os.path.dirname(db.path), "tail-password")
+    with open(pw_file, "w") as f:
+        f.write(PASSWORD + "\n")
+    base = [sys.executable, "-m", "wayy.cli", "tail", "ticks:SUP", "--remote", bare,
+            "--db", "/nonexistent", "--from-seq", "0", "--count", "1"]
+    r = subprocess.run([*base, "--password-file", pw_file], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stderr
+    r = subprocess.run([*base, "--password-file", pw_file, "--password", "x"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 1 and "not both" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([*base, "--password-file", pw_file + ".missing"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert r.returncode != 0 and "--password-file" in r.stderr and "Traceback" not in r.stderr
 
 
 def _broker_docs(path: str) -> list[dict]:

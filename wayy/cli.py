@@ -635,14 +635,18 @@ def verify(db: str, as_json: bool) -> None:
 @db_option
 @click.option("--password", default=None, envvar="WAYY_REDIS_PASSWORD",
               help="Redis password (default: $WAYY_REDIS_PASSWORD, else the database's "
-                   "credentials file when following its own Redis).")
+                   "credentials file when following its own Redis). A password given here "
+                   "shows in process listings: prefer --password-file or the variable.")
+@click.option("--password-file", metavar="PATH", default=None,
+              help="Read the Redis password from the first line of this file.")
 @click.option("--from-ts", default=None, metavar="NS|ISO-8601",
               help="Replay from the first tick at or after this time, then live.")
 @click.option("--from-seq", type=int, default=None, help="Replay from this seq, then live.")
 @click.option("--count", type=int, default=None, help="Stop after this many ticks.")
 @click.option("--json", "as_json", is_flag=True, help="Print each tick as a JSON object.")
 def tail(channel: str, remote_url: str | None, db: str, password: str | None,
-         from_ts: str | None, from_seq: int | None, count: int | None, as_json: bool) -> None:
+         password_file: str | None, from_ts: str | None, from_seq: int | None,
+         count: int | None, as_json: bool) -> None:
     """Print the ticks of CHANNEL (ticks:SYM[:VENUE] or quotes:SYM[:VENUE]) from Redis, one
     line per tick, live (after replaying from --from-ts / --from-seq) until Ctrl-C."""
     from urllib.parse import urlparse
@@ -651,6 +655,13 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
     from wayy.manifest import read_manifest
     from wayy.remote import Subscriber, format_tick, parse_time
 
+    if password_file is not None:
+        src = click.get_current_context().get_parameter_source("password")
+        if password is not None and src == click.core.ParameterSource.COMMANDLINE:
+            raise InvalidInput("give --password or --password-file, not both")
+        from wayy.redis_server import read_password_file
+
+        password = read_password_file(password_file, option="--password-file")
     creds = None
     if remote_url is None:
         m = read_manifest(os.path.realpath(db))
@@ -673,7 +684,7 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         password = read_password(creds)
         if password is None:
             raise InvalidInput(f"cannot read the Redis credentials {creds}; give "
-                               f"--password or set WAYY_REDIS_PASSWORD")
+                               f"--password-file or set WAYY_REDIS_PASSWORD")
     if count is not None and count <= 0:
         raise InvalidInput(f"--count must be positive, got {count}")
     ts = None if from_ts is None else parse_time(from_ts)
@@ -691,7 +702,8 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         sub.run()
     except RedisRefused as exc:
         if password is None and "NOAUTH" in str(exc):
-            raise RedisRefused(f"{exc} (give --password or set WAYY_REDIS_PASSWORD)") from None
+            raise RedisRefused(f"{exc} (give --password-file or set WAYY_REDIS_PASSWORD)") \
+                from None
         raise
     finally:
         sub.close()

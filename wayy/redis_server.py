@@ -307,19 +307,18 @@ def free_port(host: str = DEFAULT_BIND) -> int:
         return s.getsockname()[1]
 
 
-def read_password_file(path: str) -> str:
-    """The password in ``path`` (first line), for ``--redis-password-file``: a password on
-    the command line would show in every process listing, for the database's whole life."""
+def read_password_file(path: str, option: str = "--redis-password-file") -> str:
+    """The password in ``path`` (first line), for ``option``: a password on the command
+    line would show in every process listing, for the database's whole life."""
     try:
         with open(path) as f:
             pw = f.readline().strip()
     except OSError as exc:
-        raise InvalidInput(f"--redis-password-file {path}: {exc.strerror}", path=path) from None
+        raise InvalidInput(f"{option} {path}: {exc.strerror}", path=path) from None
     except UnicodeDecodeError:
-        raise InvalidInput(f"--redis-password-file {path}: not a text file", path=path) \
-            from None
+        raise InvalidInput(f"{option} {path}: not a text file", path=path) from None
     if not pw:
-        raise InvalidInput(f"--redis-password-file {path} is empty", path=path)
+        raise InvalidInput(f"{option} {path} is empty", path=path)
     return pw
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 import posix_ipc
@@ -70,6 +71,18 @@ def test_producer_rejects_bad_quotes(producer):
         producer.publish("quotes", **{**q, "ask_size": 0})
     with pytest.raises(wayy.InvalidTick):
         producer.publish("quotes", **{**q, "ask": math.nan})
+
+
+def test_datetime64_timestamps_beyond_int64_ns_are_refused_not_wrapped(producer):
+    """numpy would wrap 2300-01-01 onto a time in the 1700s; the producer names the column
+    and the reason instead (and a good datetime64 column is taken)."""
+    for bad in (np.array(["2300-01-01"], "datetime64[D]"), np.array(["NaT"], "datetime64[ns]")):
+        with pytest.raises(wayy.InvalidTick, match="column ts: (outside|NaT)"):
+            producer.publish_batch("trades", {"symbol": ["DT"], "price": [1.0], "size": [1.0],
+                                              "ts": bad})
+    now = np.array([np.datetime64(time.time_ns(), "ns").astype("datetime64[us]")])
+    assert producer.publish_batch("trades", {"symbol": ["DT"], "price": [1.0], "size": [1.0],
+                                             "ts": now}) == 1
 
 
 def test_unknown_tables_columns_and_shapes(producer):
@@ -290,6 +303,9 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
     assert "/dev/shm" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
     for args, text in [(["--shards", "0"], "--shards"), (["--capacity", "1000"], "capacity"),
+                       (["--redis", "redis://[::1"], "--redis"),
+                       (["--redis", "redis://u:pw@[zz]:6379/0"], "--redis"),
+                       (["--redis", "unix://"], "no socket path"),
                        (["--ring-bytes", "1000"], "power of two"),
                        (["--feed", "bogus"], "feed"),
                        (["--writer-poll-us", "-1"], "--writer-poll-us"),
@@ -300,8 +316,9 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
         assert "Traceback" not in r.stderr
 
     for cmd in ("roll", "stop"):  # a timeout that cannot be waited: refused before acting
-        r = run_cli(cmd, "--db", db_run.path, "--timeout", "-1")
-        assert r.returncode == 2 and "--timeout" in r.stderr, r.stderr
+        for bad in ("-1", "nan", "inf", "0"):
+            r = run_cli(cmd, "--db", db_run.path, "--timeout", bad)
+            assert r.returncode == 2 and "--timeout" in r.stderr, (cmd, bad, r.stderr)
     assert db_run.status()["shards"][0]["state"] == "running"
     r = run_cli("status", "--db", str(tmp_path / "nothing"))
     assert r.returncode == 1 and "no database" in r.stderr

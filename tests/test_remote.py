@@ -591,6 +591,76 @@ def test_a_refused_checkpoint_is_not_kept_locked(env, tmp_path):
     sub.close()
 
 
+def test_bad_checkpoint_paths_and_files_are_clear_errors(env, tmp_path):
+    """A checkpoint path that is a directory or lies under a file, and a file of JSON
+    nested too deeply to parse: InvalidInput / CorruptData, never a raw OS error."""
+    sub = Subscriber(env.url)
+    try:
+        with pytest.raises(InvalidInput, match="is a directory"):
+            sub.subscribe("ticks:CKP", lambda t: None, checkpoint=str(tmp_path))
+        afile = tmp_path / "afile"
+        afile.write_text("x")
+        with pytest.raises(InvalidInput, match="is not a directory"):
+            sub.subscribe("ticks:CKP", lambda t: None, checkpoint=str(afile / "x.ckpt"))
+        deep = tmp_path / "deep.ckpt"
+        deep.write_bytes(b"[" * 100000 + b"]" * 100000)
+        with pytest.raises(CorruptData, match="nested too deeply"):
+            sub.subscribe("ticks:CKP", lambda t: None, checkpoint=str(deep))
+    finally:
+        sub.close()
+
+
+def test_a_tick_stamped_before_1970_leaves_a_checkpoint_that_loads(env, tmp_path):
+    """The wire allows any int64 timestamp; a delivered tick stamped before 1970 must not
+    leave a checkpoint (floor_ms < 0) that the next start refuses as corrupt."""
+    sym = "NEGTS"
+    k = wayy.shard_of(sym, 2)
+    ck = str(tmp_path / "neg.ckpt")
+    col = Collector()
+    sub = Subscriber(env.url)
+    sub.subscribe(f"ticks:{sym}", col.tick, checkpoint=ck)
+    sub.run(timeout=0.3)
+    msg = (b'{"timestamp":-5000000,"symbol":"NEGTS","venue":"","price":1.5,"size":2,'
+           b'"table":"trades","shard":%d,"seq":3}' % k)
+    env.srv.client().publish(f"ticks:{sym}", msg)
+    run_until(sub, lambda: len(col.rows) >= 1)
+    sub.close()  # writes the checkpoint
+    assert json.load(open(ck))["floor_ms"] == 0
+    sub = Subscriber(env.url)
+    try:
+        sub.subscribe(f"ticks:{sym}", col.tick, checkpoint=ck)  # loads, no CorruptData
+    finally:
+        sub.close()
+
+
+def test_malformed_redis_urls_are_clear_errors():
+    for url in ("redis://[::1", "redis://[zz]:6379/0", "unix://", "redis://u:secret@[zz]:1/0"):
+        with pytest.raises(InvalidInput) as ei:
+            Subscriber(url)
+        assert "secret" not in str(ei.value)
+
+
+def test_times_outside_int64_ns_are_refused_not_wrapped():
+    """numpy wraps a datetime64 beyond 2262 (or before 1677) when converting it to ns: every
+    time a caller gives is refused there instead of meaning some other time."""
+    from wayy.remote import parse_time
+
+    for text in ("2300-01-01", "10000-01-01T00:00:00Z", "1600-01-01", "NaT",
+                 "2262-04-11T23:47:16.854775808"):
+        with pytest.raises(InvalidInput, match="outside|NaT"):
+            parse_time(text)
+    assert parse_time("2024-01-02T14:30:00Z") == 1704205800 * 10**9
+    assert parse_time("2024-01-02T14:30:00-05:00") == (1704205800 + 5 * 3600) * 10**9
+    assert parse_time("2262-04-11T23:47:16.854775807") == (1 << 63) - 1
+    sub = Subscriber("redis://127.0.0.1:1/0")
+    try:
+        for v in (np.datetime64("2300-01-01"), np.datetime64("NaT"), np.datetime64(10**15, "Y")):
+            with pytest.raises(InvalidInput, match="outside|NaT"):
+                sub.subscribe("ticks:TME", lambda t: None, from_ts=v)
+    finally:
+        sub.close()
+
+
 def test_status_says_when_another_database_holds_the_redis(tmp_path):
     from wayy.cli import _format_redis
     from wayy.status import read_redis

@@ -468,7 +468,7 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     with pytest.raises(InvalidInput, match="in use by another subscriber"):
         db.subscribe("trades", checkpoint=p)
     held.stop()
-    for junk in (b"{not json", b"[]", b'{"wayy_checkpoint": 1}'):
+    for junk in (b"{not json", b"[]", b'{"wayy_checkpoint": 1}', b"[" * 100000 + b"]" * 100000):
         open(p, "wb").write(junk)
         with pytest.raises(CorruptData, match="corrupt"):
             db.subscribe("trades", checkpoint=p)
@@ -1228,6 +1228,9 @@ def test_huge_start_points_and_limits_are_clear_errors_or_clamped(fake):
     s.stop()
     with pytest.raises(InvalidInput, match="NaT"):
         db.subscribe("trades", from_ts=np.datetime64("NaT"))
+    for far in (np.datetime64("2300-01-01"), np.datetime64("1600-01-01")):  # numpy would wrap
+        with pytest.raises(InvalidInput, match="outside"):
+            db.subscribe("trades", from_ts=far)
 
 
 def test_a_checkpoint_that_cannot_be_made_stops_the_subscription_once(fake, tmp_path):

@@ -42,6 +42,21 @@ class _Cli(click.Group):
             sys.exit(130)
 
 
+class _Seconds(click.ParamType):
+    """A positive, finite number of seconds (NaN and inf pass click.FloatRange)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (0.0 < v < float("inf")):
+            self.fail(f"{value!r}: give a positive, finite number of seconds", param, ctx)
+        return v
+
+
 db_option = click.option(
     "--db", "db", default=default_db, show_default=f"${DEFAULT_DB_ENV} or ~/.wayy/db",
     type=click.Path(file_okay=False), help="Database directory (segments are named after it).")
@@ -321,7 +336,7 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
 
 @main.command()
 @db_option
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=15.0,
+@click.option("--timeout", type=_Seconds(), default=15.0,
               show_default=True,
               help="Seconds to wait for a clean stop before killing the supervisor.")
 def stop(db: str, timeout: float) -> None:
@@ -486,7 +501,7 @@ def _format_redis(r: dict | None) -> list[str]:
 
 @main.command()
 @db_option
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+@click.option("--timeout", type=_Seconds(), default=120.0,
               show_default=True,
               help="Seconds to wait for every shard to finish its roll.")
 def roll(db: str, timeout: float) -> None:
@@ -653,8 +668,10 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
 
     from wayy.errors import RedisRefused
     from wayy.manifest import read_manifest
-    from wayy.remote import Subscriber, format_tick, parse_time
+    from wayy.remote import RedisLink, Subscriber, format_tick, parse_time
 
+    if remote_url is not None:
+        RedisLink(remote_url)  # checks the URL (one clear line), connects nothing
     if password_file is not None:
         src = click.get_current_context().get_parameter_source("password")
         if password is not None and src == click.core.ParameterSource.COMMANDLINE:

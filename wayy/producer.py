@@ -56,6 +56,7 @@ from wayy.names import (
     shard_of_names,
     to_name_array,
 )
+from wayy.times import TimeRangeError, datetime64_ns
 
 _REQUIRED = {t: {"symbol"} | set(T.VALUE_COLUMNS[t]) for t in (T.TRADES, T.QUOTES)}
 _ALLOWED = {t: _REQUIRED[t] | {"ts", "venue"} for t in (T.TRADES, T.QUOTES)}
@@ -570,7 +571,10 @@ class Producer:
         if arr.ndim != 1:
             raise InvalidTick(f"column ts must be one-dimensional, got shape {arr.shape}")
         if arr.dtype.kind == "M":
-            arr = arr.astype("datetime64[ns]").view(np.int64)
+            try:
+                arr = datetime64_ns(arr)
+            except TimeRangeError as exc:
+                raise InvalidTick(f"column ts: {exc}") from None
         elif arr.dtype.kind not in "iu":
             raise InvalidTick(f"column ts must be int64 nanoseconds since the epoch "
                               f"(or datetime64), got dtype {arr.dtype}")

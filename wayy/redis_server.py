@@ -130,11 +130,17 @@ def find_binary(override: str | None = None) -> str:
 # --- URLs ---------------------------------------------------------------------------------
 def split_url(url: str) -> tuple[str, str | None]:
     """``(url without its password, password)``: the first may be shown and stored anywhere."""
-    p = urllib.parse.urlsplit(url)
+    try:
+        p = urllib.parse.urlsplit(url)
+        host = p.hostname
+    except ValueError as exc:  # e.g. "redis://[::1" or a bracketed non-address
+        raise InvalidInput(f"--redis: not a usable URL ({exc})") from None
     if p.scheme not in ("redis", "unix"):  # what the broker's client speaks (no TLS yet)
         raise InvalidInput(f"--redis {url!r}: the scheme must be redis:// or unix://")
-    if p.scheme != "unix" and not p.hostname:
+    if p.scheme != "unix" and not host:
         raise InvalidInput(f"--redis {url!r} names no host")
+    if p.scheme == "unix" and not p.path:
+        raise InvalidInput(f"--redis {url!r} names no socket path (unix:///path/to/socket)")
     try:
         p.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:

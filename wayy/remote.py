@@ -62,6 +62,7 @@ from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
 from wayy.names import shard_of
 from wayy.subscribe import Batch, Tick
+from wayy.times import TimeRangeError, datetime64_ns_scalar, iso_ns
 
 log = logging.getLogger("wayy.remote")
 
@@ -70,6 +71,10 @@ REPLAY_CHUNK = 1000  # stream entries per XRANGE call
 MAX_BUFFER_BYTES = 64 << 20  # live messages held while a channel replays; past it: dropped
 HEALTH_PING_S = 5.0  # silence on the pub/sub socket this long: ping it
 RECONNECT_MIN_S = 0.05
+# rows a message may declare: wayy's broker sends at most 65,536 (a change-ring batch), and
+# an LZ4 body expands up to 256x, so without a tight limit a 4 kB message could make the
+# decoder allocate a million rows
+MAX_ROWS = 1 << 17
 RECONNECT_MAX_S = 5.0
 ERROR_LOG_FIRST = 10
 ERROR_LOG_EVERY = 1000
@@ -114,9 +119,12 @@ def parse_id(raw: bytes | str) -> tuple[int, int]:
 
 def redact(url: str) -> str:
     """The URL without its password (for logs and status files)."""
-    p = urlparse(url)
-    if p.password is None:
-        return url
+    try:
+        p = urlparse(url)
+        if p.password is None:
+            return url
+    except ValueError:  # not a URL at all: show nothing of it that might be a secret
+        return "<a malformed URL>"
     netloc = p.netloc.rsplit("@", 1)[1]
     user = f"{p.username}:***@" if p.username else ":***@"
     return p._replace(netloc=user + netloc).geturl()
@@ -135,13 +143,19 @@ class RedisLink:
 
     def __init__(self, url: str, username: str | None = None, password: str | None = None,
                  timeout: float = 5.0, name: str | None = None) -> None:
-        p = urlparse(url)
+        usage = "use redis://[user:password@]host:port[/db] or unix:///path/to/socket[?db=N]"
+        try:
+            p = urlparse(url)
+            host = p.hostname
+        except ValueError as exc:  # e.g. "redis://[::1" or a bracketed non-address
+            raise InvalidInput(f"Redis URL {redact(url)!r}: {exc}; {usage}") from None
         if p.scheme not in ("redis", "unix"):
-            raise InvalidInput(f"Redis URL {redact(url)!r}: use redis://[user:password@]host:"
-                               f"port[/db] or unix:///path/to/socket[?db=N]")
+            raise InvalidInput(f"Redis URL {redact(url)!r}: {usage}")
+        if p.scheme == "unix" and not p.path:
+            raise InvalidInput(f"Redis URL {redact(url)!r} names no socket path; {usage}")
         self.url = url
         self.path = p.path if p.scheme == "unix" else None
-        self.host = p.hostname or "127.0.0.1"
+        self.host = host or "127.0.0.1"
         try:
             self.port = p.port or 6379
         except ValueError:
@@ -345,8 +359,19 @@ class _Checkpoint:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(os.fspath(path))
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if os.path.isdir(self.path):
+            raise InvalidInput(f"checkpoint {self.path} is a directory; name a file in it, "
+                               f"e.g. {os.path.join(self.path, 'strategy.json')}",
+                               path=self.path)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            why = exc.strerror
+            if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                why = f"{os.path.dirname(self.path)} is not a directory"
+            self._fd = -1
+            raise InvalidInput(f"checkpoint {self.path}: {why}", path=self.path) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -387,6 +412,9 @@ class _Checkpoint:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptData(f"checkpoint {self.path} is corrupt ({exc}); delete it to start "
                               f"over", path=self.path) from None
+        except RecursionError:  # JSON nested deeper than the parser goes
+            raise CorruptData(f"checkpoint {self.path} is corrupt (nested too deeply); "
+                              f"delete it to start over", path=self.path) from None
         if doc.get("channel") != channel:
             raise InvalidInput(f"checkpoint {self.path} belongs to channel "
                                f"{doc.get('channel')!r}, not {channel!r}", path=self.path)
@@ -584,7 +612,9 @@ class RemoteSubscription:
 
     def _advance(self, k: int, end_seq: int, ts: np.ndarray, start: int) -> None:
         self.positions[k] = end_seq
-        m = int(ts[start:].max()) // 1_000_000
+        # a stream id's ms part is never negative (XRANGE refuses it), nor is a checkpoint's
+        # floor: a tick stamped before 1970 (the wire allows any int64) counts as 0
+        m = max(int(ts[start:].max()) // 1_000_000, 0)
         if self.floor_ms is None or m > self.floor_ms:
             self.floor_ms = m
 
@@ -838,7 +868,7 @@ class Subscriber:
     """
 
     def __init__(self, url: str, username: str | None = None, password: str | None = None, *,
-                 timeout: float = 5.0, name: str | None = None, max_rows: int = 1_000_000,
+                 timeout: float = 5.0, name: str | None = None, max_rows: int = MAX_ROWS,
                  reconnect_max_s: float = RECONNECT_MAX_S) -> None:
         self.url = url
         self._ps = RedisLink(url, username, password, timeout, name=name)
@@ -897,7 +927,10 @@ class Subscriber:
             raise InvalidInput(f"from_seq must be a non-negative int, got {from_seq!r}")
         if from_ts is not None:
             if isinstance(from_ts, np.datetime64):
-                from_ts = int(from_ts.astype("datetime64[ns]").astype(np.int64))
+                try:
+                    from_ts = datetime64_ns_scalar(from_ts)
+                except TimeRangeError as exc:
+                    raise InvalidInput(f"from_ts {from_ts!r}: {exc}") from None
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")
@@ -1389,18 +1422,12 @@ def parse_time(text: str) -> int:
     if s.lstrip("-").isdigit():
         return int(s)
     try:
-        return int(np.datetime64(s.rstrip("Z"), "ns").astype(np.int64)) if "+" not in s[10:] \
-            else int(_iso_ns(s))
+        return iso_ns(s)
+    except TimeRangeError as exc:
+        raise InvalidInput(f"time {text!r}: {exc}") from None
     except ValueError:
         raise InvalidInput(f"time {text!r}: give nanoseconds since the epoch or an ISO-8601 "
                            f"time such as 2024-01-02T14:30:00Z") from None
-
-
-def _iso_ns(s: str) -> int:
-    from datetime import datetime
-
-    d = datetime.fromisoformat(s)
-    return int(d.timestamp()) * 1_000_000_000 + d.microsecond * 1000
 
 
 _warm = [False]

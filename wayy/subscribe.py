@@ -69,6 +69,7 @@ from wayy.errors import (CorruptData, InvalidInput, NotRunning, WayyError, impor
                          translate)
 from wayy.manifest import read_database_id
 from wayy.names import shard_of
+from wayy.times import TimeRangeError, datetime64_ns_scalar
 
 log = logging.getLogger("wayy.subscribe")
 
@@ -532,6 +533,9 @@ class _Checkpoint:
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptData(f"checkpoint {self.path} is corrupt ({exc}); delete it to start "
                               f"over", path=self.path) from None
+        except RecursionError:  # JSON nested deeper than the parser goes
+            raise CorruptData(f"checkpoint {self.path} is corrupt (nested too deeply); "
+                              f"delete it to start over", path=self.path) from None
         m = self.db.manifest
         if doc["prefix"] != m.prefix or doc["db_path"] != m.path:
             raise InvalidInput(f"checkpoint {self.path} belongs to the database at "
@@ -755,9 +759,10 @@ class Subscription:
                 start[k] = int(s)
         elif from_ts is not None:
             if isinstance(from_ts, np.datetime64):
-                if np.isnat(from_ts):
-                    raise InvalidInput("from_ts is NaT (not a time)")
-                from_ts = int(from_ts.astype("datetime64[ns]").astype(np.int64))
+                try:
+                    from_ts = datetime64_ns_scalar(from_ts)
+                except TimeRangeError as exc:
+                    raise InvalidInput(f"from_ts {from_ts!r}: {exc}") from None
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import types
 
 import pytest
@@ -147,3 +148,46 @@ def test_publish_names_missing_and_unknown_columns(shared_db):
             p.publish("trades", symbol="MISS", price=1.0, size=1.0, bid=2.0)
     finally:
         p.close()
+
+
+def test_stop_after_the_supervisor_was_killed_removes_its_segments(db_factory):
+    """A supervisor killed with SIGKILL leaves its segments in /dev/shm (its children
+    follow it out); `wayy stop` then removes them and says so, instead of only answering
+    that nothing runs."""
+    import signal
+
+    from shm.segment import db_prefix, list_segments
+    from wayy.manifest import lock_holder, read_manifest
+
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    m = read_manifest(d.path)
+    assert list_segments(db_prefix(d.path))
+    os.kill(m.supervisor_pid, signal.SIGKILL)
+    wait_for(lambda: not lock_holder(d.path)[0], what="the lock to be free")
+    r = run_cli("stop", "--db", d.path)
+    assert r.returncode == 0 and "supervisor died" in r.stdout, r.stderr
+    assert list_segments(db_prefix(d.path)) == []
+    r = run_cli("stop", "--db", d.path)
+    assert r.returncode == 1 and "no database is running" in r.stderr
+
+
+@pytest.mark.slow
+def test_status_names_a_writer_that_stopped_reporting(db_factory):
+    """A writer frozen (SIGSTOP) is not shown running at its last rate: its heartbeat has
+    aged past WRITER_SILENT_S."""
+    import signal
+
+    from wayy.cli import WRITER_SILENT_S
+
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    pid = d.status()["shards"][0]["writer_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(WRITER_SILENT_S + 1.5)
+        r = run_cli("status", "--db", d.path)
+        assert r.returncode == 0
+        assert " silent " in r.stdout and f"writer pid {pid} has not reported" in r.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: "silent" not in run_cli("status", "--db", d.path).stdout,
+             what="the writer to report again")

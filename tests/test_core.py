@@ -387,8 +387,7 @@ def test_writer_polling_pauses_while_it_waits_for_a_cpu():
     """The writer's poll governor, on this thread with real CPU contention: two processes
     spinning on this thread's CPU make it wait on the run queue, so with batches coming
     fast polling pauses (counted, C_POLLING 0) until a retry, whose trial under the same
-    contention pauses again for twice as long; without contention, and with batches
-    seldom, polling goes on."""
+    contention pauses again for twice as long; with batches seldom, polling goes on."""
     from shm.layout import control as C
     from workers import writer as W
 
@@ -401,10 +400,8 @@ def test_writer_polling_pauses_while_it_waits_for_a_cpu():
     hogs: list[mp.Process] = []
     gov = W._PollGovernor(counters)
     try:
-        # no contention: busy or not, polling goes on
-        _spin(W.POLL_CHECK_S * 1.5)
-        assert gov.allows(time.monotonic(), True)
-        assert counters[C.C_POLL_BACKOFFS] == 0
+        # (whether this CPU is free of other work before the hogs start depends on the
+        # machine: nothing is asserted about that interval)
         ctx = mp.get_context("fork")
         for _ in range(2):
             h = ctx.Process(target=_hog, args=(cpu, 30.0), daemon=True)

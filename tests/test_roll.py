@@ -329,3 +329,112 @@ def test_tail_with_a_huge_n_or_a_bad_symbol_across_history_and_memory(db_factory
     finally:
         db.close()
         p.close()
+
+
+def _publish_alternating(path: str, sym: str, n: int, first_price: float) -> None:
+    """``n`` trades and ``n`` quotes of ``sym``, alternating: every row is a run of its own
+    in a subscriber's pass (runs are per table)."""
+    p = wayy.Producer(path)
+    for i in range(n):
+        p.publish("trades", symbol=sym, price=first_price + i, size=1.0)
+        p.publish("quotes", symbol=sym, bid=first_price + i, ask=first_price + i + 1,
+                  bid_size=1.0, ask_size=1.0)
+    p.flush(10.0)
+    p.close()
+
+
+def test_per_tick_subscriber_overtaken_by_a_roll_mid_pass_gets_each_row_once(db_factory):
+    """A pass of a per-tick subscription holds many runs; its callback for the first row
+    rolls the shard and publishes rows that reuse the memory the later runs were in. Those
+    runs are read again from history: every row once, in seq order, with its own values
+    (read after the roll, they would be the new rows)."""
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    db = wayy.attach(d.path)
+    _publish_alternating(d.path, "RMP", 20, 100.0)
+    wait_for(lambda: len(db["quotes"]) == 20, what="first rows committed")
+    got: list = []
+    rolled = []
+
+    def cb(t):
+        got.append((t.seq, t.table, t.price if t.table == "trades" else t.bid))
+        if not rolled:
+            rolled.append(1)
+            assert run_cli("roll", "--db", d.path).returncode == 0
+            _publish_alternating(d.path, "RMP", 20, 5000.0)
+            wait_for(lambda: len(db["quotes"]) == 40, what="rows after the roll")
+
+    sub = db.subscribe(["ticks:RMP", "quotes:RMP"], callback=cb, from_seq=0)
+    deadline = time.monotonic() + 30
+    while len(got) < 80 and time.monotonic() < deadline:
+        db.run(timeout=0.2)
+    sub.stop()
+    want = []
+    for table, col in (("trades", "price"), ("quotes", "bid")):
+        r = db[table].between(symbol="RMP")
+        want += list(zip(r["seq"].tolist(), [table] * len(r), r[col].tolist()))
+    assert rolled and got == sorted(want) and len(got) == 80
+    db.close()
+
+
+def test_broker_holding_views_across_a_roll_publishes_every_row_once(db_factory, tmp_path):
+    """The broker collects zero-copy views and encodes them later. Here (a broker run in
+    this process) a roll, and rows that reuse the memory, come right after it collected:
+    it must not publish what the views then hold (other rows, or rows refused as
+    unencodable and skipped), but read the collected rows again from history."""
+    from tests.redisutil import redis_server
+    from tests.test_broker import Collector, expected_rows, run_until
+    from wayy.remote import Subscriber
+    from workers.broker import Broker
+
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    syms = [f"BV{i}" for i in range(4)]
+    price = [1.0]
+
+    def publish(m: int) -> None:
+        p = wayy.Producer(d.path)
+        p.publish_batch("trades", {"symbol": [syms[i % 4] for i in range(m)],
+                                   "price": price[0] + np.arange(m), "size": np.ones(m)})
+        price[0] += m
+        p.flush(10.0)
+        p.close()
+
+    db = wayy.attach(d.path)
+    with redis_server(tmp_path / "redis") as srv:
+        br = Broker(d.path, None, srv.url)
+        br.on_start()
+        rolled = []
+        real_collect = br._collect
+
+        def collect():
+            items = real_collect()
+            if items and not rolled:
+                rolled.append(1)
+                assert run_cli("roll", "--db", d.path).returncode == 0
+                publish(1000)  # into the memory the collected views point at
+                wait_for(lambda: len(db["trades"]) == 2000, what="rows after the roll")
+            return items
+
+        br._collect = collect
+        try:
+            publish(1000)
+            wait_for(lambda: len(db["trades"]) == 1000, what="first rows")
+            deadline = time.monotonic() + 60
+            while br.stats["published_rows"] < 2000 and time.monotonic() < deadline:
+                if not br.do_work():
+                    time.sleep(0.01)
+            br._settle()
+            assert rolled and br.stats["errors"] == 0
+            for s in syms:
+                want = expected_rows(d.path, f"ticks:{s}")
+                assert len(want) == 500
+                col = Collector()
+                sub = Subscriber(srv.url)
+                sub.subscribe(f"ticks:{s}", col.tick, from_seq=0)
+                run_until(sub, lambda: len(col.rows) >= len(want), timeout=30)
+                sub.close()
+                assert col.rows == want, s
+                prices = [t.price for t in col.ticks]
+                assert prices == sorted(prices) and len(set(prices)) == 500
+        finally:
+            br.on_close()
+            db.close()

@@ -42,6 +42,10 @@ class _Cli(click.Group):
             sys.exit(130)
 
 
+# a running writer refreshes its heartbeat at least once a second, idle or not
+WRITER_SILENT_S = 5.0
+
+
 class _Seconds(click.ParamType):
     """A positive, finite number of seconds (NaN and inf pass click.FloatRange)."""
 
@@ -346,6 +350,16 @@ def stop(db: str, timeout: float) -> None:
 
     path = os.path.realpath(db)
     running, pid = lock_holder(path)
+    if not running:
+        # a supervisor killed with SIGKILL leaves its segments behind (its children follow
+        # it out); nobody holds the database's lock, so nothing uses them to write
+        left = list_segments(db_prefix(path))
+        if left:
+            for name in left:
+                unlink_quiet(name)
+            click.echo(f"wayy: no database was running at {path} (its supervisor died); "
+                       f"removed the {len(left)} shared-memory segment(s) it left")
+            return
     if not running or not pid:
         raise NotRunning(f"no database is running at {path}")
     _warn_unstorable(path)
@@ -430,15 +444,25 @@ def format_status(st: dict) -> str:
              f"durability: {wal}; rolls to history {rolls}{keep}",
              f"{'shard':>5} {'state':<10} {'pid':>7} {'uptime':>9} {'symbols':>8} "
              f"{'trades':>12} {'quotes':>12} {'rows/s':>9}  rejects"]
+    silent = []
     for s in st["shards"]:
         rej = ", ".join(f"{k}={v}" for k, v in s["rejects"].items() if v) or "-"
-        lines.append(f"{s['shard']:>5} {s['state']:<10} {s['writer_pid']:>7} "
+        state, rate = s["state"], _rate_text(s)
+        age = s.get("heartbeat_age_s")
+        if state == "running" and age is not None and age > WRITER_SILENT_S:
+            # a writer stopped (SIGSTOP, a debugger) or stuck: its last rate is stale
+            state, rate = "silent", "-"
+            silent.append(f"shard {s['shard']}: writer pid {s['writer_pid']} has not "
+                          f"reported for {age:.0f} s (stopped, stuck, or in a long roll?); "
+                          f"producers to it wait, then time out")
+        lines.append(f"{s['shard']:>5} {state:<10} {s['writer_pid']:>7} "
                      f"{_dur(s['writer_uptime_s']):>9} {s['symbols']:>8} {s['trades']:>12,} "
-                     f"{s['quotes']:>12,} {_rate_text(s):>9}  {rej}")
+                     f"{s['quotes']:>12,} {rate:>9}  {rej}")
     t = st["totals"]
     rej = ", ".join(f"{k}={v}" for k, v in t["rejects"].items() if v) or "-"
     lines.append(f"{'total':>5} {'':<10} {'':>7} {'':>9} {t['symbols']:>8} {t['trades']:>12,} "
                  f"{t['quotes']:>12,} {_rate_text(t):>9}  {rej}")
+    lines += silent
     for s in st["shards"]:
         if s.get("roll_failures"):
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC",

@@ -850,11 +850,11 @@ class Subscription:
                 if self.batch_mode:
                     self._accumulate(f, nr)
                 elif self.callback is not None:
-                    self._deliver_ticks(f, nr)
+                    self._deliver_ticks(f, nr, nxt0)
                     if self._stopping:
                         return work
                 else:
-                    self._queue_ticks(f, nr)
+                    self._queue_ticks(f, nr, nxt0)
             elif not self.batch_mode and self.callback is not None:
                 self._cur[f.k][0] = self._cur[f.k][1] = f.stv[K.F_NEXT]
             if code == K.R_IDLE:
@@ -990,21 +990,35 @@ class Subscription:
         cols, _ = self._columns(f, t, run)
         return _zip_rows(k, t, cols, f.name_arrays(self.db))
 
-    def _deliver_ticks(self, f: _Follow, nr: int) -> None:
-        """Call the callback for every row of the runs, in seq order; keep the cursor exact."""
+    def _deliver_ticks(self, f: _Follow, nr: int, nxt0: int) -> None:
+        """Call the callback for every row of the runs, in seq order; keep the cursor exact.
+        ``nxt0``: the shard's next seq before the call that found the runs."""
         cb = self.callback
         filt = self.filter
         k = f.k
         cursor = f.stv[K.F_NEXT]
+        gen = f.stv[K.F_GEN]  # the generation the rows were found in (_pump checked it)
+        resume = nxt0  # the next seq not yet delivered (or passed over as not ours)
         delivered = 0
         # one run (the low-latency case) straight from the memoryview
         runs = (f.outv[:K.RUN_WORDS].tolist(),) if nr == 1 else f.runs[:nr].tolist()
         for run in runs:
             tick = None
             n = 0
+            rows = self._run_rows(f, run)
+            if type(rows) is not list:
+                rows = list(rows)  # every value read now, before any callback runs
+            if f.gen[0] != gen:
+                # a roll reused the memory while the rows were read (or while the callbacks
+                # of earlier runs ran): they may be new rows. Take them again from the first
+                # seq not yet delivered (the backfill finds them in history)
+                cursor = resume
+                K.begin(f.st, f.hdr, f.seg8, f.data.off, resume)
+                break
             try:
-                for row in self._run_rows(f, run):
+                for row in rows:
                     tick = _tick_new(Tick, row)
+                    resume = tick[9] + 1
                     if filt is not None:
                         keep = self._filter(filt, tick)
                         if keep < 0:
@@ -1038,11 +1052,16 @@ class Subscription:
         self._items += delivered
         self._since_ckpt += delivered
 
-    def _queue_ticks(self, f: _Follow, nr: int) -> None:
+    def _queue_ticks(self, f: _Follow, nr: int, nxt0: int) -> None:
         q = self._queue
         filt = self.filter
-        for run in f.runs[:nr].tolist():
-            for row in self._run_rows(f, run):
+        gen = f.stv[K.F_GEN]
+        read = [list(self._run_rows(f, run)) for run in f.runs[:nr].tolist()]
+        if f.gen[0] != gen:  # a roll overtook the reads: take these rows again (history)
+            K.begin(f.st, f.hdr, f.seg8, f.data.off, nxt0)
+            return
+        for rows in read:
+            for row in rows:
                 tick = _tick_new(Tick, row)
                 if filt is not None:
                     keep = self._filter(filt, tick)

@@ -165,6 +165,11 @@ class Retention:
         return ()
 
 
+class _Overtaken(Exception):
+    """A shard rolled while the broker held zero-copy views of its rows: they may be new
+    rows now, so nothing built from them may be sent."""
+
+
 @dataclass(slots=True)
 class _Txn:
     """A packed MULTI/EXEC and what it does once Redis applies it."""
@@ -272,7 +277,11 @@ class Broker:
             if not items and self._stash is None and not self._cursor_moved():
                 self._settle()
                 return 0
-            txn = self._build(items)
+            try:
+                txn = self._build(items)
+            except _Overtaken:
+                self._reread()
+                return 1
             self._settle()  # the previous transaction's replies, read after this one is built
             if txn is not None:
                 self._send(txn)
@@ -636,6 +645,8 @@ class Broker:
         last_ts: dict[int, int] = {}
         entries: list = []
         for b in items:
+            if not b.valid:
+                raise _Overtaken
             k = b.shard
             if k not in self._mine:
                 continue
@@ -691,6 +702,8 @@ class Broker:
             rows += n
             if ts_max > last_ts.get(k, 0):
                 last_ts[k] = ts_max
+        if not all(b.valid for b in items):  # a roll while encoding: what was read is suspect
+            raise _Overtaken
         new = self._next_cursors()
         changed = [k for k in self.shards if new[k] != base.get(k)]
         if changed:
@@ -760,6 +773,16 @@ class Broker:
             entries.append((k, t, skey, ch, chv, msgs, vmsgs, data, len(wb),
                             int(wb.seq[-1]), ts_max))
         return entries
+
+    def _reread(self) -> None:
+        """A roll overtook rows collected but not yet published (zero-copy views of memory
+        the roll reuses): drop them and follow again from what Redis holds, which reads
+        them back from history. Nothing was sent from them."""
+        self._stash = None
+        self._settle()  # Redis' cursors then include the transaction in flight
+        log.info("%s: a shard rolled before rows read from its memory were published; "
+                 "reading them again from %s", self.name, self._fmt_cursors())
+        self._resubscribe()
 
     def _send(self, txn: "_Txn") -> None:
         """Write a built transaction; its replies are read by the next ``_settle``, after the

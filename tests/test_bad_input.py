@@ -289,6 +289,33 @@ def test_full_table_rejects_whole_batches_and_never_overwrites(db_factory):
     db.close()
 
 
+def test_a_batch_bigger_than_a_table_is_refused_before_any_row_is_written(db_factory):
+    """More rows for one shard than its table holds could never be stored, not even right
+    after a roll: refused up front (nothing written), where it used to be accepted and
+    then rejected in part as `full` at flush. Spread over two shards it fits."""
+    db_run = db_factory("--shards", "2", "--feed", "none", "--capacity", "2048")
+    p = wayy.Producer(db_run.path)
+    db = wayy.attach(db_run.path)
+    try:
+        n = 3000
+        with pytest.raises(wayy.InvalidInput, match="more than its table holds"):
+            p.publish_batch("trades", {"symbol": ["BIG"] * n, "price": np.ones(n),
+                                       "size": np.ones(n)})
+        syms = [f"S{i}" for i in range(8)]
+        spread = [syms[i % 8] for i in range(n)]
+        by_shard = np.bincount([wayy.shard_of(x, 2) for x in spread], minlength=2)
+        assert by_shard.max() <= 2048  # each shard's part fits
+        assert p.publish_batch("trades", {"symbol": spread, "price": np.ones(n),
+                                          "size": np.ones(n)}) == n
+        p.flush(10.0)
+        wait_for(lambda: len(db["trades"]) == n, what="the spread batch")
+        assert len(db["trades"].between(symbol="BIG")) == 0
+        assert db_run.status()["totals"]["rejects"]["full"] == 0
+    finally:
+        p.close()
+        db.close()
+
+
 def test_cli_errors_are_one_line(db_factory, tmp_path):
     db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
     r = run_cli("start", "--db", db_run.path, "--feed", "none", "--capacity", "2048")

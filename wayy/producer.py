@@ -39,6 +39,7 @@ from shm.layout import tables as T
 from shm.shard import Control, InboundRing
 from wayy.errors import (
     Backpressure,
+    InvalidInput,
     InvalidTick,
     RowsRejected,
     UnknownTable,
@@ -179,6 +180,15 @@ def _reason_text(reason: int, table: int) -> str:
         T.REJECT_TS: "ts must be int nanoseconds since the epoch, after 1990 and at most a "
                      "day in the future",
     }.get(reason, T.REJECT_NAMES[reason])
+
+
+def _check_fits(table: str, n: int, k: int, capacity: int) -> None:
+    """A shard's table holds ``capacity`` rows: a batch with more for one shard could never
+    be stored (even right after a roll), so it is refused before any row is written."""
+    if n > capacity:
+        raise InvalidInput(f"{table}: {n:,} rows of this batch go to shard {k}, more than its "
+                           f"table holds (--capacity {capacity:,}); publish them in smaller "
+                           f"batches")
 
 
 def _cut_off(exc: Backpressure | WriterUnavailable, table: str, accepted: int, n: int,
@@ -480,7 +490,8 @@ class Producer:
         ven8.flags.writeable = False
         rtype = L.TYPE_TRADES if t == T.TRADES else L.TYPE_QUOTES
         k = 0 if self.nshards == 1 else _one_shard(sym8, n, self.nshards)
-        if k >= 0 and n <= self._per_record[k][nvals]:
+        cap = self.manifest.capacity
+        if k >= 0 and n <= self._per_record[k][nvals] and n <= cap:
             # the common case: one shard, one record -- check and write in one kernel call
             ring = self._rings[k]
             args = (ring.hdr64, ring.hdr32, ring.data8, ring.data32, self._pid, rtype, n, ts,
@@ -500,6 +511,7 @@ class Producer:
             raise InvalidTick(f"{table} row {row}: {_reason_text(reason, t)}", row=int(row),
                               reason=T.REJECT_NAMES[reason])
         if self.nshards == 1:
+            _check_fits(table, n, 0, cap)
             try:
                 self._write_rows(0, rtype, _NO_ROWS, n, ts, sym8, ven8, vals, nvals)
             except (Backpressure, WriterUnavailable) as exc:
@@ -509,6 +521,9 @@ class Producer:
         shard_of_names(sym8, n, self.nshards, shards)
         order = np.argsort(shards, kind="stable")
         bounds = np.searchsorted(shards[order], np.arange(self.nshards + 1))
+        per_shard = np.diff(bounds)
+        k = int(per_shard.argmax())
+        _check_fits(table, int(per_shard[k]), k, cap)  # before anything is written
         for k in range(self.nshards):
             lo, hi = int(bounds[k]), int(bounds[k + 1])
             if hi > lo:

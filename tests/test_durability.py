@@ -397,15 +397,18 @@ def test_flush_raises_for_rows_a_writer_refused(db_factory):
     assert exc.value.rejected == {0: {"symbols_full": 4}}
     p.publish("trades", symbol="SYM0", price=2.0, size=1.0)
     p.flush(10.0)  # nothing refused since the last flush
-    n = 5000
-    assert p.publish_batch("trades", {"symbol": np.array(["SYM1"] * n),
-                                      "price": np.ones(n), "size": np.ones(n)}) == n
+    # each batch fits an empty table; together they overflow it, and --roll-fill 0 never rolls
+    n = 1000
+    for _ in range(2):
+        assert p.publish_batch("trades", {"symbol": np.array(["SYM1"] * n),
+                                          "price": np.ones(n), "size": np.ones(n)}) == n
     with pytest.raises(wayy.RowsRejected, match="full") as exc:
         p.flush(10.0)
-    assert exc.value.rejected[0]["full"] > 0
+    assert exc.value.rejected[0] == {"full": n}  # the second batch, whole
     db = wayy.attach(d.path)
     try:
-        assert len(db["trades"]) == 5  # SYM0..SYM3 and SYM0 again; none of the refused
+        # SYM0..SYM3, SYM0 again and the first batch; none of the refused
+        assert len(db["trades"]) == 5 + n
     finally:
         db.close()
         p.close()

@@ -177,7 +177,7 @@ def test_status_names_a_writer_that_stopped_reporting(db_factory):
     aged past WRITER_SILENT_S."""
     import signal
 
-    from wayy.cli import WRITER_SILENT_S
+    from wayy.status import WRITER_SILENT_S
 
     d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
     pid = d.status()["shards"][0]["writer_pid"]
@@ -187,7 +187,10 @@ def test_status_names_a_writer_that_stopped_reporting(db_factory):
         r = run_cli("status", "--db", d.path)
         assert r.returncode == 0
         assert " silent " in r.stdout and f"writer pid {pid} has not reported" in r.stdout
+        s = d.status()["shards"][0]
+        assert s["silent"] and s["state"] == "running"
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: "silent" not in run_cli("status", "--db", d.path).stdout,
              what="the writer to report again")
+    assert d.status()["shards"][0]["silent"] is False

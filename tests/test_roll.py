@@ -438,3 +438,39 @@ def test_broker_holding_views_across_a_roll_publishes_every_row_once(db_factory,
         finally:
             br.on_close()
             db.close()
+
+
+def test_status_counts_rows_a_roll_took_before_the_broker_published_them(db_factory):
+    """Broker lag is next seq minus the broker's cursor wherever the rows are: rows rolled to
+    history before the broker got to them still lag, in `wayy status` and in the broker's
+    own status."""
+    d = db_factory("--shards", "1", "--feed", "none", redis=True)
+    p = wayy.Producer(d.path)
+    p.publish("trades", symbol="LAG", price=1.0, size=1.0)
+    p.flush(10.0)
+
+    def lag():
+        got = d.status()["redis"]["broker_lag"]
+        return got[0]["lag_rows"] if got and got[0]["cursor"] else None
+
+    wait_for(lambda: lag() == 0, timeout=30, what="the broker to publish the first row")
+    pid = d.status()["redis"]["brokers"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(5):
+            p.publish("trades", symbol="LAG", price=2.0 + i, size=1.0)
+        p.publish("quotes", symbol="LAG", bid=1.0, ask=2.0, bid_size=1.0, ask_size=1.0)
+        p.flush(10.0)
+        assert lag() == 6
+        assert run_cli("roll", "--db", d.path).returncode == 0
+        assert committed_in_memory(d.path) == 0
+        assert lag() == 6  # in history now, and still not published
+        p.publish("trades", symbol="LAG", price=9.0, size=1.0)  # one in memory as well
+        p.flush(10.0)
+        assert lag() == 7
+        out = run_cli("status", "--db", d.path)
+        assert out.returncode == 0 and "broker lag (rows): shard 0=7" in out.stdout, out.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        p.close()
+    wait_for(lambda: lag() == 0, timeout=30, what="the broker to catch up from history")

@@ -42,10 +42,6 @@ class _Cli(click.Group):
             sys.exit(130)
 
 
-# a running writer refreshes its heartbeat at least once a second, idle or not
-WRITER_SILENT_S = 5.0
-
-
 class _Seconds(click.ParamType):
     """A positive, finite number of seconds (NaN and inf pass click.FloatRange)."""
 
@@ -448,12 +444,11 @@ def format_status(st: dict) -> str:
     for s in st["shards"]:
         rej = ", ".join(f"{k}={v}" for k, v in s["rejects"].items() if v) or "-"
         state, rate = s["state"], _rate_text(s)
-        age = s.get("heartbeat_age_s")
-        if state == "running" and age is not None and age > WRITER_SILENT_S:
+        if s.get("silent"):
             # a writer stopped (SIGSTOP, a debugger) or stuck: its last rate is stale
             state, rate = "silent", "-"
             silent.append(f"shard {s['shard']}: writer pid {s['writer_pid']} has not "
-                          f"reported for {age:.0f} s (stopped, stuck, or in a long roll?); "
+                          f"reported for {s['heartbeat_age_s']:.0f} s (stopped, stuck, or in a long roll?); "
                           f"producers to it wait, then time out")
         lines.append(f"{s['shard']:>5} {state:<10} {s['writer_pid']:>7} "
                      f"{_dur(s['writer_uptime_s']):>9} {s['symbols']:>8} {s['trades']:>12,} "

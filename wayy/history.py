@@ -330,6 +330,28 @@ def shard_next_seq(db_path: str, shard: int) -> int:
     return nxt
 
 
+def rows_in_seq_range(db_path: str, shard: int, table: int, lo: int, hi: int) -> int:
+    """Rows the history of ``table`` (id) of ``shard`` holds with ``lo <= seq < hi``; a
+    partition that cannot be read counts none (`wayy verify` reports it)."""
+    if hi <= lo:
+        return 0
+    count = 0
+    for path, date, tid, k, first in _list_parts(os.path.join(db_path, HIST_DIR), table):
+        if k != shard or first >= hi:
+            continue
+        part = Partition(path, date, tid, k, first)
+        try:
+            if part.last_seq < lo:
+                continue
+            seq = part.array("seq")
+            count += int(np.searchsorted(seq, hi)) - int(np.searchsorted(seq, lo))
+        except WayyError:
+            continue
+        finally:
+            part.unmap()
+    return count
+
+
 def write_partition(db_path: str, date, table: str, shard: int, columns: dict,
                     symbols, venues) -> str:
     """Store one roll of ``table`` of ``shard`` as the partition of ``date``; returns its path.

@@ -23,6 +23,9 @@ from wayy.manifest import read_database_id, read_manifest
 # writer recomputes it at most ~0.1 s late when idle, so two windows are waited for.
 _RATE_SETTLE_NS = 2_500_000_000
 
+# a running writer refreshes its heartbeat at least once a second, idle or not
+WRITER_SILENT_S = 5.0
+
 
 def _age_s(now: int, then: int) -> float:
     """Seconds from ``then`` to ``now`` (both wall-clock ns), never negative: the writer may
@@ -70,14 +73,18 @@ def read_status(path: str, redis: bool = True) -> dict:
                 heads.append((int(snap[S.COMMIT_NEXT_SEQ]), newest))
                 state = int(c[C.C_STATE])
                 rate = _rate(c, now_k)
+                age = (_age_s(now_k, int(c[C.C_HEARTBEAT_NS])) if c[C.C_HEARTBEAT_NS]
+                       else None)
                 s = {
                     "shard": k,
                     "state": C.STATE_NAMES[state] if 0 <= state < len(C.STATE_NAMES) else "?",
                     "writer_pid": int(c[C.C_WRITER_PID]),
                     "writer_uptime_s": _age_s(now_k, int(c[C.C_WRITER_START_NS]))
                     if c[C.C_WRITER_START_NS] else 0.0,
-                    "heartbeat_age_s": _age_s(now_k, int(c[C.C_HEARTBEAT_NS]))
-                    if c[C.C_HEARTBEAT_NS] else None,
+                    "heartbeat_age_s": age,
+                    # running, but not reporting (SIGSTOP, a debugger, stuck): its rate is stale
+                    "silent": state == C.STATE_RUNNING and age is not None
+                    and age > WRITER_SILENT_S,
                     "symbols": data.n_symbols(),
                     "trades": int(snap[T.TRADES]),
                     "quotes": int(snap[T.QUOTES]),
@@ -161,7 +168,7 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
             progress = broker_progress(m, cursors)
     out["broker_lag"] = None if progress is None else [
         {"shard": k, "cursor": progress.get(k),
-         "lag_rows": None if progress.get(k) is None else unpublished(m.prefix, k, progress[k])}
+         "lag_rows": None if progress.get(k) is None else unpublished(m, k, progress[k])}
         for k in range(len(heads))]
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
@@ -174,22 +181,45 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     return out
 
 
-def unpublished(prefix: str, k: int, cursor: list[int]) -> int:
-    """Committed rows of shard ``k`` at or past the broker's cursor (next seq per table).
-
-    Counted per table, not as ``next_seq - min(cursor)``: seqs are shared by the two tables
-    of a shard, so a table that has no new rows keeps an old cursor without lagging.
-    """
-    data = ShardData.attach(prefix, k)
+def unpublished(m, k: int, cursor: list[int]) -> int:
+    """Committed rows of shard ``k`` of database ``m`` at or past the broker's cursor (next
+    seq per table), in memory or already rolled to history."""
+    data = ShardData.attach(m.prefix, k)
     try:
-        snap = data.snapshot()
-        lag = 0
-        for t in (T.TRADES, T.QUOTES):
-            n = int(snap[t])
-            lag += n - int(np.searchsorted(data.cols[t]["seq"][:n], cursor[t]))
-        return lag
+        return lag_rows(m.path, k, data, data.snapshot(), cursor)
     finally:
         data.close()
+
+
+def lag_rows(db_path: str, k: int, data: ShardData, snap: np.ndarray, cursor: list[int],
+             cache: dict | None = None) -> int:
+    """Rows of shard ``k`` at or past ``cursor`` (next seq to publish, per table).
+
+    Counted per table, not as ``next_seq - min(cursor)``: seqs are shared by the two tables
+    of a shard, so a table that has no new rows keeps an old cursor without lagging. Rows a
+    roll moved out of memory before they were published are counted from history (read only
+    when the cursor is below a table's first row in memory; ``cache`` keeps the answer for
+    the same cursor and memory start, as a broker asks twice a second).
+    """
+    from wayy.history import rows_in_seq_range
+
+    lag = 0
+    for t in (T.TRADES, T.QUOTES):
+        n = int(snap[t])
+        seq = data.cols[t]["seq"]
+        lag += n - int(np.searchsorted(seq[:n], cursor[t]))
+        first = int(seq[0]) if n else int(snap[S.COMMIT_NEXT_SEQ])
+        if cursor[t] < first:
+            key = (k, t, int(cursor[t]), first)
+            got = None if cache is None else cache.get(key)
+            if got is None:
+                got = rows_in_seq_range(db_path, k, t, int(cursor[t]), first)
+                if cache is not None:
+                    if len(cache) > 64:  # old cursors are never asked for again
+                        cache.clear()
+                    cache[key] = got
+            lag += got
+    return lag
 
 
 def broker_cursors(m, password: str | None) -> dict | None:

@@ -78,6 +78,7 @@ from wayy.remote import (
     redact,
     transient,
 )
+from wayy.status import lag_rows
 from workers.agent import Runner
 
 log = logging.getLogger("wayy.broker")
@@ -232,6 +233,7 @@ class Broker:
         self._backoff = RETRY_MIN_S
         self._down_logged = 0.0
         self._status_due = 0.0
+        self._lag_cache: dict = {}  # status: rows a roll took before they were published
         self._last_io = 0.0
         self.redis_state = "connecting"
         self.redis_error: str | None = None
@@ -955,9 +957,8 @@ class Broker:
                 newest = max((int(d.cols[t]["ts"][int(snap[t]) - 1])
                               for t in (T.TRADES, T.QUOTES) if snap[t] > 0), default=0)
                 lag = None
-                if c:  # per table: a table with no new rows keeps an old cursor, not a lag
-                    lag = sum(int(snap[t]) - int(np.searchsorted(
-                        d.cols[t]["seq"][:int(snap[t])], c[t])) for t in (T.TRADES, T.QUOTES))
+                if c:
+                    lag = lag_rows(self.db_path, k, d, snap, c, self._lag_cache)
                 pub_ts = self._last_ts.get(k)
                 lag_s = 0.0 if lag == 0 else (
                     (newest - pub_ts) / 1e9 if pub_ts and lag else None)

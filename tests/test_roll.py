@@ -474,3 +474,36 @@ def test_status_counts_rows_a_roll_took_before_the_broker_published_them(db_fact
         os.kill(pid, signal.SIGCONT)
         p.close()
     wait_for(lambda: lag() == 0, timeout=30, what="the broker to catch up from history")
+
+
+def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory):
+    """A subscriber starting far back in history gets it in bounded pieces: run(timeout=0)
+    makes one pass (at most HISTORY_TICK_SEQS rows), and later runs go on from there, each
+    row once, in seq order."""
+    from wayy.subscribe import HISTORY_TICK_SEQS
+
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis", "--capacity", "307200")
+    n = 3 * HISTORY_TICK_SEQS + 123
+    p = wayy.Producer(d.path)
+    for a in range(0, n, 50_000):
+        m = min(50_000, n - a)
+        p.publish_batch("trades", {"symbol": np.array(["H1", "H2"] * (m // 2) + ["H1"] * (m % 2)),
+                                   "price": 1.0 + a + np.arange(m), "size": np.ones(m)})
+    p.flush(30.0)
+    p.close()
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    db = wayy.attach(d.path)
+    got = []
+    sub = db.subscribe("trades", callback=lambda t: got.append(t.seq), from_seq=0)
+    try:
+        db.run(timeout=0)
+        assert 0 < len(got) <= HISTORY_TICK_SEQS
+        passes = 1
+        while len(got) < n and passes < 100:
+            db.run(timeout=0)
+            passes += 1
+        assert passes >= 4  # four pieces at least: it did not all come in one pass
+        assert got == list(range(n))
+    finally:
+        sub.stop()
+        db.close()

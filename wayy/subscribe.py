@@ -86,6 +86,10 @@ TICK_MAX_ROWS = 4096  # rows per follow call in tick mode: bounds the first tick
 SMALL_RUN = 16  # runs up to this many rows are read row by row (memoryview reads)
 BATCH_MAX_ROWS = 1 << 16  # rows per follow call in batch mode
 MAX_SCAN = 1 << 18  # rows a follow call may look at (filtering / backfill): bounds one call
+# seqs read back from history per pass: a long replay still lets run()'s deadline, other
+# shards and housekeeping have their turn (tick callbacks cost ~1 us a row, batches far less)
+HISTORY_TICK_SEQS = 1 << 16
+HISTORY_BATCH_SEQS = 1 << 20
 # Backoff: poll briefly, then sleep on the futex. Short on purpose: three subscribers that
 # each spin for tens of microseconds after every tick take the cores a writer needs (at 10k
 # ticks/s they would never sleep at all). No sched_yield stage (Aeron has one): on a busy
@@ -869,6 +873,7 @@ class Subscription:
                          "columns", f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]) - 1)
             elif code == K.R_HISTORY:
                 self._from_history(f)
+                break  # one bounded piece of history per pass
             elif code == K.R_ROLLED:
                 log.info("shard %d rolled to history while subscriber %s was behind: rows "
                          "from seq %d are read back", f.k, ",".join(self.channel_names),
@@ -883,10 +888,14 @@ class Subscription:
 
     def _from_history(self, f: _Follow) -> None:
         """Deliver seqs F_NEXT .. F_HIST_END-1 of shard f.k from history on disk (rolled
-        while this subscriber was behind), in seq order, then go on from memory."""
+        while this subscriber was behind), in seq order and in pieces of at most
+        HISTORY_*_SEQS seqs, then go on from memory."""
         from wayy import subscribe_history as SH
 
-        lo, hi = int(f.st[K.F_NEXT]), int(f.st[K.F_HIST_END])
+        lo = int(f.st[K.F_NEXT])
+        # the rest comes on the next pass: the follow kernel reports history again from F_NEXT
+        hi = min(int(f.st[K.F_HIST_END]),
+                 lo + (HISTORY_BATCH_SEQS if self.batch_mode else HISTORY_TICK_SEQS))
         if self.batch_mode:
             self._flush(time.monotonic_ns(), True)  # what came before goes first
         pieces, found = SH.read(self.db.history, f.k, lo, hi, f.rules)

@@ -679,11 +679,13 @@ def test_one_ring_idle_strategies_wait_in_the_kernel_and_wake_for_each_tick(fake
     def publish():
         # on a loaded machine the subscriber may not have gone back to sleep yet: give it
         # up to 5 s (a strategy that never sleeps still fails: its count stays 0)
+        # (the value seen is kept: a second read could fall between two 100 ms parks)
         deadline = time.monotonic() + 5
-        while (int(f.rings[0].wctl[CRL.WAITERS_I32]) != sleeping
-               and time.monotonic() < deadline):
+        seen = int(f.rings[0].wctl[CRL.WAITERS_I32])
+        while seen != sleeping and time.monotonic() < deadline:
             time.sleep(0.005)
-        waiters.append(int(f.rings[0].wctl[CRL.WAITERS_I32]))
+            seen = int(f.rings[0].wctl[CRL.WAITERS_I32])
+        waiters.append(seen)
         f.append("trades", ["A"])
 
     def publish_three():

@@ -681,3 +681,40 @@ def test_restart_resumes_from_the_cursor_without_republishing(db_factory, redis_
     for s in syms:
         check_stream(c, f"ticks:{s}:stream", expected_rows(db.path, f"ticks:{s}"))
     assert sum(d["published_rows"] for d in _broker_docs(db.path)) == 2000
+
+
+@pytest.mark.parametrize("fmt", ["binary+lz4", "json"])
+def test_a_symbol_with_more_venues_than_a_message_names_is_published_whole(
+        db_factory, redis_srv, brokers, fmt):
+    """A binary message names at most 255 venues; a writer accepts up to --max-venues
+    (1,024). A pass with more venues for one symbol goes out as several messages and stream
+    entries of consecutive rows, each row once, nothing refused."""
+    db = db_factory(*DB_ARGS)
+    n = 2 * wire.MAX_VENUES + 90
+    venues = np.array([f"V{i}" for i in range(wire.MAX_VENUES + 45)])
+    p = wayy.Producer(db.path)
+    ts = time.time_ns() + np.arange(n)
+    p.publish_batch("trades", {"ts": ts, "symbol": np.array(["MANY"] * n),
+                               "venue": venues[np.arange(n) % len(venues)],
+                               "price": 1.0 + np.arange(n), "size": np.ones(n)})
+    p.flush(10.0)
+    b = brokers(db.path, redis_srv.url, "--wire", fmt)
+    col, one = Collector(), Collector()
+    sub = Subscriber(redis_srv.url)
+    sub.subscribe("ticks:MANY", col.tick, from_seq=0)
+    sub.subscribe("ticks:MANY:V7", one.tick, from_seq=0)
+    want = expected_rows(db.path, "ticks:MANY")
+    want7 = expected_rows(db.path, "ticks:MANY:V7")
+    try:
+        run_until(sub, lambda: len(col.rows) >= n and len(one.rows) >= len(want7))
+    finally:
+        sub.stop()
+    assert col.rows == want and len(want) == n
+    assert one.rows == want7 and len(want7) == 2
+    assert [t.price for t in col.ticks] == list(1.0 + np.arange(n))
+    check_stream(redis_srv.client(), "ticks:MANY:stream", want)
+    assert len(redis_srv.client().xrange("ticks:MANY:stream")) >= 2
+    st = wait_for(lambda: (lambda s: s if s["published_rows"] == n else None)(
+        json.load(open(os.path.join(db.path, "broker-0.status.json")))), 10,
+        what="broker status")
+    assert st["errors"] == 0, open(b.log_path).read()

@@ -832,3 +832,34 @@ def test_group_encoder_gives_encode_binarys_bytes_for_every_symbol_and_venue(rea
                                {c: a[r] for c, a in zip(names, vals)})
                 want.append((int(s), int(v), 0, encode_binary(vb, compress=compress)))
         assert got == want, trial
+
+
+def test_group_encoder_cuts_a_symbol_with_more_venues_than_a_message_names():
+    """More than MAX_VENUES venues in one symbol's rows: the kernel cuts them into messages
+    of consecutive rows naming at most MAX_VENUES each, exactly where the broker's general
+    path (workers.broker._venue_pieces) cuts, with the same bytes."""
+    from wayy.names import to_name_array
+    from wayy.wire import G_MAIN, G_ROWS, MAX_VENUES, GroupEncoder
+    from workers.broker import _venue_pieces
+
+    nven = MAX_VENUES + 45
+    n = 2 * MAX_VENUES + 90
+    vens = np.array([f"V{i}" for i in range(nven)])
+    sym8 = to_name_array(np.array(["MANY"]), "symbol", 1).view(np.uint8).copy()
+    ven8 = to_name_array(vens, "venue", nven).view(np.uint8).copy()
+    ts = np.arange(n, dtype=np.int64) + 10**18
+    sid = np.zeros(n, np.int32)
+    vid = (np.arange(n) % nven).astype(np.int32)
+    seq = np.arange(n, dtype=np.int64)
+    vals = [1.0 + np.arange(n), np.ones(n)]
+    out, groups, count = GroupEncoder().encode("trades", 0, ts, sid, vid, seq, vals, sym8, ven8)
+    main = [g for g in groups[:count] if g[G_MAIN]]
+    pieces = _venue_pieces(vid, 0, n)
+    assert len(pieces) == len(main) == 3
+    assert [int(g[G_ROWS]) for g in main] == [b - a for a, b in pieces]
+    for g, (a, b) in zip(main, pieces):
+        u, inv = np.unique(vid[a:b], return_inverse=True)
+        assert len(u) <= MAX_VENUES
+        wb = WireBatch("trades", 0, "MANY", [str(vens[i]) for i in u], inv.astype(np.int32),
+                       ts[a:b], seq[a:b], {"price": vals[0][a:b], "size": vals[1][a:b]})
+        assert GroupEncoder.message(out, g, True) == encode_binary(wb, compress=True)

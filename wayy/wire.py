@@ -639,11 +639,27 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
     gv = np.empty((4, n), np.float64)
     nmsg = 0
     pos = 0
+    # a message names at most MAX_VENUES venues: a symbol's rows with more are cut into
+    # several messages of consecutive rows (mark[v] == stamp: v is in the current piece)
+    vhi = 0
+    for i in range(n):
+        if vid[i] > vhi:
+            vhi = vid[i]
+    mark = np.zeros(vhi + 1, np.int64)
+    stamp = 0
     a = 0
     while a < n:
         s = sid[order[a]]
-        b = a + 1
+        stamp += 1
+        nvc = 0
+        b = a
         while b < n and sid[order[b]] == s:
+            v = vid[order[b]]
+            if mark[v] != stamp:
+                if nvc == MAX_VENUES:
+                    break
+                mark[v] = stamp
+                nvc += 1
             b += 1
         m = b - a
         tsmax = ts[order[a]]

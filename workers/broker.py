@@ -166,6 +166,21 @@ class Retention:
         return ()
 
 
+def _venue_pieces(vid: np.ndarray, a: int, b: int) -> list[tuple[int, int]]:
+    """Rows a..b of one symbol cut into runs of consecutive rows that name at most
+    wire.MAX_VENUES venues each (a message holds no more); usually just (a, b)."""
+    if b - a <= wire.MAX_VENUES or len(np.unique(vid[a:b])) <= wire.MAX_VENUES:
+        return [(a, b)]
+    out, start, seen = [], a, set()
+    for i, v in enumerate(vid[a:b].tolist(), a):
+        if v not in seen and len(seen) == wire.MAX_VENUES:
+            out.append((start, i))
+            start, seen = i, set()
+        seen.add(v)
+    out.append((start, b))
+    return out
+
+
 class _Overtaken(Exception):
     """A shard rolled while the broker held zero-copy views of its rows: they may be new
     rows now, so nothing built from them may be sent."""
@@ -868,6 +883,9 @@ class Broker:
             bounds = [(firsts[i], edges[i], edges[i + 1]) for i in range(len(firsts))]
             src = {c: v[order] for c, v in cols.items() if c != "symbol_id"}
         one_venue = vmin == vmax
+        if not one_venue and vmax - vmin >= wire.MAX_VENUES:  # more venues than a message names
+            bounds = [(s, x, y) for s, a, b in bounds
+                      for x, y in _venue_pieces(src["venue_id"], a, b)]
         out = []
         for s, a, b in bounds:
             sym = syms[s]

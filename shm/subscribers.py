@@ -308,6 +308,11 @@ def follow(hdr, slots, seg8, off, st, want, ven_ok, pairs, fctl, rec, runs, rows
         if nr >= max_runs or nd >= max_rows or scanned >= max_scan:
             return R_FULL, nr, nu
         nxt = st[F_NEXT]
+        if 0 <= st[F_BF_END] <= nxt:
+            # the caller delivered the backfill's last rows itself (from history, R_HISTORY):
+            # back to the ring where the backfill began, as below
+            st[F_BF_END] = -1
+            st[F_POS] = st[F_BF_RESUME]
         if st[F_BF_END] > nxt:
             # the rows are committed, so the names they use are interned: look now
             if fctl[FC_PENDING] != 0 and _names_grew(hdr32, st):

@@ -507,3 +507,50 @@ def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory):
     finally:
         sub.stop()
         db.close()
+
+
+@pytest.mark.slow  # 66,000 commits one by one: ~30 s
+def test_a_checkpoint_older_than_a_roll_and_a_lap_resumes_without_a_false_overrun(
+        db_factory, tmp_path):
+    """A subscriber resumes from a checkpoint taken before the change ring wrapped and the
+    shard rolled: its rows come from history to the end of the backfill, then it goes on
+    from the ring where the backfill began -- not from a stale ring position, which read as
+    lapped (an overrun reported with to_seq -1)."""
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    ckpt = str(tmp_path / "ckpt")
+    p = wayy.Producer(d.path)
+    p.publish("trades", symbol="LAP", price=1.0, size=1.0)
+    p.flush(10.0)
+    db = wayy.attach(d.path)
+    got, overruns = [], []
+
+    def subscribe():
+        return db.subscribe("trades", callback=lambda t: got.append(t.seq), checkpoint=ckpt,
+                            from_seq=0, on_overrun=overruns.append)
+
+    sub = subscribe()
+    db.run(timeout=0.5)
+    sub.stop()
+    assert got == [0]
+    n = 66_000  # more commits than the change ring holds records (65,536)
+    for i in range(n):
+        p.publish("trades", symbol="LAP", price=2.0 + i, size=1.0)
+        p.flush(10.0)
+    p.close()
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    sub = subscribe()
+    try:
+        while len(got) < n + 1 and not overruns:
+            db.run(timeout=0.5)
+        p = wayy.Producer(d.path)  # and live rows after it, from the ring
+        p.publish("trades", symbol="LAP", price=-1.0 + 1e9, size=1.0)
+        p.flush(10.0)
+        p.close()
+        deadline = time.monotonic() + 30
+        while len(got) < n + 2 and time.monotonic() < deadline:
+            db.run(timeout=0.5)
+        assert overruns == [] and sub.stats()["overruns"] == 0
+        assert got == list(range(n + 2))
+    finally:
+        sub.stop()
+        db.close()

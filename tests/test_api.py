@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import types
@@ -164,11 +165,19 @@ def test_stop_after_the_supervisor_was_killed_removes_its_segments(db_factory):
     assert list_segments(db_prefix(d.path))
     os.kill(m.supervisor_pid, signal.SIGKILL)
     wait_for(lambda: not lock_holder(d.path)[0], what="the lock to be free")
+    left = len(list_segments(db_prefix(d.path)))
+    r = run_cli("status", "--db", d.path)  # says what is left, and what removes it
+    assert r.returncode == 1 and f"left {left} shared-memory segment(s)" in r.stderr
+    assert "wayy stop" in r.stderr
+    r = run_cli("status", "--db", d.path, "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["segments_left"] == left
     r = run_cli("stop", "--db", d.path)
     assert r.returncode == 0 and "supervisor died" in r.stdout, r.stderr
     assert list_segments(db_prefix(d.path)) == []
     r = run_cli("stop", "--db", d.path)
     assert r.returncode == 1 and "no database is running" in r.stderr
+    r = run_cli("status", "--db", d.path)
+    assert r.returncode == 1 and "segment" not in r.stderr
 
 
 @pytest.mark.slow

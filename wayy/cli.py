@@ -414,9 +414,18 @@ def status(db: str, as_json: bool) -> None:
     try:
         st = read_status(path)
     except NotRunning as exc:
+        from shm.segment import db_prefix, list_segments
+        from wayy.manifest import lock_holder
+
+        left = 0 if lock_holder(path)[0] else len(list_segments(db_prefix(path)))
         if as_json:
-            click.echo(json.dumps({"running": False, "path": path, "error": str(exc)}))
+            click.echo(json.dumps({"running": False, "path": path, "error": str(exc),
+                                   "segments_left": left}))
             sys.exit(1)
+        if left:  # a supervisor killed with SIGKILL: its shared memory is still there
+            raise NotRunning(f"{exc}; its supervisor died and left {left} shared-memory "
+                             f"segment(s): `wayy stop --db {path}` removes them "
+                             f"(`wayy start` does too)", path=path) from None
         raise
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -450,8 +459,11 @@ def format_status(st: dict) -> str:
             silent.append(f"shard {s['shard']}: writer pid {s['writer_pid']} has not "
                           f"reported for {s['heartbeat_age_s']:.0f} s (stopped, stuck, or in a long roll?); "
                           f"producers to it wait, then time out")
-        lines.append(f"{s['shard']:>5} {state:<10} {s['writer_pid']:>7} "
-                     f"{_dur(s['writer_uptime_s']):>9} {s['symbols']:>8} {s['trades']:>12,} "
+        # a restarting shard's pid and uptime are the dead writer's: not shown
+        pid, uptime = ((s["writer_pid"], _dur(s["writer_uptime_s"])) if state != "restarting"
+                       else ("-", "-"))
+        lines.append(f"{s['shard']:>5} {state:<10} {pid:>7} "
+                     f"{uptime:>9} {s['symbols']:>8} {s['trades']:>12,} "
                      f"{s['quotes']:>12,} {rate:>9}  {rej}")
     t = st["totals"]
     rej = ", ".join(f"{k}={v}" for k, v in t["rejects"].items() if v) or "-"

@@ -476,7 +476,7 @@ def test_status_counts_rows_a_roll_took_before_the_broker_published_them(db_fact
     wait_for(lambda: lag() == 0, timeout=30, what="the broker to catch up from history")
 
 
-def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory):
+def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory, tmp_path):
     """A subscriber starting far back in history gets it in bounded pieces: run(timeout=0)
     makes one pass (at most HISTORY_TICK_SEQS rows), and later runs go on from there, each
     row once, in seq order."""
@@ -499,13 +499,48 @@ def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory):
         db.run(timeout=0)
         assert 0 < len(got) <= HISTORY_TICK_SEQS
         passes = 1
-        while len(got) < n and passes < 100:
+        while len(got) < n and passes < 100_000:
             db.run(timeout=0)
             passes += 1
         assert passes >= 4  # four pieces at least: it did not all come in one pass
         assert got == list(range(n))
     finally:
         sub.stop()
+    # a slow callback: one pass delivers for a bounded time, not a whole read of history
+    slow = []
+    ssub = db.subscribe("trades", callback=lambda t: (slow.append(t.seq), time.sleep(0.001)),
+                        from_seq=0)
+    try:
+        db.run(timeout=0)
+        assert 0 < len(slow) <= 100 and slow == list(range(len(slow)))
+    finally:
+        ssub.stop()
+    # batches, both tables, stopped in the middle of the replay (as by Ctrl-C): the
+    # checkpoint says where it stopped, and the restart delivers the rest, none twice
+    ckpt = str(tmp_path / "ckpt")
+    rows = []
+
+    def on_batch(b):
+        rows.extend(b["seq"].tolist())
+        if len(rows) >= n // 3:
+            bsub.stop()
+
+    bsub = db.subscribe(["trades", "quotes"], callback=on_batch, batch_size=1000,
+                        checkpoint=ckpt, from_seq=0)
+    try:
+        db.run(timeout=60)
+        first = len(rows)
+        assert n // 3 <= first < n and bsub.cursors()[0][0] == rows[-1] + 1
+    finally:
+        bsub.stop()
+    bsub = db.subscribe(["trades", "quotes"], callback=lambda b: rows.extend(b["seq"].tolist()),
+                        batch_size=1000, checkpoint=ckpt)
+    try:
+        while len(rows) < n and db.run(timeout=0.2) is None and bsub.active:
+            pass
+        assert rows == list(range(n))
+    finally:
+        bsub.stop()
         db.close()
 
 

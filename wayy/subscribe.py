@@ -90,6 +90,7 @@ MAX_SCAN = 1 << 18  # rows a follow call may look at (filtering / backfill): bou
 # shards and housekeeping have their turn (tick callbacks cost ~1 us a row, batches far less)
 HISTORY_TICK_SEQS = 1 << 16
 HISTORY_BATCH_SEQS = 1 << 20
+HISTORY_PASS_NS = 20_000_000  # and delivered for about this long per pass
 # Backoff: poll briefly, then sleep on the futex. Short on purpose: three subscribers that
 # each spin for tens of microseconds after every tick take the cores a writer needs (at 10k
 # ticks/s they would never sleep at all). No sched_yield stage (Aeron has one): on a busy
@@ -302,6 +303,20 @@ class _Rules:
         return not (self.all_any or self.all_venues or self.syms_any or self.sym_venues)
 
 
+class _HistoryRead:
+    """Seqs lo..hi-1 of one shard read back from history, delivered over several passes:
+    ``items`` yields what is left (Tick tuples, or (table, columns, names) batches),
+    ``held`` is one taken from it but not yet delivered, ``nxt`` the first seq not done."""
+
+    __slots__ = ("lo", "hi", "nxt", "found_seqs", "items", "held")
+
+    def __init__(self, lo: int, hi: int, found_seqs, items) -> None:
+        self.lo, self.hi, self.nxt = lo, hi, lo
+        self.found_seqs = found_seqs
+        self.items = items
+        self.held = None
+
+
 class _Follow:
     """One subscription's position in one shard, and the kernel call that advances it."""
 
@@ -309,6 +324,7 @@ class _Follow:
                  max_rows: int) -> None:
         db = sub.db
         self.k = k
+        self.hist: _HistoryRead | None = None  # rows read back from history, part delivered
         self.data = db.shards[k]
         self.ring = db._change_ring(k)
         self.rules = rules
@@ -888,55 +904,88 @@ class Subscription:
 
     def _from_history(self, f: _Follow) -> None:
         """Deliver seqs F_NEXT .. F_HIST_END-1 of shard f.k from history on disk (rolled
-        while this subscriber was behind), in seq order and in pieces of at most
-        HISTORY_*_SEQS seqs, then go on from memory."""
+        while this subscriber was behind), in seq order, then go on from memory. A read
+        takes at most HISTORY_*_SEQS seqs, and one call delivers for about HISTORY_PASS_NS:
+        the rest of the read waits on the follow for the next passes (the kernel reports
+        history again from F_NEXT), so run()'s deadline, checkpoints and other shards have
+        their turn however slow the callback."""
+        lo = int(f.st[K.F_NEXT])
+        h = f.hist
+        if h is None or h.nxt != lo:
+            h = f.hist = self._read_history(f, lo)
+        end_ns = time.monotonic_ns() + HISTORY_PASS_NS
+        tick_mode = not self.batch_mode
+        i = 0
+        while True:
+            item = h.held
+            if item is None:
+                item = next(h.items, None)
+                if item is None:
+                    break
+            h.held = None
+            first = item[9] if tick_mode else int(item[1]["seq"][0])
+            i += 1
+            if self._stopping or (i > 1 and time.monotonic_ns() > end_ns):
+                h.held = item  # delivered on the next pass, or never (stopping)
+                self._history_done(f, h, first)
+                return
+            if not tick_mode:
+                t, part, names = item
+                self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, names, False),
+                                    int(part["seq"][-1]) + 1)
+                continue
+            tick = _tick_new(Tick, item)
+            if self.filter is not None:
+                keep = self._filter(self.filter, tick)
+                if keep < 0:
+                    self._history_done(f, h, first)
+                    return
+                if not keep:
+                    continue
+            if self.callback is None:
+                self._queue.append(tick)
+                continue
+            try:
+                self.callback(tick)
+            except Exception as exc:  # noqa: BLE001
+                if self._callback_failed(exc, tick):
+                    self._history_done(f, h, first)
+                    return
+            self._delivered += 1
+            self._items += 1
+            self._since_ckpt += 1
+        self._history_done(f, h, h.hi)
+        f.hist = None
+
+    def _read_history(self, f: _Follow, lo: int) -> _HistoryRead:
         from wayy import subscribe_history as SH
 
-        lo = int(f.st[K.F_NEXT])
-        # the rest comes on the next pass: the follow kernel reports history again from F_NEXT
         hi = min(int(f.st[K.F_HIST_END]),
                  lo + (HISTORY_BATCH_SEQS if self.batch_mode else HISTORY_TICK_SEQS))
         if self.batch_mode:
             self._flush(time.monotonic_ns(), True)  # what came before goes first
-        pieces, found = SH.read(self.db.history, f.k, lo, hi, f.rules)
-        if found < hi - lo:
-            f.st[K.F_LOST] += hi - lo - found
-            log.warning("subscriber %s: %d of the rows of shard %d between seq %d and %d are "
-                        "gone from history (retention) and cannot be delivered",
-                        ",".join(self.channel_names), hi - lo - found, f.k, lo, hi - 1)
-        for t, cols in pieces:
-            if self._stopping:
-                return
-            if self.batch_mode:
-                self._history_batches(f, t, cols)
-                continue
-            for row in SH.tick_rows(f.k, t, cols):
-                tick = _tick_new(Tick, row)
-                if self.filter is not None:
-                    keep = self._filter(self.filter, tick)
-                    if keep < 0:
-                        self._cur[f.k][0] = self._cur[f.k][1] = tick[9]
-                        return
-                    if not keep:
-                        continue
-                if self.callback is None:
-                    self._queue.append(tick)
-                    continue
-                try:
-                    self.callback(tick)
-                except Exception as exc:  # noqa: BLE001
-                    if self._callback_failed(exc, tick):
-                        self._cur[f.k][0] = self._cur[f.k][1] = tick[9]
-                        return
-                self._delivered += 1
-                self._items += 1
-                self._since_ckpt += 1
-                if self._stopping:
-                    self._cur[f.k][0] = self._cur[f.k][1] = tick[9] + 1
-                    return
-        f.st[K.F_NEXT] = hi
+        pieces, _found, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        if self.batch_mode:
+            items = (b for t, cols in pieces for b in self._history_parts(t, cols))
+        else:
+            items = (row for t, cols in pieces for row in SH.tick_rows(f.k, t, cols))
+        return _HistoryRead(lo, hi, found_seqs, items)
+
+    def _history_done(self, f: _Follow, h: _HistoryRead, nxt: int) -> None:
+        """Every wanted row of ``h`` below ``nxt`` is delivered; seqs below it that history
+        lacks (retention removed them) are counted lost."""
+        if h.found_seqs is not None:
+            gone = (nxt - h.nxt) - (int(np.searchsorted(h.found_seqs, nxt))
+                                    - int(np.searchsorted(h.found_seqs, h.nxt)))
+            if gone:
+                f.st[K.F_LOST] += gone
+                log.warning("subscriber %s: %d of the rows of shard %d between seq %d and %d "
+                            "are gone from history (retention) and cannot be delivered",
+                            ",".join(self.channel_names), gone, f.k, h.nxt, nxt - 1)
+        h.nxt = nxt
+        f.st[K.F_NEXT] = nxt
         if self.callback is not None:
-            self._cur[f.k][0] = self._cur[f.k][1] = hi
+            self._cur[f.k][0] = self._cur[f.k][1] = nxt
 
     def _overrun(self, f: _Follow) -> None:
         n = int(f.st[K.F_OVERRUNS])
@@ -1130,9 +1179,11 @@ class Subscription:
             if acc.n:
                 nxt_flush = min(nxt_flush, acc.since_ns + self.max_latency_ns)
             else:
-                # nothing pending: every row of this table below F_NEXT is done
+                # nothing pending: every row of this table below F_NEXT is done (never
+                # backwards: rows delivered from history may be ahead of F_NEXT)
                 if self.callback is not None and not self._stopping_hard():
-                    self._cur[acc.f.k][acc.t] = int(acc.f.st[K.F_NEXT])
+                    c = self._cur[acc.f.k]
+                    c[acc.t] = max(c[acc.t], int(acc.f.st[K.F_NEXT]))
         self._next_flush = nxt_flush
         return emitted
 
@@ -1153,13 +1204,19 @@ class Subscription:
         f, t = acc.f, acc.t
         lo, hi, want = acc.first_seq, acc.last_seq + 1, acc.n
         acc.pieces, acc.n, acc.first_seq, acc.last_seq = [], 0, -1, -1
-        pieces, _found = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        pieces, _found, _seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
         got = 0
         for pt, cols in pieces:
-            if pt != t or self._stopping:
+            if pt != t:
                 continue
+            for _t, part, names in self._history_parts(t, cols):
+                if self._stopping:  # the checkpoint resumes at the first row not sent
+                    if self.callback is not None:
+                        self._cur[f.k][t] = max(self._cur[f.k][t], int(part["seq"][0]))
+                    return
+                self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, names, False),
+                                    int(part["seq"][-1]) + 1)
             got += len(cols["seq"])
-            self._history_batches(f, t, cols)
         if got < want:
             f.st[K.F_LOST] += want - got
             log.warning("subscriber %s: %d rows of shard %d (seq %d..%d) rolled to history "
@@ -1168,8 +1225,9 @@ class Subscription:
         if self.callback is not None:
             self._cur[f.k][t] = max(self._cur[f.k][t], hi)
 
-    def _history_batches(self, f: _Follow, t: int, cols: dict) -> None:
-        """Rows read back from history (names decoded), as batches of at most batch_size."""
+    def _history_parts(self, t: int, cols: dict):
+        """Rows read back from history (names decoded) as (table, columns, names) batches of
+        at most batch_size rows."""
         sn, sid = np.unique(cols["symbol"], return_inverse=True)
         vn, vid = np.unique(cols["venue"], return_inverse=True)
         bcols = {c: cols[c] for c in T.COLUMNS[t]}
@@ -1177,11 +1235,7 @@ class Subscription:
         bcols["venue"] = vid.astype(np.int32)
         size = self.batch_size or len(sid)
         for a in range(0, len(sid), size):
-            if self._stopping:
-                return
-            part = {c: v[a:a + size] for c, v in bcols.items()}
-            self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, (sn, vn), False),
-                                int(part["seq"][-1]) + 1)
+            yield t, {c: v[a:a + size] for c, v in bcols.items()}, (sn, vn)
 
     def _deliver_batch(self, f: _Follow, t: int, batch: Batch, cursor: int) -> None:
         """Hand one batch to the callback (or the poll queue), cursor after it."""

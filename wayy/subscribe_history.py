@@ -31,15 +31,18 @@ def _wanted(rules, cols: dict[str, np.ndarray]) -> np.ndarray:
     return m
 
 
-def read(store: H.HistoryStore, shard: int, lo: int, hi: int,
-         rules: tuple) -> tuple[list[tuple[int, dict[str, np.ndarray]]], int]:
+def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
+         ) -> tuple[list[tuple[int, dict[str, np.ndarray]]], int, np.ndarray | None]:
     """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want.
 
-    Returns (pieces in seq order, seqs found): each piece is (table id, columns) with names
-    decoded. ``hi - lo - found`` seqs are not in history (retention removed them).
+    Returns (pieces in seq order, seqs found, the found seqs sorted or None): each piece is
+    (table id, columns) with names decoded. ``hi - lo - found`` seqs are not in history
+    (retention removed them); only then are the found seqs given, so that a caller that
+    delivers part of the range can count what is missing below where it stopped.
     """
     store.refresh()
     found = 0
+    seqs_found: list[np.ndarray] = []
     parts: list[tuple[int, dict[str, np.ndarray]]] = []
     for t in (T.TRADES, T.QUOTES):
         for p in store.by_shard(t).get(shard, []):
@@ -51,6 +54,7 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int,
             if b <= a:
                 continue
             found += b - a
+            seqs_found.append(seq[a:b])
             cols = H.gather(p, slice(a, b))
             if rules[t].empty():
                 continue
@@ -73,7 +77,9 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int,
             t, cols = parts[i]
             out.append((t, {c: v[rowi[s:e]] for c, v in cols.items()}))
         parts = out
-    return parts, found
+    missing = found < hi - lo
+    return parts, found, (np.sort(np.concatenate(seqs_found)) if missing and seqs_found
+                          else np.empty(0, np.int64) if missing else None)
 
 
 def tick_rows(shard: int, t: int, cols: dict[str, np.ndarray]) -> list[tuple]:

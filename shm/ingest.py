@@ -334,7 +334,7 @@ def _drain_run(table, nvals, ring8, ring32, pos, tail, end, mask, max_record, no
                     vid = _intern(ven64, htab_v, nven, max_ven, e0, e1, True, hdr32,
                                   S.N_VENUES_I32)
                     if vid < 0:
-                        rejects[T.REJECT_VENUE if vid == -1 else T.REJECT_SYMBOLS_FULL] += 1
+                        rejects[T.REJECT_VENUE if vid == -1 else T.REJECT_VENUES_FULL] += 1
                         continue
                     if vid == nven:
                         nven += 1

@@ -563,3 +563,27 @@ def test_writer_sigkill_then_full_restart_every_row_exactly_once(db_factory, fsy
     assert np.all(np.diff(prices) == 1)  # arrival order kept
     db.close()
     assert run_cli("verify", "--db", d2.path).returncode == 0
+
+
+def test_a_full_venue_table_is_reported_as_venues_full(db_factory):
+    """A shard interns 1,023 named venues besides the empty one: a row with one more is
+    refused by the writer and counted as venues_full (not symbols_full), and the rest of
+    the batch is stored."""
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    n = 1025
+    p = wayy.Producer(d.path)
+    try:
+        for a in range(0, n, 200):  # one batch per 200 venues
+            m = min(200, n - a)
+            p.publish_batch("trades", {"symbol": np.array(["VEN"] * m),
+                                       "venue": np.array([f"V{i}" for i in range(a, a + m)]),
+                                       "price": np.ones(m), "size": np.ones(m)})
+        with pytest.raises(wayy.RowsRejected, match="2 venues_full") as exc:
+            p.flush(10.0)
+        assert exc.value.rejected == {0: {"venues_full": 2}}
+    finally:
+        p.close()
+    with wayy.attach(d.path) as db:
+        assert len(db["trades"]) == n - 2
+    st = d.status()["shards"][0]["rejects"]
+    assert st["venues_full"] == 2 and st["symbols_full"] == 0

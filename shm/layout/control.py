@@ -17,7 +17,8 @@ from shm.layout import tables as T
 
 MAGIC = 0x5741_5959_4354_4C31  # "WAYYCTL1"
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # 1.1: C_ROLL_FAILS, C_LAST_ROLL_FAIL_NS; 1.2: C_POLL_* (zero before)
+VERSION_MINOR = 3  # 1.1: C_ROLL_FAILS, C_LAST_ROLL_FAIL_NS; 1.2: C_POLL_* (zero before);
+# 1.3: reject counter venues_full (zero before: such rows were counted as symbols_full)
 
 COUNTERS_OFFSET = common.CACHE_LINE
 C_STATE = 0  # STATE_* below

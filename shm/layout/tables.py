@@ -48,10 +48,11 @@ REJECT_TS = 4  # timestamp before 1990 or more than a day in the future
 REJECT_SYMBOL = 5  # empty, non-ASCII, or characters outside [A-Za-z0-9._-]
 REJECT_VENUE = 6  # non-ASCII or characters outside [A-Za-z0-9._-]
 REJECT_FULL = 7  # the batch does not fit in the table's remaining capacity (whole batch)
-REJECT_SYMBOLS_FULL = 8  # the shard's symbol or venue table is full
+REJECT_SYMBOLS_FULL = 8  # the shard's symbol table is full (--max-symbols)
 REJECT_MALFORMED = 9  # a record on the inbound ring with an impossible header
 REJECT_DEAD_PRODUCER = 10  # a claim whose producer died before committing (padded over)
-N_REJECT_REASONS = 11
+REJECT_VENUES_FULL = 11  # the shard's venue table is full (1,023 named venues and "")
+N_REJECT_REASONS = 12
 REJECT_NAMES = (
     "ok",
     "price",
@@ -64,6 +65,7 @@ REJECT_NAMES = (
     "symbols_full",
     "malformed",
     "dead_producer",
+    "venues_full",
 )
 
 MIN_TS_NS = 631_152_000_000_000_000  # 1990-01-01T00:00:00Z

@@ -212,7 +212,8 @@ def lag_rows(db_path: str, k: int, data: ShardData, snap: np.ndarray, cursor: li
         first = int(seq[0]) if n else int(snap[S.COMMIT_NEXT_SEQ])
         if cursor[t] < first:
             # what history holds changes only at a roll (a new generation)
-            key = (k, t, int(cursor[t]), first if n else ("gen", int(data.hdr64[S.GENERATION_I64])))
+            key = (k, t, int(cursor[t]),
+                   first if n else ("gen", int(data.hdr64[S.GENERATION_I64])))
             got = None if cache is None else cache.get(key)
             if got is None:
                 got = rows_in_seq_range(db_path, k, t, int(cursor[t]), first)

@@ -457,8 +457,8 @@ def format_status(st: dict) -> str:
             # a writer stopped (SIGSTOP, a debugger) or stuck: its last rate is stale
             state, rate = "silent", "-"
             silent.append(f"shard {s['shard']}: writer pid {s['writer_pid']} has not "
-                          f"reported for {s['heartbeat_age_s']:.0f} s (stopped, stuck, or in a long roll?); "
-                          f"producers to it wait, then time out")
+                          f"reported for {s['heartbeat_age_s']:.0f} s (stopped, stuck, or in a "
+                          f"long roll?); producers to it wait, then time out")
         # a restarting shard's pid and uptime are the dead writer's: not shown
         pid, uptime = ((s["writer_pid"], _dur(s["writer_uptime_s"])) if state != "restarting"
                        else ("-", "-"))

@@ -34,6 +34,7 @@ first run on a fresh machine does not measure numba compiling its kernels.
 
     PYTHONPATH=. python benchmarks/bench_remote.py [--ticks 4000000] [--rate 100000] [--quick]
     PYTHONPATH=. python benchmarks/bench_remote.py --poll-governor-ab 3   # writers: pause vs always poll
+    PYTHONPATH=. python benchmarks/bench_remote.py --latency-rounds 2     # latency phase only
 """
 
 from __future__ import annotations
@@ -511,6 +512,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--peer-ticks", type=int, default=300_000)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--latency-rounds", type=int, metavar="ROUNDS", default=0,
+                    help="only the latency phase (10k and 100k ticks/s by default), ROUNDS "
+                         "times on one database and broker: to compare two checkouts, run "
+                         "it in each, alternating")
     ap.add_argument("--poll-governor-ab", type=int, metavar="ROUNDS", default=0,
                     help="only the latency phase, ROUNDS times on databases whose writers "
                          "pause polling under CPU contention (the default) and on ones "
@@ -522,6 +527,20 @@ def main() -> None:
            "load_before": load_average()}
     import tempfile
 
+    if a.latency_rounds:
+        with tempfile.TemporaryDirectory(prefix="wayy-bench-redis-") as tmp, \
+                redis_server(tmp) as srv, running_db(*DB_ARGS) as db:
+            b = start_broker(db, srv.url, "--retention", "none")
+            try:
+                warm_up(db, srv.url)
+                out["latency_rounds"] = [[phase_latency(db, srv.url, r, a.seconds)
+                                          for r in (a.rate / 10, a.rate)]
+                                         for _ in range(a.latency_rounds)]
+            finally:
+                stop(b)
+        out["load_after"] = load_average()
+        print(json.dumps(out))
+        return
     if a.poll_governor_ab:
         out["poll_governor_ab"] = phase_governor_ab(a.poll_governor_ab, a.rate, a.seconds)
         out["load_after"] = load_average()

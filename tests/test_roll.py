@@ -533,11 +533,29 @@ def test_a_long_replay_from_history_yields_to_run_s_deadline(db_factory, tmp_pat
         assert n // 3 <= first < n and bsub.cursors()[0][0] == rows[-1] + 1
     finally:
         bsub.stop()
+    # ...and a batch callback that raises with stop_on_error: that batch comes again
+    calls = []
+
+    def failing(b):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("third batch")
+        rows.extend(b["seq"].tolist())
+
+    bsub = db.subscribe(["trades", "quotes"], callback=failing, batch_size=1000,
+                        checkpoint=ckpt, stop_on_error=True)
+    try:
+        with pytest.raises(RuntimeError, match="third batch"):
+            db.run(timeout=60)
+        assert len(rows) == first + 2000
+    finally:
+        bsub.stop()
     bsub = db.subscribe(["trades", "quotes"], callback=lambda b: rows.extend(b["seq"].tolist()),
                         batch_size=1000, checkpoint=ckpt)
     try:
-        while len(rows) < n and db.run(timeout=0.2) is None and bsub.active:
-            pass
+        deadline = time.monotonic() + 60
+        while len(rows) < n and time.monotonic() < deadline:
+            db.run(timeout=0.2)
         assert rows == list(range(n))
     finally:
         bsub.stop()

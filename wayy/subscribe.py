@@ -931,8 +931,12 @@ class Subscription:
                 return
             if not tick_mode:
                 t, part, names = item
+                after = int(part["seq"][-1]) + 1
                 self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, names, False),
-                                    int(part["seq"][-1]) + 1)
+                                    after)
+                if self._stopping:  # a batch that failed (stop_on_error) comes again
+                    self._history_done(f, h, first if self.error is not None else after)
+                    return
                 continue
             tick = _tick_new(Tick, item)
             if self.filter is not None:
@@ -1216,6 +1220,8 @@ class Subscription:
                     return
                 self._deliver_batch(f, t, Batch(f.k, T.TABLE_NAMES[t], part, names, False),
                                     int(part["seq"][-1]) + 1)
+                if self._stopping:  # the cursor is after the last batch delivered
+                    return
             got += len(cols["seq"])
         if got < want:
             f.st[K.F_LOST] += want - got

@@ -308,10 +308,10 @@ class _HistoryRead:
     ``items`` yields what is left (Tick tuples, or (table, columns, names) batches),
     ``held`` is one taken from it but not yet delivered, ``nxt`` the first seq not done."""
 
-    __slots__ = ("lo", "hi", "nxt", "found_seqs", "items", "held")
+    __slots__ = ("hi", "nxt", "found_seqs", "items", "held")
 
     def __init__(self, lo: int, hi: int, found_seqs, items) -> None:
-        self.lo, self.hi, self.nxt = lo, hi, lo
+        self.hi, self.nxt = hi, lo
         self.found_seqs = found_seqs
         self.items = items
         self.held = None
@@ -968,7 +968,7 @@ class Subscription:
                  lo + (HISTORY_BATCH_SEQS if self.batch_mode else HISTORY_TICK_SEQS))
         if self.batch_mode:
             self._flush(time.monotonic_ns(), True)  # what came before goes first
-        pieces, _found, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        pieces, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
         if self.batch_mode:
             items = (b for t, cols in pieces for b in self._history_parts(t, cols))
         else:
@@ -1208,7 +1208,7 @@ class Subscription:
         f, t = acc.f, acc.t
         lo, hi, want = acc.first_seq, acc.last_seq + 1, acc.n
         acc.pieces, acc.n, acc.first_seq, acc.last_seq = [], 0, -1, -1
-        pieces, _found, _seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        pieces, _seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
         got = 0
         for pt, cols in pieces:
             if pt != t:

@@ -32,13 +32,13 @@ def _wanted(rules, cols: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
-         ) -> tuple[list[tuple[int, dict[str, np.ndarray]]], int, np.ndarray | None]:
+         ) -> tuple[list[tuple[int, dict[str, np.ndarray]]], np.ndarray | None]:
     """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want.
 
-    Returns (pieces in seq order, seqs found, the found seqs sorted or None): each piece is
-    (table id, columns) with names decoded. ``hi - lo - found`` seqs are not in history
-    (retention removed them); only then are the found seqs given, so that a caller that
-    delivers part of the range can count what is missing below where it stopped.
+    Returns (pieces in seq order, None or the seqs found): each piece is (table id, columns)
+    with names decoded. When some seqs are not in history (retention removed them), the
+    ones that are come sorted, so that a caller that delivers part of the range can count
+    what is missing below where it stopped.
     """
     store.refresh()
     found = 0
@@ -77,9 +77,10 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
             t, cols = parts[i]
             out.append((t, {c: v[rowi[s:e]] for c, v in cols.items()}))
         parts = out
-    missing = found < hi - lo
-    return parts, found, (np.sort(np.concatenate(seqs_found)) if missing and seqs_found
-                          else np.empty(0, np.int64) if missing else None)
+    if found == hi - lo:
+        return parts, None
+    return parts, (np.sort(np.concatenate(seqs_found)) if seqs_found
+                   else np.empty(0, np.int64))
 
 
 def tick_rows(shard: int, t: int, cols: dict[str, np.ndarray]) -> list[tuple]:

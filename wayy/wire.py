@@ -639,28 +639,30 @@ def _encode_groups(ts, sid, vid, seq, v0, v1, v2, v3, k, schema, shard, sym8, ve
     gv = np.empty((4, n), np.float64)
     nmsg = 0
     pos = 0
-    # a message names at most MAX_VENUES venues: a symbol's rows with more are cut into
-    # several messages of consecutive rows (mark[v] == stamp: v is in the current piece)
-    vhi = 0
-    for i in range(n):
-        if vid[i] > vhi:
-            vhi = vid[i]
-    mark = np.zeros(vhi + 1, np.int64)
+    # a message names at most MAX_VENUES venues: a symbol with more rows than that may name
+    # more, and is cut into messages of consecutive rows (mark[v] == stamp: v is in the
+    # current one; allocated only when a symbol has that many rows)
+    mark = np.empty(0, np.int64)
     stamp = 0
     a = 0
     while a < n:
         s = sid[order[a]]
-        stamp += 1
-        nvc = 0
-        b = a
+        b = a + 1
         while b < n and sid[order[b]] == s:
-            v = vid[order[b]]
-            if mark[v] != stamp:
-                if nvc == MAX_VENUES:
-                    break
-                mark[v] = stamp
-                nvc += 1
             b += 1
+        if b - a > MAX_VENUES:
+            if mark.shape[0] == 0:
+                mark = np.zeros(ven8.shape[0] // NAME_BYTES + 1, np.int64)
+            stamp += 1
+            nvc = 0
+            for j in range(a, b):
+                v = vid[order[j]]
+                if mark[v] != stamp:
+                    if nvc == MAX_VENUES:
+                        b = j
+                        break
+                    mark[v] = stamp
+                    nvc += 1
         m = b - a
         tsmax = ts[order[a]]
         for i in range(m):

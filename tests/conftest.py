@@ -15,6 +15,41 @@ from shm.segment import db_prefix, list_segments, unlink_quiet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Every kernel a database or a test uses, compiled into numba's on-disk cache before the
+# first test: on a fresh clone that takes a minute or more (longer on a loaded machine), which
+# must not be charged to whichever test happens to start the first database under its timeout.
+_WARM_UP = """
+import time
+t0 = time.monotonic()
+from workers import writer
+writer.warm_up()
+from shm import subscribers
+subscribers.warm_up()
+from wayy import wire
+wire.warm_up()
+wire.warm_up_group_encoder()
+import wayy.ops
+print(f"{time.monotonic() - t0:.1f}")
+"""
+
+
+def pytest_sessionstart(session) -> None:
+    """Fill numba's on-disk cache once, in a child process, before any test runs."""
+    from shm.jit import in_disk_cache
+    from shm import subscribers
+    from wayy import wire
+    from workers import writer
+
+    if all(in_disk_cache(k) for k in (writer.ingest.drain, subscribers.follow_packed,
+                                      wire._encode_groups)):
+        return
+    out = subprocess.run([sys.executable, "-c", _WARM_UP], cwd=REPO, capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise pytest.UsageError(f"compiling wayy's kernels failed:\n{out.stderr}")
+    sys.stderr.write(f"wayy: kernels compiled into numba's cache in {out.stdout.strip()} s\n")
+
+
 def wayy_cmd(*args: str) -> list[str]:
     """The `wayy` CLI run with this interpreter (no reliance on PATH)."""
     return [sys.executable, "-m", "wayy.cli", *args]

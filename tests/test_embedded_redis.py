@@ -119,6 +119,35 @@ def test_default_start_runs_a_private_embedded_redis(db_factory):
     assert "broker-0 pid" in out.stdout and "shard 0=0" in out.stdout
 
 
+def test_status_counts_a_shard_without_a_broker_cursor_from_its_first_row(db_factory):
+    from wayy.remote import BROKER_CURSORS_KEY
+
+    db = db_factory(*QUIET, redis=True)
+    m = read_manifest(db.path)
+    p = wayy.Producer(db.path)
+    for price in (1.0, 2.0, 3.0):
+        p.publish("trades", symbol="AAPL", price=price, size=1)
+    p.publish("quotes", symbol="AAPL", bid=1.0, ask=1.5, bid_size=1, ask_size=1)
+
+    def published():
+        lag = db.status()["redis"]["broker_lag"]
+        return lag if lag and lag[0]["cursor"] and lag[0]["lag_rows"] == 0 else None
+
+    wait_for(published, timeout=20, what="the broker to publish")
+    broker = db.status()["redis"]["brokers"][0]["pid"]
+    # a broker that has not written a cursor yet (here: frozen, its cursor removed) starts
+    # the shard from seq 0 when it goes on: every row is still to publish
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        client(m).hdel(BROKER_CURSORS_KEY, "0:trades", "0:quotes")
+        lag = db.status()["redis"]["broker_lag"]
+        assert lag == [{"shard": 0, "cursor": None, "lag_rows": 4}]
+        out = run_cli("status", "--db", db.path)
+        assert out.returncode == 0 and "broker lag (rows): shard 0=4" in out.stdout
+    finally:
+        os.kill(broker, signal.SIGCONT)
+
+
 def test_killed_redis_is_restarted_with_its_data_and_stop_removes_it(db_factory):
     db = db_factory(*QUIET, redis=True)
     m = read_manifest(db.path)

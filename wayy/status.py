@@ -11,6 +11,7 @@ from shm.layout import control as C
 from shm.layout import shard as S
 from shm.layout import subscribers as RL
 from shm.layout import tables as T
+from shm.errors import SegmentMissing
 from shm.shard import Control, ShardData
 from shm.subscribers import Registry
 from wayy.errors import translate
@@ -166,9 +167,12 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
             out["foreign_owner"] = other
         else:
             progress = broker_progress(m, cursors)
+    # a shard with no cursor in Redis yet: the brokers `wayy start` runs publish it from its
+    # first row (they start at "earliest"), so all its rows are still to publish
     out["broker_lag"] = None if progress is None else [
         {"shard": k, "cursor": progress.get(k),
-         "lag_rows": None if progress.get(k) is None else unpublished(m, k, progress[k])}
+         "lag_rows": unpublished(m, k, progress.get(k, [0, 0])) if m.brokers else
+         None if progress.get(k) is None else unpublished(m, k, progress[k])}
         for k in range(len(heads))]
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
@@ -181,10 +185,14 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
     return out
 
 
-def unpublished(m, k: int, cursor: list[int]) -> int:
+def unpublished(m, k: int, cursor: list[int]) -> int | None:
     """Committed rows of shard ``k`` of database ``m`` at or past the broker's cursor (next
-    seq per table), in memory or already rolled to history."""
-    data = ShardData.attach(m.prefix, k)
+    seq per table), in memory or already rolled to history; None when its shared memory is
+    gone."""
+    try:
+        data = ShardData.attach(m.prefix, k)
+    except SegmentMissing:  # stopped since the caller looked
+        return None
     try:
         return lag_rows(m.path, k, data, data.snapshot(), cursor)
     finally:

@@ -203,3 +203,23 @@ def test_status_names_a_writer_that_stopped_reporting(db_factory):
     wait_for(lambda: "silent" not in run_cli("status", "--db", d.path).stdout,
              what="the writer to report again")
     assert d.status()["shards"][0]["silent"] is False
+
+
+def test_status_of_a_restarting_shard_names_no_dead_writer(db_factory):
+    """While the supervisor restarts a killed writer, status gives no pid, uptime or rate of
+    the dead one (they would read as a live writer that committed nothing)."""
+    import signal
+
+    from wayy.status import read_status
+
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    pid = d.status()["shards"][0]["writer_pid"]
+    os.kill(pid, signal.SIGKILL)
+    seen = wait_for(lambda: next((s for s in read_status(d.path, redis=False)["shards"]
+                                  if s["state"] == "restarting"), None),
+                    interval=0.002, what="the shard to read as restarting")
+    assert seen["writer_pid"] is None and seen["writer_uptime_s"] is None
+    assert seen["rate"] == 0 and seen["rate_known"] is False
+    wait_for(lambda: d.status()["shards"][0]["state"] == "running", what="the new writer")
+    s = d.status()["shards"][0]
+    assert s["writer_pid"] not in (None, pid) and s["writer_uptime_s"] is not None

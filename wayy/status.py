@@ -48,8 +48,10 @@ def read_status(path: str, redis: bool = True) -> dict:
 
     ``redis=False`` skips the Redis round trip (``"redis"`` is then None). A shard's
     ``rate`` is the rows/s its writer committed over its last second; for a few seconds
-    after a roll or a writer start, when that second may span the reset row count, it is 0
-    with ``rate_known`` False. Ages and uptimes are never negative.
+    after a roll or a writer start, when that second may span the reset row count, and
+    while the shard is restarting, it is 0 with ``rate_known`` False. A restarting shard's
+    ``writer_pid`` and ``writer_uptime_s`` are None (its writer is dead). Ages and uptimes
+    are never negative.
     """
     with translate(path):
         m = read_manifest(path)
@@ -73,15 +75,18 @@ def read_status(path: str, redis: bool = True) -> dict:
                               for t in (T.TRADES, T.QUOTES) if snap[t] > 0), default=0)
                 heads.append((int(snap[S.COMMIT_NEXT_SEQ]), newest))
                 state = int(c[C.C_STATE])
-                rate = _rate(c, now_k)
+                # a restarting shard's pid, start time and rate are its dead writer's
+                gone = state == C.STATE_DEAD
+                rate = None if gone else _rate(c, now_k)
                 age = (_age_s(now_k, int(c[C.C_HEARTBEAT_NS])) if c[C.C_HEARTBEAT_NS]
                        else None)
                 s = {
                     "shard": k,
                     "state": C.STATE_NAMES[state] if 0 <= state < len(C.STATE_NAMES) else "?",
-                    "writer_pid": int(c[C.C_WRITER_PID]),
-                    "writer_uptime_s": _age_s(now_k, int(c[C.C_WRITER_START_NS]))
-                    if c[C.C_WRITER_START_NS] else 0.0,
+                    "writer_pid": None if gone else int(c[C.C_WRITER_PID]),
+                    "writer_uptime_s": None if gone else
+                    _age_s(now_k, int(c[C.C_WRITER_START_NS])) if c[C.C_WRITER_START_NS]
+                    else 0.0,
                     "heartbeat_age_s": age,
                     # running, but not reporting (SIGSTOP, a debugger, stuck): its rate is stale
                     "silent": state == C.STATE_RUNNING and age is not None

@@ -584,3 +584,32 @@ def test_db_relists_history_when_a_shard_rolls(db_factory):
             writable.close()
         p.close()
         db.close()
+
+
+@pytest.mark.parametrize("table", ["trades", "quotes"])
+def test_history_tick_rows_made_in_chunks_are_every_row_in_order(table):
+    """A subscriber replaying history gets its Tick tuples a chunk at a time; across chunk
+    boundaries every field of every row is the one in the columns."""
+    from shm.layout import tables as T
+    from wayy.subscribe import Tick
+    from wayy.subscribe_history import TICK_CHUNK_ROWS, tick_rows
+
+    n = 2 * TICK_CHUNK_ROWS + 5
+    rng = np.random.default_rng(7)
+    cols = {"ts": np.arange(n, dtype=np.int64) * 1000, "seq": np.arange(n, dtype=np.int64) + 40,
+            "symbol": np.array(["AAPL", "MSFT", "SPY"])[rng.integers(0, 3, n)],
+            "venue": np.array(["", "NYSE"])[rng.integers(0, 2, n)]}
+    values = ("price", "size") if table == "trades" else ("bid", "ask", "bid_size", "ask_size")
+    for c in values:
+        cols[c] = rng.random(n)
+    t = T.TABLE_NAMES.index(table)
+    got = [Tick(row) for row in tick_rows(3, t, cols)]
+    assert len(got) == n
+    for i in (0, TICK_CHUNK_ROWS - 1, TICK_CHUNK_ROWS, n - 1):
+        row = got[i]
+        assert (row.timestamp, row.seq, row.shard, row.table) == (i * 1000, i + 40, 3, table)
+        assert (row.symbol, row.venue) == (cols["symbol"][i], cols["venue"][i])
+        for c in ("price", "size", "bid", "ask", "bid_size", "ask_size"):
+            want = float(cols[c][i]) if c in values else None
+            assert getattr(row, c) == want, (i, c)
+    assert [r.seq for r in got] == list(range(40, 40 + n))

@@ -596,19 +596,22 @@ def test_history_tick_rows_made_in_chunks_are_every_row_in_order(table):
 
     n = 2 * TICK_CHUNK_ROWS + 5
     rng = np.random.default_rng(7)
+    names = (np.array(["AAPL", "MSFT", "SPY"]), np.array(["", "NYSE"]))
     cols = {"ts": np.arange(n, dtype=np.int64) * 1000, "seq": np.arange(n, dtype=np.int64) + 40,
-            "symbol": np.array(["AAPL", "MSFT", "SPY"])[rng.integers(0, 3, n)],
-            "venue": np.array(["", "NYSE"])[rng.integers(0, 2, n)]}
+            "symbol": rng.integers(0, 3, n).astype(np.int32),
+            "venue": rng.integers(0, 2, n).astype(np.int32)}
     values = ("price", "size") if table == "trades" else ("bid", "ask", "bid_size", "ask_size")
     for c in values:
         cols[c] = rng.random(n)
     t = T.TABLE_NAMES.index(table)
-    got = [Tick(row) for row in tick_rows(3, t, cols)]
+    got = [Tick(row) for row in tick_rows(3, t, cols, names)]
     assert len(got) == n
     for i in (0, TICK_CHUNK_ROWS - 1, TICK_CHUNK_ROWS, n - 1):
         row = got[i]
         assert (row.timestamp, row.seq, row.shard, row.table) == (i * 1000, i + 40, 3, table)
-        assert (row.symbol, row.venue) == (cols["symbol"][i], cols["venue"][i])
+        assert (row.symbol, row.venue) == (names[0][cols["symbol"][i]],
+                                           names[1][cols["venue"][i]])
+        assert type(row.symbol) is str and type(row.price or row.bid) is float
         for c in ("price", "size", "bid", "ask", "bid_size", "ask_size"):
             want = float(cols[c][i]) if c in values else None
             assert getattr(row, c) == want, (i, c)

@@ -970,9 +970,11 @@ class Subscription:
             self._flush(time.monotonic_ns(), True)  # what came before goes first
         pieces, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
         if self.batch_mode:
-            items = (b for t, cols in pieces for b in self._history_parts(t, cols))
+            items = (b for t, cols, names in pieces
+                     for b in self._history_parts(t, cols, names))
         else:
-            items = (row for t, cols in pieces for row in SH.tick_rows(f.k, t, cols))
+            items = (row for t, cols, names in pieces
+                     for row in SH.tick_rows(f.k, t, cols, names))
         return _HistoryRead(lo, hi, found_seqs, items)
 
     def _history_done(self, f: _Follow, h: _HistoryRead, nxt: int) -> None:
@@ -1210,10 +1212,10 @@ class Subscription:
         acc.pieces, acc.n, acc.first_seq, acc.last_seq = [], 0, -1, -1
         pieces, _seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
         got = 0
-        for pt, cols in pieces:
+        for pt, cols, pnames in pieces:
             if pt != t:
                 continue
-            for _t, part, names in self._history_parts(t, cols):
+            for _t, part, names in self._history_parts(t, cols, pnames):
                 if self._stopping:  # the checkpoint resumes at the first row not sent
                     if self.callback is not None:
                         self._cur[f.k][t] = max(self._cur[f.k][t], int(part["seq"][0]))
@@ -1231,17 +1233,14 @@ class Subscription:
         if self.callback is not None:
             self._cur[f.k][t] = max(self._cur[f.k][t], hi)
 
-    def _history_parts(self, t: int, cols: dict):
-        """Rows read back from history (names decoded) as (table, columns, names) batches of
-        at most batch_size rows."""
-        sn, sid = np.unique(cols["symbol"], return_inverse=True)
-        vn, vid = np.unique(cols["venue"], return_inverse=True)
+    def _history_parts(self, t: int, cols: dict, names: tuple):
+        """Rows read back from history (subscribe_history.read: ids and the names they
+        index) as (table, columns, names) batches of at most batch_size rows."""
         bcols = {c: cols[c] for c in T.COLUMNS[t]}
-        bcols["symbol"] = sid.astype(np.int32)
-        bcols["venue"] = vid.astype(np.int32)
-        size = self.batch_size or len(sid)
-        for a in range(0, len(sid), size):
-            yield t, {c: v[a:a + size] for c, v in bcols.items()}, (sn, vn)
+        n = len(bcols["seq"])
+        size = self.batch_size or n
+        for a in range(0, n, size):
+            yield t, {c: v[a:a + size] for c, v in bcols.items()}, names
 
     def _deliver_batch(self, f: _Follow, t: int, batch: Batch, cursor: int) -> None:
         """Hand one batch to the callback (or the poll queue), cursor after it."""

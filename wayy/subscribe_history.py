@@ -19,34 +19,45 @@ from shm.layout import tables as T
 from wayy import history as H
 
 
-def _wanted(rules, cols: dict[str, np.ndarray]) -> np.ndarray:
-    """Mask of rows that one table's channel rules (wayy.subscribe._Rules) want."""
-    sym, ven = cols["symbol"], cols["venue"]
+Names = tuple  # (symbol names, venue names): a partition's 'U' arrays, indexed by id
+
+
+def _ids(names: np.ndarray, wanted) -> np.ndarray:
+    """The ids in ``names`` of the names in ``wanted`` (absent ones have none)."""
+    return np.flatnonzero(np.isin(names, list(wanted)))
+
+
+def _wanted(rules, sym: np.ndarray, ven: np.ndarray, names: Names) -> np.ndarray | None:
+    """Mask of rows (symbol and venue ids into ``names``) that one table's channel rules
+    (wayy.subscribe._Rules) want; None for all of them."""
     if rules.all_any:
-        return np.ones(len(sym), bool)
+        return None
+    syms, vens = names
     m = np.zeros(len(sym), bool)
     if rules.all_venues:
-        m |= np.isin(ven, list(rules.all_venues))
+        m |= np.isin(ven, _ids(vens, rules.all_venues))
     if rules.syms_any:
-        m |= np.isin(sym, list(rules.syms_any))
+        m |= np.isin(sym, _ids(syms, rules.syms_any))
     for s, vs in rules.sym_venues.items():
-        m |= (sym == s) & np.isin(ven, list(vs))
+        m |= np.isin(sym, _ids(syms, (s,))) & np.isin(ven, _ids(vens, vs))
     return m
 
 
 def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
-         ) -> tuple[list[tuple[int, dict[str, np.ndarray]]], np.ndarray | None]:
+         ) -> tuple[list[tuple[int, dict[str, np.ndarray], Names]], np.ndarray | None]:
     """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want.
 
-    Returns (pieces in seq order, None or the seqs found): each piece is (table id, columns)
-    with names decoded. When some seqs are not in history (retention removed them), the
-    ones that are come sorted, so that a caller that delivers part of the range can count
-    what is missing below where it stopped.
+    Returns (pieces in seq order, None or the seqs found): each piece is (table id, columns,
+    names), the columns copies with ``symbol`` and ``venue`` as int32 ids into ``names``
+    (its partition's tables: the shard's ids when it rolled). Names are not decoded here:
+    per tick they are decoded as delivered, a batch carries the ids. When some seqs are not
+    in history (retention removed them), the ones that are come sorted, so that a caller
+    that delivers part of the range can count what is missing below where it stopped.
     """
     store.refresh()
     found = 0
     seqs_found: list[np.ndarray] = []
-    parts: list[tuple[int, dict[str, np.ndarray]]] = []
+    parts: list[tuple[int, dict[str, np.ndarray], Names]] = []
     for t in (T.TRADES, T.QUOTES):
         for p in store.by_shard(t).get(shard, []):
             if p.last_seq < lo or p.first_seq >= hi:
@@ -58,27 +69,30 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
                 continue
             found += b - a
             seqs_found.append(seq[a:b])
-            cols = H.gather(p, slice(a, b))
             if rules[t].empty():
                 continue
-            keep = _wanted(rules[t], cols)
-            if not keep.all():
-                cols = {c: v[keep] for c, v in cols.items()}
+            names = p.names()
+            # the mask from the mapped id columns, then only the rows wanted are copied
+            keep = _wanted(rules[t], p.array("symbol")[a:b], p.array("venue")[a:b], names)
+            rows = slice(a, b) if keep is None else np.flatnonzero(keep) + a
+            cols = {c: (p.array(c)[rows].copy() if isinstance(rows, slice)
+                        else p.array(c).take(rows)) for c in H.column_dtypes(t)}
             if len(cols["seq"]):
-                parts.append((t, cols))
+                parts.append((t, cols, names))
     # both tables share the shard's seq: deliver in seq order, runs of one table at a time
     if len(parts) > 1:
-        seqs = np.concatenate([c["seq"] for _, c in parts])
-        which = np.concatenate([np.full(len(c["seq"]), i) for i, (_, c) in enumerate(parts)])
-        rowi = np.concatenate([np.arange(len(c["seq"])) for _, c in parts])
+        seqs = np.concatenate([c["seq"] for _, c, _n in parts])
+        which = np.concatenate([np.full(len(c["seq"]), i)
+                                for i, (_, c, _n) in enumerate(parts)])
+        rowi = np.concatenate([np.arange(len(c["seq"])) for _, c, _n in parts])
         order = np.argsort(seqs, kind="stable")
         which, rowi = which[order], rowi[order]
         cut = np.flatnonzero(np.diff(which)) + 1
         out = []
         for s, e in zip(np.r_[0, cut], np.r_[cut, len(which)]):
             i = int(which[s])
-            t, cols = parts[i]
-            out.append((t, {c: v[rowi[s:e]] for c, v in cols.items()}))
+            t, cols, names = parts[i]
+            out.append((t, {c: v[rowi[s:e]] for c, v in cols.items()}, names))
         parts = out
     if found == hi - lo:
         return parts, None
@@ -91,17 +105,19 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
 TICK_CHUNK_ROWS = 4096
 
 
-def tick_rows(shard: int, t: int, cols: dict[str, np.ndarray]) -> Iterator[tuple]:
-    """The Tick field tuples (wayy.subscribe.Tick order) of one history piece, made
-    TICK_CHUNK_ROWS at a time as they are consumed."""
+def tick_rows(shard: int, t: int, cols: dict[str, np.ndarray], names: Names
+              ) -> Iterator[tuple]:
+    """The Tick field tuples (wayy.subscribe.Tick order) of one history piece (as
+    :func:`read` returns it), made TICK_CHUNK_ROWS at a time as they are consumed."""
     n = len(cols["seq"])
     table = T.TABLE_NAMES[t]
+    syms, vens = names
     for lo in range(0, n, TICK_CHUNK_ROWS):
         hi = min(n, lo + TICK_CHUNK_ROWS)
         m = hi - lo
         ts = cols["ts"][lo:hi].tolist()
-        sym = cols["symbol"][lo:hi].tolist()
-        ven = cols["venue"][lo:hi].tolist()
+        sym = syms[cols["symbol"][lo:hi]].tolist()
+        ven = vens[cols["venue"][lo:hi]].tolist()
         seq = cols["seq"][lo:hi].tolist()
         none = [None] * m  # (one iterator each: zip takes the list four times)
         if t == T.TRADES:

@@ -33,7 +33,7 @@ from shm.layout import shard as S
 from shm.layout import tables as T
 from shm.segment import db_prefix, list_segments, unlink_quiet
 from shm.shard import ShardData, segment_name
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, wait_for
 from wayy.errors import CorruptData, InvalidInput, InvalidName, NotRunning
 from wayy.manifest import Manifest, acquire_lock
 from wayy.names import shard_of
@@ -508,6 +508,19 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     json.dump(doc, open(p + "4", "w"))
     with pytest.raises(InvalidInput, match="past the database's next seq"):
         db.subscribe("trades", checkpoint=p + "4")
+    # one table's cursor past the end is refused too, not only the lower of the two
+    f.append("quotes", ["A"] * 3)
+    both = db.subscribe(["trades", "quotes"], checkpoint=p + "6", from_seq=0)
+    while both.poll(0.02) is not None:
+        pass
+    both.stop()
+    doc = json.load(open(p + "6"))
+    doc["cursors"][0][1] += 10**9
+    doc.pop("crc32")
+    doc["crc32"] = _payload_crc(doc)
+    json.dump(doc, open(p + "6", "w"))
+    with pytest.raises(InvalidInput, match="past the database's next seq"):
+        db.subscribe(["trades", "quotes"], checkpoint=p + "6")
 
 
 # --- errors and faces ----------------------------------------------------------------------------
@@ -575,6 +588,8 @@ def test_bad_arguments(fake):
         (dict(table_or_channel="trades", shards=[1]), "shards must name shards 0..0"),
         (dict(table_or_channel="trades", shards=[]), "shards must name"),
         (dict(table_or_channel="trades", shards=3), "list of shard numbers"),
+        (dict(table_or_channel="trades", from_seq=[0, 0]), "one seq per shard"),
+        (dict(table_or_channel="trades", stop_on_error="no"), "stop_on_error"),
     ]:
         with pytest.raises(InvalidInput, match=words):
             db.subscribe(**kw)
@@ -586,11 +601,26 @@ def test_bad_arguments(fake):
     with pytest.raises(InvalidInput, match="no active callback"):
         db.run(timeout=0.01)
     assert not db.subscriptions
+    # timeouts: a number of seconds or None, never a Python error from deep inside
+    sub = db.subscribe("trades", callback=print)
+    psub = db.subscribe("quotes")
+    for bad in (float("nan"), "1", True, [1]):
+        with pytest.raises(InvalidInput, match="timeout must be a number"):
+            db.run(timeout=bad)
+        with pytest.raises(InvalidInput, match="timeout must be a number"):
+            psub.poll(timeout=bad)
+    db.run(timeout=-1.0)  # the past: one pass, no wait
+    assert psub.poll(timeout=float("-inf")) is None
+    sub.stop()
+    psub.stop()
 
 
 def test_not_running(tmp_path):
-    with pytest.raises(NotRunning):
+    with pytest.raises(NotRunning, match="directory does not exist"):
         wayy.attach(str(tmp_path / "nothing"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotRunning, match="a file, not a database directory"):
+        wayy.attach(str(tmp_path / "afile"))
 
 
 def test_iteration_context_manager_and_stop_inside_a_callback(fake):
@@ -656,8 +686,11 @@ def test_shards_restricts_what_is_followed(fake):
     assert sub.poll(0.2) is None
     assert sub.cursors()[0] == [-1, -1]
     sub.stop()
-    with pytest.raises(InvalidInput, match="none of shards"):
+    with pytest.raises(InvalidInput, match="S2 lives on shard 0, not in shards"):
         db.subscribe("ticks:S2", shards=[1])
+    # also in a list with channels that are followed: refused, not silently never delivered
+    with pytest.raises(InvalidInput, match="S2 lives on shard 0, not in shards"):
+        db.subscribe(["ticks:S2", "trades"], callback=print, shards=[1])
 
 
 @pytest.mark.parametrize("idle,sleeping", [("backoff", 1), ("block", 1), ("spin", 0)])
@@ -1303,3 +1336,71 @@ def test_a_segment_being_created_is_waited_for_not_called_incompatible(tmp_path)
     finally:
         t.join()
         unlink_quiet(name)
+
+
+def test_checkpoint_every_writes_right_after_the_delivery_that_reaches_the_count(fake,
+                                                                                   tmp_path):
+    """checkpoint_every=N: a checkpoint after every N deliveries, not when housekeeping
+    next looks (every 50 ms), so a crash repeats fewer than N."""
+    f = fake(nshards=1)
+    db = f.attach()
+    n = [0]
+    at: list[int] = []
+
+    def cb(_t):
+        n[0] += 1
+
+    sub = db.subscribe("trades", callback=cb, checkpoint=str(tmp_path / "e1"),
+                       checkpoint_every=1, checkpoint_ms=10**6,
+                       on_checkpoint=lambda: at.append(n[0]) or n[0])
+    f.append("trades", ["A"] * 300)
+    db.run(timeout=0.5)
+    assert n[0] == 300 and list(range(1, 301)) == sorted(set(at))
+    sub.stop()
+    # batches: after every 2 batches of 10
+    nb = [0]
+    bat: list[int] = []
+    bsub = db.subscribe("trades", callback=lambda b: nb.__setitem__(0, nb[0] + len(b)),
+                        batch_size=10, max_latency_ms=1, checkpoint=str(tmp_path / "e2"),
+                        checkpoint_every=2, checkpoint_ms=10**6, from_seq=0,
+                        on_checkpoint=lambda: bat.append(nb[0]) or nb[0])
+    db.run(timeout=0.5)
+    assert nb[0] == 300 and {20 * i for i in range(1, 16)} <= set(bat)
+    bsub.stop()
+    # polling: when the next poll() comes (what the earlier ones returned is processed)
+    pat: list[int] = []
+    got = [0]
+    psub = db.subscribe("trades", checkpoint=str(tmp_path / "e3"), checkpoint_every=5,
+                        checkpoint_ms=10**6, from_seq=0,
+                        on_checkpoint=lambda: pat.append(got[0]) or got[0])
+    while psub.poll(0.05) is not None:
+        got[0] += 1
+    assert got[0] == 300 and {5 * i for i in range(1, 61)} <= set(pat)
+    psub.stop()
+
+
+def test_two_threads_cannot_run_one_subscription_at_once(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    seen = []
+    sub = db.subscribe("trades", callback=lambda t: seen.append(t.seq))
+    other = threading.Thread(target=db.run, kwargs={"timeout": 3.0})
+    other.start()
+    try:
+        wait_for(lambda: sub._run_thread is not None, what="the other thread to run it")
+        with pytest.raises(InvalidInput, match="being run by another thread"):
+            db.run(timeout=0.1)
+        with pytest.raises(InvalidInput, match="being run by another thread"):
+            sub.run(timeout=0.1)
+        f.append("trades", ["A"] * 50)
+        wait_for(lambda: len(seen) == 50, what="the ticks")
+    finally:
+        sub.stop()
+        other.join(10)
+    assert seen == list(range(50)) and not other.is_alive()
+    # once that run is over, this thread may run a new one
+    again = db.subscribe("trades", callback=lambda t: seen.append(t.seq))
+    f.append("trades", ["A"])
+    db.run(timeout=0.2)
+    assert seen[-1] == 50
+    again.stop()

@@ -83,7 +83,9 @@ def read_manifest(path: str) -> Manifest:
     """The manifest of the database at ``path``; NotRunning if it is not running."""
     real = os.path.realpath(path)
     if not os.path.isdir(real):
-        raise NotRunning(f"no database at {path} (directory does not exist)", path=path)
+        what = "a file, not a database directory" if os.path.exists(real) else \
+            "directory does not exist"
+        raise NotRunning(f"no database at {path} ({what})", path=path)
     running, _pid = lock_holder(real)
     if not running:
         raise NotRunning(f"no database is running at {path} (start it with: wayy start --db {path})",

@@ -657,6 +657,8 @@ class Subscription:
         self.on_overrun = on_overrun
         self.on_error = on_error
         self.on_checkpoint = on_checkpoint
+        if not isinstance(stop_on_error, (bool, np.bool_)):
+            raise InvalidInput(f"stop_on_error must be True or False, got {stop_on_error!r}")
         self.stop_on_error = bool(stop_on_error)
         self.idle_name = idle
         self.batch_mode = batch_size is not None or max_latency_ms is not None
@@ -676,6 +678,7 @@ class Subscription:
         self._errors = 0
         self._since_ckpt = 0
         self._checkpoint_every = checkpoint_every
+        self._run_thread: int | None = None  # the thread running run() / poll() on it
         self._checkpoint_ns = int(checkpoint_ms * 1e6)
         now = time.monotonic_ns()
         self._ckpt_due = now + self._checkpoint_ns
@@ -693,6 +696,9 @@ class Subscription:
         for ch in channels:
             t = T.TABLE_IDS[ch.table]
             ks = range(nshards) if ch.symbol is None else (shard_of(ch.symbol, nshards),)
+            if shards is not None and ch.symbol is not None and ks[0] not in shards:
+                raise InvalidInput(f"channel {ch.name}: symbol {ch.symbol} lives on shard "
+                                   f"{ks[0]}, not in shards {sorted(shards)}")
             for k in ks:
                 if shards is None or k in shards:
                     rules.setdefault(k, (_Rules(), _Rules()))[t].add(ch)
@@ -716,15 +722,17 @@ class Subscription:
             for f in self._follows:
                 s = start.get(f.k, -1)
                 floor = None
+                top = s  # the highest start point: none may be past the next seq
                 if isinstance(s, list):  # per-table cursors from a checkpoint
                     floor = s
                     s = min(s[t] for t in (0, 1) if not f.rules[t].empty())
+                    top = max(floor[t] for t in (0, 1) if not f.rules[t].empty())
                 hwm = int(K.begin(f.st, f.hdr, f.seg8, f.data.off, s))
-                if s > hwm and self._wait_started(f.k):
+                if top > hwm and self._wait_started(f.k):
                     hwm = int(K.begin(f.st, f.hdr, f.seg8, f.data.off, s))
-                if s > hwm:
+                if top > hwm:
                     raise InvalidInput(
-                        f"start seq {s} of shard {f.k} is past the database's next seq {hwm}: "
+                        f"start seq {top} of shard {f.k} is past the database's next seq {hwm}: "
                         f"the checkpoint or from_seq is from another run of this database "
                         f"(recreated without its history?)", shard=f.k, path=db.path)
                 self.hwm[f.k] = hwm
@@ -764,6 +772,10 @@ class Subscription:
             if isinstance(from_seq, dict):
                 items = from_seq.items()
             elif isinstance(from_seq, (list, tuple)):
+                if len(from_seq) != nshards:
+                    raise InvalidInput(f"from_seq as a list gives one seq per shard: "
+                                       f"{nshards} of them, got {len(from_seq)} (a dict "
+                                       f"names only some shards)")
                 items = enumerate(from_seq)
             else:
                 items = ((k, from_seq) for k in range(nshards))
@@ -958,6 +970,10 @@ class Subscription:
             self._delivered += 1
             self._items += 1
             self._since_ckpt += 1
+            if self._checkpoint_every is not None and self._ckpt is not None \
+                    and self._since_ckpt >= self._checkpoint_every:
+                self._history_done(f, h, item[9] + 1)
+                self.save_checkpoint()
         self._history_done(f, h, h.hi)
         f.hist = None
 
@@ -997,8 +1013,9 @@ class Subscription:
         n = int(f.st[K.F_OVERRUNS])
         info = Overrun(f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]), n)
         if n <= 3 or n % 100 == 0:
-            log.warning("subscriber %s lapped on shard %d (%d times): rows %d..%d come from "
-                        "the columns", ",".join(self.channel_names), f.k, n, info.from_seq,
+            log.warning("subscriber %s lapped on shard %d (%d times): rows %d..%d are read "
+                        "back (from the columns, or from history if rolled)",
+                        ",".join(self.channel_names), f.k, n, info.from_seq,
                         info.to_seq - 1)
         if self.on_overrun is not None:
             try:
@@ -1064,6 +1081,7 @@ class Subscription:
         gen = f.stv[K.F_GEN]  # the generation the rows were found in (_pump checked it)
         resume = nxt0  # the next seq not yet delivered (or passed over as not ours)
         delivered = 0
+        every = self._checkpoint_every if self._ckpt is not None else None
         # one run (the low-latency case) straight from the memoryview
         runs = (f.outv[:K.RUN_WORDS].tolist(),) if nr == 1 else f.runs[:nr].tolist()
         for run in runs:
@@ -1097,6 +1115,13 @@ class Subscription:
                             cursor = tick[9]  # not processed: delivered again after restart
                             break
                     n += 1
+                    if every is not None and self._since_ckpt + delivered + n >= every:
+                        # checkpoint_every: right after the tick that reaches the count
+                        self._cur[k][0] = self._cur[k][1] = tick[9] + 1
+                        self._delivered += delivered + n
+                        self._items += delivered + n
+                        delivered = n = 0
+                        self.save_checkpoint()
                     if self._stopping:
                         cursor = tick[9] + 1
                         break
@@ -1261,6 +1286,8 @@ class Subscription:
             self._items += 1
             self._since_ckpt += 1
         self._cur[f.k][t] = cursor
+        if self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every:
+            self.save_checkpoint()
 
     def _emit(self, acc: _Acc, n: int) -> None:
         f, t = acc.f, acc.t
@@ -1462,9 +1489,13 @@ class Subscription:
         if self.callback is not None:
             raise InvalidInput("this subscription has a callback: run it with run() or "
                                "db.run(), or subscribe without callback= to poll")
-        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        deadline = _timeout_ns(timeout, "poll()")
         idle = _make_idle(self.idle_name)
         q = self._queue
+        claimed = _claim_thread([self])
+        if self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every:
+            # the caller is back for more: what earlier polls returned is processed
+            self.save_checkpoint()
         self._running = True
         try:
             while True:
@@ -1505,6 +1536,7 @@ class Subscription:
                 idle.idle(0, [self], limit)
         finally:
             self._running = False
+            _release_thread(claimed)
 
     def _apply_mark(self, m: _Mark) -> None:
         if m.t < 0:
@@ -1757,6 +1789,33 @@ def _make_idle(name: str) -> _Idle:
 
 # --- running callbacks ---------------------------------------------------------------------------
 
+_claim_lock = threading.Lock()
+
+
+def _claim_thread(subs: list["Subscription"]) -> list["Subscription"]:
+    """Mark ``subs`` as run by this thread; InvalidInput if another thread runs one of them
+    (two threads delivering one subscription would break its seq order and its cursors).
+    Returns the ones claimed now (a nested run in a callback claims none)."""
+    me = threading.get_ident()
+    with _claim_lock:
+        for s in subs:
+            owner = s._run_thread
+            if owner is not None and owner != me:
+                raise InvalidInput(f"subscription {', '.join(s.channel_names)} is being run "
+                                   f"by another thread: run() / poll() it from one thread "
+                                   f"at a time")
+        claimed = [s for s in subs if s._run_thread is None]
+        for s in claimed:
+            s._run_thread = me
+    return claimed
+
+
+def _release_thread(claimed: list["Subscription"]) -> None:
+    with _claim_lock:
+        for s in claimed:
+            s._run_thread = None
+
+
 def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout.
     With ``db``, callback subscriptions made on it while this runs (a callback may
@@ -1771,7 +1830,16 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     # the most eager idle strategy of the group decides (spin > yield > backoff > block)
     order = ("spin", "yield", "backoff", "block")
     idle = _make_idle(min((s.idle_name for s in subs), key=order.index))
-    deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+    deadline = _timeout_ns(timeout, "run()")
+    claimed = _claim_thread(subs)
+    try:
+        _run_claimed(subs, deadline, db, claimed, idle)
+    finally:
+        _release_thread(claimed)
+
+
+def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: list,
+                 idle) -> None:
     main = threading.current_thread() is threading.main_thread()
     old = {}
     interrupted = []
@@ -1798,6 +1866,9 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
                 for s in db._subscriptions:
                     if s.active and s.callback is not None and s not in subs:
                         s._check_pid()
+                        if s._run_thread is not None:  # another thread's
+                            continue
+                        claimed += _claim_thread([s])
                         s._running = True
                         subs.append(s)
                         live.append(s)
@@ -1865,6 +1936,22 @@ def _channels(table_or_channel, symbol, venue) -> list[Channel]:
 _INT64_MAX = (1 << 63) - 1
 MAX_ROWS_ARG = 1 << 40  # batch_size, checkpoint_every: far beyond any shard
 MAX_MS_ARG = 86_400_000.0  # max_latency_ms, checkpoint_ms: one day
+
+
+def _timeout_ns(timeout, what: str) -> int | None:
+    """A ``timeout=`` in seconds (None: for ever; 0 or less: do not wait) as a deadline in
+    monotonic ns."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)) \
+            or math.isnan(float(timeout)):
+        raise InvalidInput(f"{what} timeout must be a number of seconds or None, got "
+                           f"{timeout!r}")
+    t = min(float(timeout), MAX_TIMEOUT_S)  # inf (or beyond a century): for ever
+    return None if t >= MAX_TIMEOUT_S else time.monotonic_ns() + int(max(t, 0.0) * 1e9)
+
+
+MAX_TIMEOUT_S = 100 * 365 * 86400.0
 
 
 def _positive(v, what: str, integer: bool):

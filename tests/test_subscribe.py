@@ -604,7 +604,7 @@ def test_bad_arguments(fake):
     # timeouts: a number of seconds or None, never a Python error from deep inside
     sub = db.subscribe("trades", callback=print)
     psub = db.subscribe("quotes")
-    for bad in (float("nan"), "1", True, [1]):
+    for bad in (float("nan"), "1", True, [1], np.complex128(1)):
         with pytest.raises(InvalidInput, match="timeout must be a number"):
             db.run(timeout=bad)
         with pytest.raises(InvalidInput, match="timeout must be a number"):

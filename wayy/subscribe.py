@@ -1943,11 +1943,16 @@ def _timeout_ns(timeout, what: str) -> int | None:
     monotonic ns."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)) \
-            or math.isnan(float(timeout)):
+    ok = not isinstance(timeout, bool) and isinstance(timeout, (int, float, np.integer,
+                                                                np.floating))
+    try:
+        t = float(timeout) if ok else math.nan
+    except OverflowError:  # an int beyond any float
+        t = math.inf
+    if math.isnan(t):
         raise InvalidInput(f"{what} timeout must be a number of seconds or None, got "
                            f"{timeout!r}")
-    t = min(float(timeout), MAX_TIMEOUT_S)  # inf (or beyond a century): for ever
+    t = min(t, MAX_TIMEOUT_S)  # inf (or beyond a century): for ever
     return None if t >= MAX_TIMEOUT_S else time.monotonic_ns() + int(max(t, 0.0) * 1e9)
 
 

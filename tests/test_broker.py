@@ -608,6 +608,23 @@ def test_a_key_in_the_way_of_a_stream_is_reported_not_fatal(db_factory, redis_sr
                   if c.type(k) == b"stream")
     wait_for(lambda: b.status()["stream_entries"] == written, 10,
              what="stream_entries == the entries written")
+    # the key removed: the stream is written again, and its first entry names the last row
+    # that never reached it, so a replay through the hole counts the loss
+    hole = expected_rows(db.path, "ticks:BAD")[-1][1]
+    c.delete("ticks:BAD:stream")
+    produce(db.path, 200, 100, ["BAD"], seed=2)
+    wait_for(lambda: c.type("ticks:BAD:stream") == b"stream", 15,
+             what="ticks:BAD:stream written again")
+    (_id, fields), = c.xrange("ticks:BAD:stream", count=1)
+    assert int(fields[b"p"]) == hole
+    late = Subscriber(redis_srv.url)
+    got = Collector()
+    late.subscribe("ticks:BAD", got.tick, from_seq=0)
+    run_until(late, lambda: got.rows and got.rows[-1] == expected_rows(db.path,
+                                                                      "ticks:BAD")[-1])
+    assert late.stats()["channels"]["ticks:BAD"]["lost_gaps"] == 1
+    assert min(r[1] for r in got.rows) > hole
+    late.stop()
 
 
 def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, brokers):

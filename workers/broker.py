@@ -105,6 +105,7 @@ STATUS_FIELDS = ("pid", "index", "shards", "redis_url", "redis", "redis_error",
 SMALL_GROUP = 64  # rows up to this: group ids with list min/max, not four numpy calls
 _ZEROS32 = np.zeros(4096, np.int32)  # venue indices of one-venue groups (never written)
 _BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
+BAD_STREAM_RECHECK_S = 1.0  # how often such keys are looked at again
 _MULTI = hiredis.pack_command((b"MULTI",))
 _EXEC = hiredis.pack_command((b"EXEC",))
 _KIND = {T.TRADES: TABLE_KINDS["trades"], T.QUOTES: TABLE_KINDS["quotes"]}
@@ -239,6 +240,12 @@ class Broker:
         self._seen_cursors: list | None = None
         self.cursors: dict[int, list[int]] = {}  # committed in Redis: next seq per table
         self._stream_last: dict[bytes, tuple[int, int]] = {}  # key -> (M, L) of the last id
+        # key -> the highest seq of rows meant for that stream that are not in it (its key
+        # was not a stream, or its XADD was refused): the next entry written names it as
+        # its ``p``, so a consumer reading past the hole counts the rows lost
+        self._skipped: dict[bytes, int] = {}
+        self._bad_recheck = 0.0  # when keys found unusable as streams are looked at again
+        self._bad_told: set[bytes] = set()  # those already reported
         # shard -> [names object, its lists, its 16-byte tables (made when first wanted)]
         self._names: dict[int, list] = {}
         self._chan_cache: dict[tuple, object] = {}
@@ -685,6 +692,11 @@ class Broker:
                 except wire.WireError:
                     pass  # the general path below says what cannot be encoded
             entries.extend(self._entries(k, t, cols, self._batch_names(b)))
+        if self._bad_told and time.monotonic() >= self._bad_recheck:
+            # keys that were not streams: removed since? (their XINFO is asked again)
+            self._bad_recheck = time.monotonic() + BAD_STREAM_RECHECK_S
+            for key in [k for k, v in self._stream_last.items() if v is _BAD_STREAM]:
+                del self._stream_last[key]
         self._load_stream_ids([e[2] for e in entries])  # may settle the transaction in flight
         stream_last = self._stream_last
         inflight_ids = self._inflight.ids if self._inflight is not None else {}
@@ -704,7 +716,9 @@ class Broker:
                 nmsg += 1
             # the stream entry: one binary batch
             if stream_last.get(skey, 0) is _BAD_STREAM:
-                continue  # not a stream (reported when found): pub/sub only
+                # not a stream (reported when found): pub/sub only
+                self._skipped[skey] = max(self._skipped.get(skey, -1), last)
+                continue
             if callable(data):
                 data = data()
             prev_ms, prev_l = (ids.get(skey) or inflight_ids.get(skey)
@@ -835,7 +849,11 @@ class Broker:
                 entries += 1
             elif isinstance(r, hiredis.ReplyError):
                 self._error(f"Redis refused a command of the transaction: {r}")
-                # a failed XADD leaves our idea of the stream's last id unsure: reload it
+                # a failed XADD leaves our idea of the stream's last id unsure: reload it;
+                # its rows are not in the stream (the ones applied are: their reload
+                # gives the same L)
+                for key, (_ms, last) in ids.items():
+                    self._skipped[key] = max(self._skipped.get(key, -1), last)
                 self._stream_last = {}
                 ids = {}
         self._stream_last.update(ids)
@@ -949,18 +967,24 @@ class Broker:
                 raise RedisUnavailable(f"Redis is not ready: {r}")
             if isinstance(r, hiredis.ReplyError):
                 if "no such key" in str(r).lower():
-                    self._stream_last[key] = (0, -1)
+                    self._stream_last[key] = (0, self._skipped.pop(key, -1))
+                    self._bad_told.discard(key)
                     continue
                 # e.g. WRONGTYPE: someone else's key has the stream's name. Keep publishing
                 # the channels; the status and the log say the stream is not written.
                 self._stream_last[key] = _BAD_STREAM
-                self._error(f"{key.decode()} is not usable as a stream ({r}); its entries are "
-                            f"not written until it is removed")
+                self._skipped.setdefault(key, -1)
+                if key not in self._bad_told:  # (looked at again every second)
+                    self._bad_told.add(key)
+                    self._error(f"{key.decode()} is not usable as a stream ({r}); its "
+                                f"entries are not written until it is removed")
                 continue
             f = dict(zip(r[::2], r[1::2]))
             lid = f.get(b"last-generated-id", b"0-0")
             ms, n = parse_id(lid)
-            self._stream_last[key] = (ms, n if lid != b"0-0" else -1)
+            self._stream_last[key] = (ms, max(n if lid != b"0-0" else -1,
+                                              self._skipped.pop(key, -1)))
+            self._bad_told.discard(key)
 
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict:

@@ -405,6 +405,10 @@ def test_retention_specs():
     assert Retention.parse("age=2m").trim_args(200_000) == (b"MINID", b"~", 80_000)
     assert Retention.parse("6h") == Retention(age_ms=6 * 3600 * 1000)
     assert Retention.parse("age=30").trim_args(10) == (b"MINID", b"~", 0)
+    # an M raised by a tick stamped a day ahead trims from the clock, not from that tick
+    now_ms = time.time_ns() // 1_000_000
+    _, _, minid = Retention.parse("age=30").trim_args(now_ms + 86_400_000)
+    assert now_ms - 30_000 <= minid <= time.time_ns() // 1_000_000 - 30_000
     assert Retention.parse("none").trim_args(10) == ()
     for bad in ("maxlen=0", "maxlen=5m", "size=3", "age=-1", "1w"):
         with pytest.raises(wayy.InvalidInput):

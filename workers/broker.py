@@ -160,10 +160,15 @@ class Retention:
         return "none"
 
     def trim_args(self, ms: int) -> tuple:
+        """XADD's trim arguments for an entry whose id has ``ms`` as its M."""
         if self.maxlen is not None:
             return (b"MAXLEN", b"~", self.maxlen)
         if self.age_ms is not None:
-            return (b"MINID", b"~", max(0, ms - self.age_ms))
+            # age behind M, but never behind a point past this clock: one tick stamped
+            # ahead of time (the writers accept up to a day) must not trim what the last
+            # `age` of real time published
+            return (b"MINID", b"~", max(0, min(ms, time.time_ns() // 1_000_000)
+                                        - self.age_ms))
         return ()
 
 

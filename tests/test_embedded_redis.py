@@ -367,14 +367,17 @@ def test_write_secret_is_0600_whatever_the_umask(tmp_path):
     assert os.listdir(tmp_path) == ["secret"]
 
 
-def test_a_world_readable_password_is_replaced(tmp_path):
+def test_a_world_readable_password_is_replaced(tmp_path, caplog):
     e = rs.EmbeddedRedis(str(tmp_path / "db"), port=free_port())
     e.prepare()
     first = e.password
+    assert "made a new password" not in caplog.text  # the first one is no news
     os.chmod(e.password_path, 0o644)
     e.prepare()
     assert e.password != first and rs.read_password(e.password_path) == e.password
     assert stat.S_IMODE(os.stat(e.password_path).st_mode) == 0o600
+    # said, with the reason: remote consumers holding the old password are refused now
+    assert "made a new password" in caplog.text and "mode 644" in caplog.text
 
 
 def test_resp_client_against_a_real_server(tmp_path):

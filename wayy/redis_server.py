@@ -24,6 +24,7 @@ time, and status must answer in well under a second even when Redis is unreachab
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -36,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wayy.errors import InvalidInput, WayyError
+
+log = logging.getLogger(__name__)
 
 ENV_BINARY = "WAYY_REDIS_SERVER"
 REDIS_DIR = "redis"
@@ -425,6 +428,13 @@ class EmbeddedRedis:
             os.chmod(self.dir, 0o700)
             self.password = _usable_secret(self.password_path)
             if self.password is None:
+                if os.path.exists(self.password_path):
+                    # remote consumers holding the old one get WRONGPASS: say why
+                    log.warning("embedded Redis: %s was not a private password file of "
+                                "this user (mode %o, or not 32+ hex digits): made a new "
+                                "password; remote consumers need the new one",
+                                self.password_path,
+                                os.stat(self.password_path).st_mode & 0o777)
                 self.password = secrets.token_hex(32)
                 write_secret(self.password_path, self.password + "\n")
         except OSError as exc:

@@ -148,6 +148,40 @@ def test_status_counts_a_shard_without_a_broker_cursor_from_its_first_row(db_fac
         os.kill(broker, signal.SIGCONT)
 
 
+def test_status_counts_broker_lag_from_the_brokers_reports_while_redis_cannot_say(
+        db_factory):
+    from wayy.remote import read_broker_status
+
+    db = db_factory(*QUIET, redis=True)
+    m = read_manifest(db.path)
+    p = wayy.Producer(db.path)
+    for price in (1.0, 2.0):
+        p.publish("trades", symbol="AAPL", price=price, size=1)
+
+    def reported_done():
+        return any((b.get("per_shard") or {}).get("0", {}).get("lag_rows") == 0
+                   and b["per_shard"]["0"]["next_seq"] == 2 for b in read_broker_status(db.path))
+
+    wait_for(reported_done, timeout=20, what="the broker to report the ticks published")
+    pid = server_pid(m)
+    os.kill(pid, signal.SIGSTOP)  # Redis answers nothing now
+    try:
+        for price in (3.0, 4.0, 5.0):
+            p.publish("trades", symbol="AAPL", price=price, size=1)
+        with wayy.attach(db.path) as w:
+            wait_for(lambda: len(w["trades"]) == 5, what="the ticks committed")
+        r = db.status()["redis"]
+        assert not r["up"]
+        (lag,) = r["broker_lag"]
+        assert lag["from_broker_report"] and lag["lag_rows"] == 3 and lag["cursor"][0] == 2
+        out = run_cli("status", "--db", db.path)
+        assert "broker lag (rows) (from the brokers' last cursors" in out.stdout
+        assert "shard 0=3" in out.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    p.close()
+
+
 def test_killed_redis_is_restarted_with_its_data_and_stop_removes_it(db_factory):
     db = db_factory(*QUIET, redis=True)
     m = read_manifest(db.path)

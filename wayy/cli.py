@@ -522,7 +522,9 @@ def _format_redis(r: dict | None) -> list[str]:
                      f"{b.get('reconnects') or 0} reconnect(s)")
     lag = r.get("broker_lag")
     if lag is not None:
-        lines.append("  broker lag (rows): " + ", ".join(
+        src = (" (from the brokers' last cursors: Redis cannot say)"
+               if any(x.get("from_broker_report") for x in lag) else "")
+        lines.append(f"  broker lag (rows){src}: " + ", ".join(
             f"shard {x['shard']}={'?' if x['lag_rows'] is None else format(x['lag_rows'], ',')}"
             for x in lag))
     elif r.get("up"):

@@ -179,13 +179,29 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
          "lag_rows": unpublished(m, k, progress.get(k, [0, 0])) if m.brokers else
          None if progress.get(k) is None else unpublished(m, k, progress[k])}
         for k in range(len(heads))]
+    reports = [b for b in read_broker_status(m.path)
+               if int(b.get("updated_ns") or 0) >= m.started_ns]
+    if progress is None and "foreign_owner" not in out:
+        # Redis cannot say: count from the cursors the brokers last reported having in
+        # Redis (their status files), against the shards as they are now
+        reported = {}
+        for b in reports:
+            for key, v in (b.get("per_shard") or {}).items():
+                c = v.get("cursor") if isinstance(v, dict) else None
+                if key.isdigit() and isinstance(c, list) and len(c) == 2:
+                    reported[int(key)] = [int(x) for x in c]
+        if reported:
+            out["broker_lag"] = [
+                {"shard": k, "cursor": reported.get(k), "from_broker_report": True,
+                 "lag_rows": None if reported.get(k) is None
+                 else unpublished(m, k, reported[k])}
+                for k in range(len(heads))]
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
     out["brokers"] = [dict({k: b.get(k) for k in keep},
                            responding=bool(b.get("alive")) and (b.get("age_s") or 0.0)
                            <= BROKER_STALE_S)
-                      for b in read_broker_status(m.path)
-                      if int(b.get("updated_ns") or 0) >= m.started_ns]
+                      for b in reports]
     out["broker_count"] = m.brokers
     return out
 

@@ -515,6 +515,28 @@ def test_wayy_tail(env):
     assert r.returncode == 1 and "without Redis" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_wayy_tail_says_when_a_channel_has_no_stream_at_all(env, tmp_path):
+    """A symbol that never ticked (or a name in the wrong case) would wait for ever in
+    silence: after a few seconds tail says Redis holds no stream for it, and goes on."""
+    errf = tmp_path / "tail.err"
+    with open(errf, "w") as err_out:
+        proc = subprocess.Popen(wayy_cmd("tail", "ticks:nosuch", "--remote", env.url),
+                                stdout=subprocess.PIPE, stderr=err_out, text=True, cwd=REPO)
+    try:
+        wait_for(lambda: "still waiting" in errf.read_text(), 60, what="the hint")
+        assert proc.poll() is None  # and it goes on waiting
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = errf.read_text()
+    assert proc.returncode == 0 and out == ""
+    assert "nothing on ticks:nosuch yet" in err and "no ticks:nosuch:stream" in err
+    assert "case-sensitive" in err and "Traceback" not in err
+
+
 def test_redis_urls_and_stream_names():
     from wayy.remote import RedisLink, redact
 

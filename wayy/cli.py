@@ -747,9 +747,12 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         if count is not None and seen[0] >= count:
             sub.stop()
 
-    sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
+    rsub = sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
     try:
-        sub.run()
+        sub.run(timeout=TAIL_HINT_S)
+        if not sub._stopping and not seen[0]:
+            _tail_hint(remote_url, password, rsub.stream, channel)
+            sub.run()
     except RedisRefused as exc:
         if password is None and "NOAUTH" in str(exc):
             raise RedisRefused(f"{exc} (give --password-file or set WAYY_REDIS_PASSWORD)") \
@@ -757,6 +760,24 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         raise
     finally:
         sub.close()
+
+
+TAIL_HINT_S = 5.0  # `wayy tail` says why nothing comes after this long
+
+
+def _tail_hint(url: str, password: str | None, stream: str, channel: str) -> None:
+    """Nothing came on ``channel`` yet: say whether Redis holds its stream at all (a
+    symbol that never ticked here, or a name in the wrong case, waits for ever)."""
+    from wayy import redis_server
+
+    try:
+        exists = redis_server.command(url, "EXISTS", stream, password=password, timeout=2.0)
+    except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
+        return  # Redis is down or refuses: the subscriber says so itself
+    if not exists:
+        click.echo(f"wayy tail: nothing on {channel} yet, and Redis holds no {stream}: no "
+                   f"tick of it was published to this Redis (names are case-sensitive); "
+                   f"still waiting (Ctrl-C to stop)", err=True)
 
 
 def _rate_text(row: dict) -> str:

@@ -246,6 +246,14 @@ def test_no_redis_starts_none(db_factory):
         wait_for(lambda: len(a["trades"]) == 1, what="the tick")
 
 
+def test_no_redis_refuses_the_options_it_would_ignore(tmp_path):
+    for args, named in ((("--brokers", "2"), "--brokers configures"),
+                        (("--wire", "json", "--redis-port", "7000"), "--wire, --redis-port")):
+        r = run_cli("start", "--db", str(tmp_path / "db"), "--no-redis", *args)
+        assert r.returncode == 1 and named in r.stderr and "--no-redis" in r.stderr
+        assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "db")
+
+
 def test_redis_url_uses_that_server_and_keeps_its_password_private(db_factory, tmp_path):
     password = "ext-" + os.urandom(8).hex()
     with redis_server(tmp_path / "ext", password=password) as srv:

@@ -181,6 +181,16 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
     from workers.feeds import parse_feed_spec
     from workers.supervisor import Config, Supervisor
 
+    if no_redis:
+        # Redis options a local-only start would silently ignore
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("brokers", "wire", "stream_retention",
+                                                       "redis_port", "redis_bind",
+                                                       "redis_pubsub_limit")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
+                               f"the Redis fan-out, which --no-redis turns off")
     specs = [parse_feed_spec(f) for f in feeds]
     specs = [s for s in specs if s.kind != "none"]
     if shards is None:

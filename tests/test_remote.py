@@ -537,6 +537,23 @@ def test_wayy_tail_says_when_a_channel_has_no_stream_at_all(env, tmp_path):
     assert "case-sensitive" in err and "Traceback" not in err
 
 
+def test_a_subscriber_on_a_redis_database_no_broker_uses_is_told(env, caplog):
+    """A wrong database number in the URL gives live-only silence: said once."""
+    import logging
+
+    assert env.url.endswith("/0")
+    for db_number, warned in (("0", False), ("5", True)):
+        caplog.clear()
+        sub = Subscriber(env.url[:-1] + db_number)
+        sub.subscribe("ticks:DBN", lambda t: None, from_seq=0)
+        with caplog.at_level(logging.WARNING, logger="wayy.remote"):
+            sub.run(timeout=0.5)
+        sub.close()
+        assert ("no wayy broker has published" in caplog.text) is warned
+        if warned:
+            assert "(db 5)" in caplog.text and "database number" in caplog.text
+
+
 def test_redis_urls_and_stream_names():
     from wayy.remote import RedisLink, redact
 

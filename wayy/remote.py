@@ -885,6 +885,7 @@ class Subscriber:
         self._ping_sent = 0.0
         self.reconnects = 0
         self.connects = 0
+        self._told_no_broker = False  # warned that no broker publishes to this Redis
         self.last_error: str | None = None
         self._down_logged = 0.0
         self._pid = os.getpid()
@@ -1006,6 +1007,13 @@ class Subscriber:
             for sub in self._subs.values():
                 sub.home_shard = shard_of(sub.ch.symbol, int(nshards))
         if not owner:
+            if not self._told_no_broker:
+                # (a wrong database number in the URL, say): live only, nothing to replay
+                self._told_no_broker = True
+                log.warning("remote subscriber: no wayy broker has published to %s (db %d) "
+                            "yet (no %s there): nothing to replay until one does; is the "
+                            "URL's database number the one `wayy start` printed?",
+                            self._cmd.where, self._cmd.db, BROKER_CURSORS_KEY)
             return
         text = owner.decode(errors="replace")
         dbid = text.split(" ")[0]

@@ -656,6 +656,18 @@ def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, b
     assert c.hget(BROKER_CURSORS_KEY, OWNER_FIELD).decode().endswith(os.path.realpath(db1.path))
 
 
+def test_start_warns_when_its_redis_is_already_another_databases(db_factory, redis_srv):
+    c = redis_srv.client()
+    db1 = db_factory("--shards", "1", "--feed", "none", "--redis", redis_srv.url, name="one")
+    wait_for(lambda: c.hget(BROKER_CURSORS_KEY, OWNER_FIELD), 60, what="db one's claim")
+    assert "another wayy database" not in db1.log()
+    db2 = db_factory("--shards", "1", "--feed", "none", "--redis", redis_srv.url, name="two")
+    wait_for(lambda: "redis:" in db2.log(), 30, what="the start banner")
+    log = db2.log()
+    assert "WARNING: this Redis is used by another wayy database" in log
+    assert os.path.realpath(db1.path) in log
+
+
 def test_database_id_is_made_once_and_kept(tmp_path):
     """Many processes asking at once get one id; it survives restarts and moves with the
     directory."""

@@ -291,6 +291,16 @@ def _redis_banner(path: str) -> str:
         auth = f"REDISCLI_AUTH=\"$(cat {m.redis_credentials})\" " if m.redis_credentials else ""
         out += (f"  remote:  {auth}redis-cli -h {u.hostname} -p {u.port or 6379} "
                 f"SUBSCRIBE ticks:AAPL\n")
+    if not m.redis_embedded:
+        from wayy import redis_server
+        from wayy.status import broker_cursors, foreign_owner
+
+        cursors = broker_cursors(m, redis_server.read_password(m.redis_credentials))
+        other = foreign_owner(m, cursors) if cursors is not None else None
+        if other is not None:
+            out += (f"  WARNING: this Redis is used by another wayy database ({other}): "
+                    f"this one's brokers are refused and publish nothing (wayy status says "
+                    f"the same); give it its own Redis or database number\n")
     return out
 
 

@@ -1387,7 +1387,7 @@ def test_two_threads_cannot_run_one_subscription_at_once(fake):
     other = threading.Thread(target=db.run, kwargs={"timeout": 3.0})
     other.start()
     try:
-        wait_for(lambda: sub._run_thread is not None, what="the other thread to run it")
+        wait_for(lambda: bool(sub._runner), what="the other thread to run it")
         with pytest.raises(InvalidInput, match="being run by another thread"):
             db.run(timeout=0.1)
         with pytest.raises(InvalidInput, match="being run by another thread"):

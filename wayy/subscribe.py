@@ -48,6 +48,7 @@ import os
 import re
 import signal
 import threading
+from threading import get_ident
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -678,7 +679,7 @@ class Subscription:
         self._errors = 0
         self._since_ckpt = 0
         self._checkpoint_every = checkpoint_every
-        self._run_thread: int | None = None  # the thread running run() / poll() on it
+        self._runner: dict = {}  # {0: ident of the thread running run() / poll() on it}
         self._checkpoint_ns = int(checkpoint_ms * 1e6)
         now = time.monotonic_ns()
         self._ckpt_due = now + self._checkpoint_ns
@@ -1492,7 +1493,13 @@ class Subscription:
         deadline = _timeout_ns(timeout, "poll()")
         idle = _make_idle(self.idle_name)
         q = self._queue
-        claimed = _claim_thread([self])
+        box = self._runner  # (_claim_thread, inlined: poll() is called once per item)
+        me = get_ident()
+        mine = not box
+        if box.setdefault(0, me) != me:
+            raise InvalidInput(f"subscription {', '.join(self.channel_names)} is being run "
+                               f"by another thread: run() / poll() it from one thread at "
+                               f"a time")
         if self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every:
             # the caller is back for more: what earlier polls returned is processed
             self.save_checkpoint()
@@ -1536,7 +1543,8 @@ class Subscription:
                 idle.idle(0, [self], limit)
         finally:
             self._running = False
-            _release_thread(claimed)
+            if mine:
+                box.clear()
 
     def _apply_mark(self, m: _Mark) -> None:
         if m.t < 0:
@@ -1789,31 +1797,29 @@ def _make_idle(name: str) -> _Idle:
 
 # --- running callbacks ---------------------------------------------------------------------------
 
-_claim_lock = threading.Lock()
-
-
 def _claim_thread(subs: list["Subscription"]) -> list["Subscription"]:
     """Mark ``subs`` as run by this thread; InvalidInput if another thread runs one of them
     (two threads delivering one subscription would break its seq order and its cursors).
-    Returns the ones claimed now (a nested run in a callback claims none)."""
-    me = threading.get_ident()
-    with _claim_lock:
-        for s in subs:
-            owner = s._run_thread
-            if owner is not None and owner != me:
-                raise InvalidInput(f"subscription {', '.join(s.channel_names)} is being run "
-                                   f"by another thread: run() / poll() it from one thread "
-                                   f"at a time")
-        claimed = [s for s in subs if s._run_thread is None]
-        for s in claimed:
-            s._run_thread = me
+    Returns the ones claimed now (a nested run in a callback claims none). The claim is
+    ``dict.setdefault``, one atomic step under the GIL: of two threads, one wins."""
+    me = get_ident()
+    claimed = []
+    for s in subs:
+        box = s._runner
+        had = bool(box)
+        if box.setdefault(0, me) != me:
+            _release_thread(claimed)
+            raise InvalidInput(f"subscription {', '.join(s.channel_names)} is being run "
+                               f"by another thread: run() / poll() it from one thread at "
+                               f"a time")
+        if not had:
+            claimed.append(s)
     return claimed
 
 
 def _release_thread(claimed: list["Subscription"]) -> None:
-    with _claim_lock:
-        for s in claimed:
-            s._run_thread = None
+    for s in claimed:
+        s._runner.clear()
 
 
 def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
@@ -1866,7 +1872,7 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
                 for s in db._subscriptions:
                     if s.active and s.callback is not None and s not in subs:
                         s._check_pid()
-                        if s._run_thread is not None:  # another thread's
+                        if s._runner:  # another thread's
                             continue
                         claimed += _claim_thread([s])
                         s._running = True
@@ -1943,6 +1949,9 @@ def _timeout_ns(timeout, what: str) -> int | None:
     monotonic ns."""
     if timeout is None:
         return None
+    if timeout.__class__ is float and 0.0 <= timeout < MAX_TIMEOUT_S \
+            or timeout.__class__ is int and 0 <= timeout < MAX_TIMEOUT_S:
+        return time.monotonic_ns() + int(timeout * 1e9)  # the usual case, checked cheaply
     ok = not isinstance(timeout, bool) and isinstance(timeout, (int, float, np.integer,
                                                                 np.floating))
     try:

@@ -985,7 +985,8 @@ class Subscription:
                  lo + (HISTORY_BATCH_SEQS if self.batch_mode else HISTORY_TICK_SEQS))
         if self.batch_mode:
             self._flush(time.monotonic_ns(), True)  # what came before goes first
-        pieces, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules)
+        pieces, found_seqs = SH.read(self.db.history, f.k, lo, hi, f.rules,
+                                     (int(f.st[K.F_FLOOR0]), int(f.st[K.F_FLOOR1])))
         if self.batch_mode:
             items = (b for t, cols, names in pieces
                      for b in self._history_parts(t, cols, names))

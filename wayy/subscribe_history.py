@@ -43,9 +43,12 @@ def _wanted(rules, sym: np.ndarray, ven: np.ndarray, names: Names) -> np.ndarray
     return m
 
 
-def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
+def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple,
+         floors: tuple[int, int] = (0, 0)
          ) -> tuple[list[tuple[int, dict[str, np.ndarray], Names]], np.ndarray | None]:
-    """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want.
+    """Rows of ``shard`` with lo <= seq < hi that ``rules`` (one _Rules per table) want, and
+    not below their table's floor (a checkpoint's per-table cursor: rows under it were
+    delivered before).
 
     Returns (pieces in seq order, None or the seqs found): each piece is (table id, columns,
     names), the columns copies with ``symbol`` and ``venue`` as int32 ids into ``names``
@@ -71,6 +74,10 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple
             seqs_found.append(seq[a:b])
             if rules[t].empty():
                 continue
+            if floors[t] > lo:  # found (not lost), but delivered before
+                a = max(a, int(np.searchsorted(seq, floors[t])))
+                if b <= a:
+                    continue
             names = p.names()
             # the mask from the mapped id columns, then only the rows wanted are copied
             keep = _wanted(rules[t], p.array("symbol")[a:b], p.array("venue")[a:b], names)

@@ -1404,3 +1404,49 @@ def test_two_threads_cannot_run_one_subscription_at_once(fake):
     db.run(timeout=0.2)
     assert seen[-1] == 50
     again.stop()
+
+
+def test_a_run_nested_in_a_callback_runs_the_others_not_its_own(fake):
+    """A callback may run db.run() itself (a strategy waiting on another feed). Its own
+    subscription is in the middle of a pass: the nested run must not deliver its later
+    rows ahead of the rest of that pass, and a stop() after it stops it where it is."""
+    f = fake(nshards=1)
+    db = f.attach()
+    seen, others = [], []
+    sub = None
+
+    def cb(t):
+        seen.append(t.seq)
+        if len(seen) == 5:
+            f.append("trades", ["A"] * 100)  # rows for a later pass
+            db.run(timeout=0.05)
+            sub.stop()
+
+    sub = db.subscribe("trades", callback=cb, from_seq=0)
+    other = db.subscribe("trades", callback=lambda t: others.append(t.seq), from_seq=0)
+    f.append("trades", ["A"] * 200)
+    db.run(timeout=1.0)
+    assert seen == [0, 1, 2, 3, 4]  # stopped where it was; nothing overtook the pass
+    assert not sub.active and sub.stopped_reason == "stopped"
+    assert others == list(range(300))  # the other subscription ran, nested and after
+    other.stop()
+
+
+def test_a_running_db_run_leaves_another_threads_new_subscription_to_it(fake):
+    f = fake(nshards=1)
+    db = f.attach()
+    main_seen, theirs = [], []
+    q = db.subscribe("quotes", callback=lambda t: main_seen.append(t.seq))
+    runner = threading.Thread(target=db.run, kwargs={"timeout": 2.0})
+    runner.start()
+    try:
+        wait_for(lambda: bool(q._runner), what="db.run() running in the other thread")
+        mine = db.subscribe("trades", callback=lambda t: theirs.append(threading.get_ident()))
+        time.sleep(0.2)  # several of its passes: it must not adopt `mine`
+        assert not mine._runner
+        f.append("trades", ["A"] * 20)
+        mine.run(timeout=0.5)  # this thread runs it, never "being run by another thread"
+        assert theirs == [threading.get_ident()] * 20
+        mine.stop()
+    finally:
+        runner.join(10)

@@ -202,8 +202,10 @@ class Database:
         """Run every active callback subscription in this thread until they all stop,
         Ctrl-C / SIGTERM (which stop them cleanly: checkpoints written), or ``timeout``
         seconds (then they stay active). A callback that stops with ``stop_on_error``
-        stops the others and its exception is raised here. Subscriptions made while it
-        runs (in a callback, say) join it."""
+        stops the others and its exception is raised here. Subscriptions made in this
+        thread while it runs (in a callback, say) join it; those another thread runs are
+        left to it. Called from a callback, it runs the other subscriptions (its own is
+        mid-pass and goes on when the callback returns)."""
         from wayy.subscribe import _run
 
         _run([s for s in self._subscriptions if s.active and s.callback is not None], timeout,

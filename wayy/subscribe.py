@@ -680,6 +680,7 @@ class Subscription:
         self._since_ckpt = 0
         self._checkpoint_every = checkpoint_every
         self._runner: dict = {}  # {0: ident of the thread running run() / poll() on it}
+        self._made_by = get_ident()  # a db.run() in this thread (only) adopts it
         self._checkpoint_ns = int(checkpoint_ms * 1e6)
         now = time.monotonic_ns()
         self._ckpt_due = now + self._checkpoint_ns
@@ -1827,6 +1828,14 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout.
     With ``db``, callback subscriptions made on it while this runs (a callback may
     subscribe) join the run."""
+    me = get_ident()
+    if any(s._runner.get(0) == me for s in subs):
+        # a run nested in a callback: the subscriptions this thread is already running are
+        # in the middle of a pass (delivering theirs here would overtake the rest of it);
+        # they go on when the callback returns. The others run here.
+        subs = [s for s in subs if s._runner.get(0) != me]
+        if not subs:
+            return
     if not subs:
         raise InvalidInput("no active callback subscriptions to run")
     for s in subs:
@@ -1861,9 +1870,13 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
     if main:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
-    for s in subs:
+    # a run nested in a callback finds the outer run's subscriptions running: it must leave
+    # them so (stop() from a callback after it would otherwise finish them mid-pass)
+    ran = [s for s in subs if not getattr(s, "_running", False)]
+    for s in ran:
         s._running = True
     idle_fn = idle.idle
+    me = get_ident()
     known = db._subs_made if db is not None else 0
     try:
         live = list(subs)
@@ -1873,10 +1886,11 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
                 for s in db._subscriptions:
                     if s.active and s.callback is not None and s not in subs:
                         s._check_pid()
-                        if s._runner:  # another thread's
-                            continue
+                        if s._runner or s._made_by != me:
+                            continue  # another thread's, or an outer run's
                         claimed += _claim_thread([s])
                         s._running = True
+                        ran.append(s)
                         subs.append(s)
                         live.append(s)
             if not live:
@@ -1913,7 +1927,7 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
             else:
                 idle_fn(work, live, PARK_MAX_NS)
     finally:
-        for s in subs:
+        for s in ran:
             s._running = False
         for sig, h in old.items():
             signal.signal(sig, h)

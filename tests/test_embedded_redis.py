@@ -419,7 +419,8 @@ def test_a_world_readable_password_is_replaced(tmp_path, caplog):
     assert e.password != first and rs.read_password(e.password_path) == e.password
     assert stat.S_IMODE(os.stat(e.password_path).st_mode) == 0o600
     # said, with the reason: remote consumers holding the old password are refused now
-    assert "made a new password" in caplog.text and "mode 644" in caplog.text
+    assert "made a new password" in caplog.text and "mode 644: others could read" in \
+        caplog.text
 
 
 def test_resp_client_against_a_real_server(tmp_path):

@@ -521,6 +521,13 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     json.dump(doc, open(p + "6", "w"))
     with pytest.raises(InvalidInput, match="past the database's next seq"):
         db.subscribe(["trades", "quotes"], checkpoint=p + "6")
+    # -1 (not followed) for one table of a followed shard: no file wayy writes
+    doc["cursors"][0] = [-1, 3]
+    doc.pop("crc32")
+    doc["crc32"] = _payload_crc(doc)
+    json.dump(doc, open(p + "6", "w"))
+    with pytest.raises(CorruptData, match="bad cursors"):
+        db.subscribe(["trades", "quotes"], checkpoint=p + "6")
 
 
 # --- errors and faces ----------------------------------------------------------------------------
@@ -589,6 +596,7 @@ def test_bad_arguments(fake):
         (dict(table_or_channel="trades", shards=[]), "shards must name"),
         (dict(table_or_channel="trades", shards=3), "list of shard numbers"),
         (dict(table_or_channel="trades", from_seq=[0, 0]), "one seq per shard"),
+        (dict(table_or_channel="trades", from_seq=np.zeros((1, 1), int)), "one seq per"),
         (dict(table_or_channel="trades", stop_on_error="no"), "stop_on_error"),
     ]:
         with pytest.raises(InvalidInput, match=words):
@@ -610,7 +618,9 @@ def test_bad_arguments(fake):
         with pytest.raises(InvalidInput, match="timeout must be a number"):
             psub.poll(timeout=bad)
     db.run(timeout=-1.0)  # the past: one pass, no wait
+    db.run(timeout=-10**400)  # (beyond any float, still the past)
     assert psub.poll(timeout=float("-inf")) is None
+    assert psub.poll(timeout=-10**400) is None
     sub.stop()
     psub.stop()
 
@@ -618,6 +628,11 @@ def test_bad_arguments(fake):
 def test_not_running(tmp_path):
     with pytest.raises(NotRunning, match="directory does not exist"):
         wayy.attach(str(tmp_path / "nothing"))
+    with pytest.raises(NotRunning, match="directory does not exist"):
+        wayy.attach(tmp_path / "nothing")  # a pathlib.Path is a path too
+    for bad in (None, b"/x", "", 3):
+        with pytest.raises(InvalidInput, match="non-empty str or path"):
+            wayy.attach(bad)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(NotRunning, match="a file, not a database directory"):
         wayy.attach(str(tmp_path / "afile"))

@@ -300,7 +300,8 @@ def _redis_banner(path: str) -> str:
         if other is not None:
             out += (f"  WARNING: this Redis is used by another wayy database ({other}): "
                     f"this one's brokers are refused and publish nothing (wayy status says "
-                    f"the same); give it its own Redis or database number\n")
+                    f"the same); give it its own Redis server (a database number is not "
+                    f"enough: pub/sub channels are shared by all of a server's)\n")
     return out
 
 

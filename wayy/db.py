@@ -673,5 +673,10 @@ def _ts_bound(v, what: str, default: int) -> int:
 
 def attach(path: str) -> Database:
     """Map the running database at ``path`` read-only (NotRunning if it is not running)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise InvalidInput(f"attach() takes the database directory as a non-empty str or "
+                           f"path, got {path!r}")
     with translate(path):
         return Database(read_manifest(path))

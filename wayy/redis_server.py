@@ -89,16 +89,29 @@ def read_password(path: str | None) -> str | None:
         return None
 
 
-def _usable_secret(path: str) -> str | None:
-    """A stored password if the file is ours, private and well formed; else None."""
+def _secret_problem(path: str) -> str | None:
+    """Why the stored password at ``path`` cannot be used (None: it can, or there is none)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        return None  # anyone could have read it: make a new one
+    if not os.path.isfile(path) or os.path.islink(path):
+        return "not a regular file"
+    if st.st_uid != os.getuid():
+        return f"owned by uid {st.st_uid}, not this user"
+    if st.st_mode & 0o077:
+        return f"mode {st.st_mode & 0o777:o}: others could read it"
     pw = read_password(path)
-    return pw if pw and re.fullmatch(r"[0-9a-f]{32,}", pw) else None
+    if not (pw and re.fullmatch(r"[0-9a-f]{32,}", pw)):
+        return "not a password wayy made (32+ hex digits)"
+    return None
+
+
+def _usable_secret(path: str) -> str | None:
+    """A stored password if the file is ours, private and well formed; else None."""
+    if not os.path.exists(path) or _secret_problem(path) is not None:
+        return None  # anyone could have read it (or it is not ours): make a new one
+    return read_password(path)
 
 
 # --- binary -------------------------------------------------------------------------------
@@ -428,13 +441,11 @@ class EmbeddedRedis:
             os.chmod(self.dir, 0o700)
             self.password = _usable_secret(self.password_path)
             if self.password is None:
-                if os.path.exists(self.password_path):
+                why = _secret_problem(self.password_path)
+                if why is not None:
                     # remote consumers holding the old one get WRONGPASS: say why
-                    log.warning("embedded Redis: %s was not a private password file of "
-                                "this user (mode %o, or not 32+ hex digits): made a new "
-                                "password; remote consumers need the new one",
-                                self.password_path,
-                                os.stat(self.password_path).st_mode & 0o777)
+                    log.warning("embedded Redis: %s is %s: made a new password; remote "
+                                "consumers need the new one", self.password_path, why)
                 self.password = secrets.token_hex(32)
                 write_secret(self.password_path, self.password + "\n")
         except OSError as exc:

@@ -544,7 +544,9 @@ class _Checkpoint:
             if (not isinstance(cursors, list) or not all(
                     isinstance(c, list) and len(c) == 2
                     and all(isinstance(x, int) and not isinstance(x, bool) and x >= -1
-                            for x in c) for c in cursors)):
+                            for x in c)
+                    # -1: a shard not followed, which has no cursor for either table
+                    and (c[0] < 0) == (c[1] < 0) for c in cursors)):
                 raise ValueError("bad cursors")
             for key in ("db_path", "prefix", "shards"):
                 doc[key]  # noqa: B018  (presence)
@@ -773,7 +775,12 @@ class Subscription:
         if from_seq is not None:
             if isinstance(from_seq, dict):
                 items = from_seq.items()
-            elif isinstance(from_seq, (list, tuple)):
+            elif isinstance(from_seq, (list, tuple, np.ndarray)):
+                if isinstance(from_seq, np.ndarray):
+                    if from_seq.ndim != 1:
+                        raise InvalidInput(f"from_seq as an array gives one seq per shard, "
+                                           f"got shape {from_seq.shape}")
+                    from_seq = from_seq.tolist()
                 if len(from_seq) != nshards:
                     raise InvalidInput(f"from_seq as a list gives one seq per shard: "
                                        f"{nshards} of them, got {len(from_seq)} (a dict "
@@ -1972,7 +1979,7 @@ def _timeout_ns(timeout, what: str) -> int | None:
     try:
         t = float(timeout) if ok else math.nan
     except OverflowError:  # an int beyond any float
-        t = math.inf
+        t = math.inf if timeout > 0 else -math.inf
     if math.isnan(t):
         raise InvalidInput(f"{what} timeout must be a number of seconds or None, got "
                            f"{timeout!r}")

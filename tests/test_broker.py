@@ -656,6 +656,30 @@ def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, b
     assert c.hget(BROKER_CURSORS_KEY, OWNER_FIELD).decode().endswith(os.path.realpath(db1.path))
 
 
+def test_a_second_database_on_another_db_number_of_the_same_redis_is_refused(
+        db_factory, redis_srv, brokers):
+    """Redis pub/sub ignores database numbers: a database publishing under /3 of a server
+    another one publishes to under /0 would mix their live ticks; it is refused too."""
+    db1 = db_factory(*DB_ARGS, name="one")
+    db2 = db_factory(*DB_ARGS, name="two")
+    b1 = brokers(db1.path, redis_srv.url)
+    b2 = brokers(db2.path, redis_srv.url[:-1] + "3", index=1, wait=False)
+
+    def refused():
+        st = b2.status()
+        return st if st and st["redis"] == "down" and st.get("redis_error") else None
+    st = wait_for(refused, 60, what="the second database's broker refused")
+    assert "another wayy database" in st["redis_error"]
+    assert "database number 0" in st["redis_error"]
+    produce(db2.path, 300, 100, ["TWO"])
+    produce(db1.path, 300, 100, ["ONE"])
+    wait_for(lambda: b1.status()["published_rows"] == 300, 30, what="the first published")
+    assert b2.status()["published_rows"] == 0
+    assert not redis_srv.client(db=3).exists("ticks:TWO:stream")
+    b1.stop()  # the first one gone: the second takes over at its next look
+    wait_for(lambda: b2.status()["published_rows"] == 300, 60, what="the second published")
+
+
 def test_start_warns_when_its_redis_is_already_another_databases(db_factory, redis_srv):
     c = redis_srv.client()
     db1 = db_factory("--shards", "1", "--feed", "none", "--redis", redis_srv.url, name="one")

@@ -106,6 +106,7 @@ SMALL_GROUP = 64  # rows up to this: group ids with list min/max, not four numpy
 _ZEROS32 = np.zeros(4096, np.int32)  # venue indices of one-venue groups (never written)
 _BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
 BAD_STREAM_RECHECK_S = 1.0  # how often such keys are looked at again
+BROKER_CLIENT_NAME = "wayy-broker-"  # + "<index>-<database id>": a broker's connection
 _MULTI = hiredis.pack_command((b"MULTI",))
 _EXEC = hiredis.pack_command((b"EXEC",))
 _KIND = {T.TRADES: TABLE_KINDS["trades"], T.QUOTES: TABLE_KINDS["quotes"]}
@@ -386,6 +387,8 @@ class Broker:
             raise InvalidInput(f"{self.name}: cannot read or create the database id in "
                                f"{self.db_path}: {exc.strerror}") from None
         self.owner = f"{dbid} {socket.gethostname()}:{self.db_path}".encode()
+        # the connection's name says which database it publishes for (_other_publisher)
+        self.link.name = f"{BROKER_CLIENT_NAME}{self.index}-{dbid}"
         n = self.db.nshards
         if self.want_shards is None:
             self.shards = list(range(n))
@@ -512,6 +515,14 @@ class Broker:
                 f"use another Redis server for this one, or, if that database is gone, "
                 f"delete its progress: redis-cli -u URL DEL {BROKER_CURSORS_KEY}"),
                 retry_s=RETRY_MAX_S)
+            return False
+        other = self._other_publisher()
+        if other is not None:
+            self._redis_down(RedisRefused(
+                f"Redis server at {self.link.where} is used by another wayy database "
+                f"({other}); its pub/sub channels are shared by all of the server's "
+                f"database numbers, so the ticks of both would mix: use another Redis "
+                f"server for this one"), retry_s=RETRY_MAX_S)
             return False
         try:
             # subscribers check that a batch's shard is its symbol's
@@ -948,6 +959,34 @@ class Broker:
         if found is None:
             found = self._chan_cache[key] = f"{_KIND[t]}:{sym}:{venue}".encode()
         return found
+
+    def _other_publisher(self) -> str | None:
+        """Another wayy database's broker connected to this Redis server under another
+        database number (the claim in the cursor hash covers one number only; pub/sub
+        covers them all), connected before this one: "id ..., database number N". None
+        when there is none or CLIENT LIST is not allowed (an ACL user: cannot tell)."""
+        mine = self.owner.decode().split(" ")[0]
+        try:
+            me, listing = self.link.pipeline([(b"CLIENT", b"ID"),
+                                               (b"CLIENT", b"LIST", b"TYPE", b"normal")])
+        except (RedisUnavailable, RedisRefused):
+            return None
+        if not isinstance(listing, bytes) or not isinstance(me, int):
+            return None
+        clients = [dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
+                   for line in listing.decode(errors="replace").splitlines()]
+        my_age = next((int(c.get("age", 0)) for c in clients if c.get("id") == str(me)), 0)
+        for c in clients:
+            name = c.get("name", "")
+            if not name.startswith(BROKER_CLIENT_NAME) or c.get("id") == str(me):
+                continue
+            theirs = name.rsplit("-", 1)[-1]
+            if theirs == mine or len(theirs) != 32:
+                continue  # a broker of this database (another index), or not a database id
+            age = int(c.get("age", 0))
+            if age > my_age or (age == my_age and theirs < mine):  # the older one stays
+                return f"id {theirs}, database number {c.get('db', '?')}"
+        return None
 
     def _error(self, text: str) -> None:
         """Count an error; log the first ten, then one in a thousand."""

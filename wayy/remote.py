@@ -1226,8 +1226,8 @@ class Subscriber:
                 if prev > last:
                     sub.lost_gaps += 1
                     log.warning("remote subscriber %s: rows of shard %d with seq %d..%d were "
-                                "trimmed from %s (retention) before they were read: lost",
-                                sub.channel, k, last + 1, prev, sub.stream)
+                                "not in %s when read (trimmed by retention, or kept out of "
+                                "it): lost", sub.channel, k, last + 1, prev, sub.stream)
         else:
             sub._chain_checked.add(k)
             if prev >= 0:
@@ -1247,9 +1247,9 @@ class Subscriber:
                 lost = f"from ts {sub.from_ts} up to seq {prev}"
         if lost is not None:
             sub.lost_gaps += 1
-            log.warning("remote subscriber %s: rows of shard %d (%s) were trimmed from %s "
-                        "(retention) before this replay: lost", sub.channel, k, lost,
-                        sub.stream)
+            log.warning("remote subscriber %s: rows of shard %d (%s) were not in %s for "
+                        "this replay (trimmed by retention, or kept out of it): lost",
+                        sub.channel, k, lost, sub.stream)
 
     # --- running -----------------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> None:

@@ -1835,6 +1835,7 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     """Run callback subscriptions in this thread until all stop, Ctrl-C, or the timeout.
     With ``db``, callback subscriptions made on it while this runs (a callback may
     subscribe) join the run."""
+    deadline = _timeout_ns(timeout, "run()")  # (checked first, nested or not)
     me = get_ident()
     if any(s._runner.get(0) == me for s in subs):
         # a run nested in a callback: the subscriptions this thread is already running are
@@ -1853,7 +1854,6 @@ def _run(subs: list[Subscription], timeout: float | None, db=None) -> None:
     # the most eager idle strategy of the group decides (spin > yield > backoff > block)
     order = ("spin", "yield", "backoff", "block")
     idle = _make_idle(min((s.idle_name for s in subs), key=order.index))
-    deadline = _timeout_ns(timeout, "run()")
     claimed = _claim_thread(subs)
     try:
         _run_claimed(subs, deadline, db, claimed, idle)

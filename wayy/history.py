@@ -708,17 +708,19 @@ def empty_columns(table: int) -> dict[str, np.ndarray]:
             for c, dt in column_dtypes(table).items()}
 
 
-def gather(part: Partition, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
-    """Result columns (copies; names decoded) of ``rows`` of a partition."""
-    syms, vens = part.names()
+def gather(part: Partition, rows: np.ndarray | slice, decode: bool = True
+           ) -> dict[str, np.ndarray]:
+    """Result columns (copies) of ``rows`` of a partition; names decoded, or with
+    ``decode=False`` the symbol and venue ids that ``part.names()`` index."""
+    syms, vens = part.names() if decode else (None, None)
     take = isinstance(rows, np.ndarray)
     out = {}
     for c in column_dtypes(part.table):
         a = part.array(c)
         v = a.take(rows) if take else a[rows].copy()
-        if c == "symbol":
+        if decode and c == "symbol":
             v = syms[v]
-        elif c == "venue":
+        elif decode and c == "venue":
             v = vens[v]
         out[c] = v
     return out

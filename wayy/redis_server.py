@@ -89,29 +89,24 @@ def read_password(path: str | None) -> str | None:
         return None
 
 
-def _secret_problem(path: str) -> str | None:
-    """Why the stored password at ``path`` cannot be used (None: it can, or there is none)."""
+def _stored_secret(path: str) -> tuple[str | None, str | None]:
+    """(the stored password, None) if the file is ours, private and well formed; else
+    (None, why not) -- (None, None) when there is no file. Anyone could have read a file
+    that is not private (or it is not ours): a new password is made then."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return None, None
     if not os.path.isfile(path) or os.path.islink(path):
-        return "not a regular file"
+        return None, "not a regular file"
     if st.st_uid != os.getuid():
-        return f"owned by uid {st.st_uid}, not this user"
+        return None, f"owned by uid {st.st_uid}, not this user"
     if st.st_mode & 0o077:
-        return f"mode {st.st_mode & 0o777:o}: others could read it"
+        return None, f"mode {st.st_mode & 0o777:o}: others could read it"
     pw = read_password(path)
     if not (pw and re.fullmatch(r"[0-9a-f]{32,}", pw)):
-        return "not a password wayy made (32+ hex digits)"
-    return None
-
-
-def _usable_secret(path: str) -> str | None:
-    """A stored password if the file is ours, private and well formed; else None."""
-    if not os.path.exists(path) or _secret_problem(path) is not None:
-        return None  # anyone could have read it (or it is not ours): make a new one
-    return read_password(path)
+        return None, "not a password wayy made (32+ hex digits)"
+    return pw, None
 
 
 # --- binary -------------------------------------------------------------------------------
@@ -439,9 +434,8 @@ class EmbeddedRedis:
         try:
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             os.chmod(self.dir, 0o700)
-            self.password = _usable_secret(self.password_path)
+            self.password, why = _stored_secret(self.password_path)
             if self.password is None:
-                why = _secret_problem(self.password_path)
                 if why is not None:
                     # remote consumers holding the old one get WRONGPASS: say why
                     log.warning("embedded Redis: %s is %s: made a new password; remote "

@@ -174,11 +174,8 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
             progress = broker_progress(m, cursors)
     # a shard with no cursor in Redis yet: the brokers `wayy start` runs publish it from its
     # first row (they start at "earliest"), so all its rows are still to publish
-    out["broker_lag"] = None if progress is None else [
-        {"shard": k, "cursor": progress.get(k),
-         "lag_rows": unpublished(m, k, progress.get(k, [0, 0])) if m.brokers else
-         None if progress.get(k) is None else unpublished(m, k, progress[k])}
-        for k in range(len(heads))]
+    out["broker_lag"] = None if progress is None else _lag_per_shard(
+        m, len(heads), progress, [0, 0] if m.brokers else None)
     reports = [b for b in read_broker_status(m.path)
                if int(b.get("updated_ns") or 0) >= m.started_ns]
     if progress is None and "foreign_owner" not in out:
@@ -191,11 +188,8 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
                 if key.isdigit() and isinstance(c, list) and len(c) == 2:
                     reported[int(key)] = [int(x) for x in c]
         if reported:
-            out["broker_lag"] = [
-                {"shard": k, "cursor": reported.get(k), "from_broker_report": True,
-                 "lag_rows": None if reported.get(k) is None
-                 else unpublished(m, k, reported[k])}
-                for k in range(len(heads))]
+            out["broker_lag"] = _lag_per_shard(m, len(heads), reported, None,
+                                               from_broker_report=True)
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
     out["brokers"] = [dict({k: b.get(k) for k in keep},
@@ -203,6 +197,18 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
                            <= BROKER_STALE_S)
                       for b in reports]
     out["broker_count"] = m.brokers
+    return out
+
+
+def _lag_per_shard(m, nshards: int, cursors: dict[int, list[int]], default, **extra
+                   ) -> list[dict]:
+    """``broker_lag``: per shard its cursor and the rows at or past it (counted from
+    ``default`` for a shard without one; None when that is None too)."""
+    out = []
+    for k in range(nshards):
+        c = cursors.get(k, default)
+        out.append({"shard": k, "cursor": cursors.get(k), **extra,
+                    "lag_rows": None if c is None else unpublished(m, k, c)})
     return out
 
 

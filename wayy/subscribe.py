@@ -936,6 +936,7 @@ class Subscription:
             h = f.hist = self._read_history(f, lo)
         end_ns = time.monotonic_ns() + HISTORY_PASS_NS
         tick_mode = not self.batch_mode
+        every = self._checkpoint_every if self._ckpt is not None else None
         i = 0
         while True:
             item = h.held
@@ -979,8 +980,7 @@ class Subscription:
             self._delivered += 1
             self._items += 1
             self._since_ckpt += 1
-            if self._checkpoint_every is not None and self._ckpt is not None \
-                    and self._since_ckpt >= self._checkpoint_every:
+            if every is not None and self._since_ckpt >= every:
                 self._history_done(f, h, item[9] + 1)
                 self.save_checkpoint()
         self._history_done(f, h, h.hi)
@@ -1296,7 +1296,7 @@ class Subscription:
             self._items += 1
             self._since_ckpt += 1
         self._cur[f.k][t] = cursor
-        if self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every:
+        if self._every_due():
             self.save_checkpoint()
 
     def _emit(self, acc: _Acc, n: int) -> None:
@@ -1403,12 +1403,15 @@ class Subscription:
         return False
 
     # --- housekeeping: status, checkpoint, liveness ----------------------------------------------
+    def _every_due(self) -> bool:
+        """``checkpoint_every`` deliveries since the last checkpoint."""
+        return self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every
+
     def _housekeep(self, now: int) -> None:
         self._house_due = now + HOUSEKEEP_NS
         self._publish_status(time.time_ns(), RL.STATE_RUNNING)
         if self._ckpt is not None and (
-                now >= self._ckpt_due or (self._checkpoint_every
-                                          and self._since_ckpt >= self._checkpoint_every)):
+                now >= self._ckpt_due or self._every_due()):
             self.save_checkpoint()
         if now >= self._alive_due:
             self._alive_due = now + ALIVE_CHECK_NS
@@ -1506,10 +1509,8 @@ class Subscription:
         me = get_ident()
         mine = not box
         if box.setdefault(0, me) != me:
-            raise InvalidInput(f"subscription {', '.join(self.channel_names)} is being run "
-                               f"by another thread: run() / poll() it from one thread at "
-                               f"a time")
-        if self._checkpoint_every is not None and self._since_ckpt >= self._checkpoint_every:
+            raise _run_elsewhere(self)
+        if self._every_due():
             # the caller is back for more: what earlier polls returned is processed
             self.save_checkpoint()
         self._running = True
@@ -1818,12 +1819,15 @@ def _claim_thread(subs: list["Subscription"]) -> list["Subscription"]:
         had = bool(box)
         if box.setdefault(0, me) != me:
             _release_thread(claimed)
-            raise InvalidInput(f"subscription {', '.join(s.channel_names)} is being run "
-                               f"by another thread: run() / poll() it from one thread at "
-                               f"a time")
+            raise _run_elsewhere(s)
         if not had:
             claimed.append(s)
     return claimed
+
+
+def _run_elsewhere(s: "Subscription") -> InvalidInput:
+    return InvalidInput(f"subscription {', '.join(s.channel_names)} is being run by another "
+                        f"thread: run() / poll() it from one thread at a time")
 
 
 def _release_thread(claimed: list["Subscription"]) -> None:
@@ -1877,10 +1881,7 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
     if main:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
-    # a run nested in a callback finds the outer run's subscriptions running: it must leave
-    # them so (stop() from a callback after it would otherwise finish them mid-pass)
-    ran = [s for s in subs if not getattr(s, "_running", False)]
-    for s in ran:
+    for s in subs:
         s._running = True
     idle_fn = idle.idle
     me = get_ident()
@@ -1897,7 +1898,6 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
                             continue  # another thread's, or an outer run's
                         claimed += _claim_thread([s])
                         s._running = True
-                        ran.append(s)
                         subs.append(s)
                         live.append(s)
             if not live:
@@ -1934,7 +1934,7 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
             else:
                 idle_fn(work, live, PARK_MAX_NS)
     finally:
-        for s in ran:
+        for s in subs:
             s._running = False
         for sig, h in old.items():
             signal.signal(sig, h)

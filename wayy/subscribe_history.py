@@ -81,9 +81,8 @@ def read(store: H.HistoryStore, shard: int, lo: int, hi: int, rules: tuple,
             names = p.names()
             # the mask from the mapped id columns, then only the rows wanted are copied
             keep = _wanted(rules[t], p.array("symbol")[a:b], p.array("venue")[a:b], names)
-            rows = slice(a, b) if keep is None else np.flatnonzero(keep) + a
-            cols = {c: (p.array(c)[rows].copy() if isinstance(rows, slice)
-                        else p.array(c).take(rows)) for c in H.column_dtypes(t)}
+            cols = H.gather(p, slice(a, b) if keep is None else np.flatnonzero(keep) + a,
+                            decode=False)
             if len(cols["seq"]):
                 parts.append((t, cols, names))
     # both tables share the shard's seq: deliver in seq order, runs of one table at a time

@@ -711,8 +711,8 @@ class Broker:
         if self._bad_told and time.monotonic() >= self._bad_recheck:
             # keys that were not streams: removed since? (their XINFO is asked again)
             self._bad_recheck = time.monotonic() + BAD_STREAM_RECHECK_S
-            for key in [k for k, v in self._stream_last.items() if v is _BAD_STREAM]:
-                del self._stream_last[key]
+            for key in self._bad_told:
+                self._stream_last.pop(key, None)
         self._load_stream_ids([e[2] for e in entries])  # may settle the transaction in flight
         stream_last = self._stream_last
         inflight_ids = self._inflight.ids if self._inflight is not None else {}
@@ -1017,7 +1017,6 @@ class Broker:
                 # e.g. WRONGTYPE: someone else's key has the stream's name. Keep publishing
                 # the channels; the status and the log say the stream is not written.
                 self._stream_last[key] = _BAD_STREAM
-                self._skipped.setdefault(key, -1)
                 if key not in self._bad_told:  # (looked at again every second)
                     self._bad_told.add(key)
                     self._error(f"{key.decode()} is not usable as a stream ({r}); its "

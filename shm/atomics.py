@@ -46,6 +46,7 @@ __all__ = [
     "futex_wake",
     "clock_realtime_ns",
     "clock_monotonic_ns",
+    "as_pointer",
 ]
 
 
@@ -187,6 +188,19 @@ def _syscall4(typingctx, nr, a1, a2, a3, a4):
         fnty = ir.FunctionType(i64, [i64], var_arg=True)
         fn = cgutils.get_or_insert_function(builder.module, fnty, "syscall")
         return builder.call(fn, list(args))
+
+    return sig, codegen
+
+
+@intrinsic
+def as_pointer(typingctx, addr):
+    """``addr`` (an int64 address) as a void pointer, for ``numba.carray``: a view made so has
+    no reference count to update, which a slice of an array has (two atomic operations),
+    and costs nothing to make. Only for memory an array the caller holds keeps mapped."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
 
     return sig, codegen
 

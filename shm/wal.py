@@ -52,9 +52,21 @@ from shm import wal_kernels as K
 from shm.layout import wal as L
 
 __all__ = ["WalWriter", "WalScan", "scan", "truncate_to", "decode", "decode_into",
-           "start_after_roll", "FSYNC_POLICIES"]
+           "start_after_roll", "column_addresses", "FSYNC_POLICIES"]
 
 FSYNC_POLICIES = ("batch", "interval", "off")
+
+# this process's pid, kept current across fork: os.getpid() is a system call (0.15 us), and
+# every append checks that the writer is used by the process that opened it
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def column_addresses(columns) -> np.ndarray:
+    """The base addresses of whole columns (numpy arrays), for ``WalWriter.append_rows``.
+    The caller keeps the columns alive (and mapped) for as long as it passes these."""
+    return np.array([c.ctypes.data for c in columns], np.int64)
+
 
 # fdatasync also flushes the file size, which is all an append-only file needs; macOS lacks it.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
@@ -342,14 +354,16 @@ class WalWriter:
         self._after_batch()
         return len(buf)
 
-    def append_rows(self, table_id: int, cols: tuple, itemsizes: np.ndarray, lo: int,
+    def append_rows(self, table_id: int, addrs: np.ndarray, itemsizes: np.ndarray, lo: int,
                     hi: int, first_seq: int, last_seq: int) -> int:
-        """Append rows lo .. hi-1 of whole columns ``cols`` (uint8 views, in the record's
-        column order; ``itemsizes`` their widths) as one raw record; return bytes written.
+        """Append rows lo .. hi-1 of whole columns at ``addrs`` (``column_addresses`` of
+        them, in the record's column order; ``itemsizes`` their widths) as one raw record;
+        return bytes written.
 
         The writer's fast path for small passes: the caller guarantees what append_batch
-        checks (dtypes, strictly increasing seqs first_seq .. last_seq); the log's order is
-        still checked here."""
+        checks (dtypes, strictly increasing seqs first_seq .. last_seq) and keeps the
+        columns mapped; the log's order is still checked here. One compiled call assembles,
+        checksums and writes the record."""
         self._check_usable()
         n = hi - lo
         prev = self._last_seq.get(table_id, -1)
@@ -359,13 +373,23 @@ class WalWriter:
         need = L.RECORD_HEADER_SIZE + L.padded(n * L.ROW_SIZE[table_id])
         if self._scratch is None or len(self._scratch) < need:
             self._scratch = np.empty(max(need, 1 << 16), np.uint8)
-        length = K.encode_record(self._scratch, table_id, self.shard, cols, itemsizes, lo, n,
-                                 first_seq, last_seq - first_seq)
-        self._write(memoryview(self._scratch)[:length])
+        done = 0
+        try:
+            done = K.write_record(self._fd, self._scratch, table_id, self.shard, addrs,
+                                  itemsizes, lo, n, first_seq, last_seq - first_seq)
+        except BaseException:
+            # a signal handler's exception as the call returned: the bytes may be in the
+            # file (_undo_partial looks at its size)
+            self._undo_partial(OSError(errno_codes.EINTR, "interrupted"), done)
+            raise
+        if done == need:
+            self.end += need
+        else:  # a write failed or wrote part: write the rest for the error (and its errno)
+            self._write(memoryview(self._scratch)[:need], done)
         self._last_seq[table_id] = last_seq
         self.next_seq = max(self.next_seq or 0, last_seq + 1)
         self._after_batch()
-        return length
+        return need
 
     def append_symbol(self, symbol_id: int, name: str) -> int:
         """Record that `symbol_id` names `name` (ASCII, 1-16 bytes); return bytes written."""
@@ -392,10 +416,10 @@ class WalWriter:
         self._write(buf)
         return len(buf)
 
-    def _write(self, buf: bytes | bytearray) -> None:
-        """Hand one whole record to the kernel; on failure cut the file back to `self.end`."""
+    def _write(self, buf: bytes | bytearray | memoryview, done: int = 0) -> None:
+        """Hand one whole record to the kernel (its first ``done`` bytes already are); on
+        failure cut the file back to `self.end`."""
         view = memoryview(buf)
-        done = 0
         try:
             while done < len(buf):
                 # A short count on a regular file means the next call reports the error
@@ -493,7 +517,7 @@ class WalWriter:
 
     # --- lifecycle -----------------------------------------------------------------------
     def _check_usable(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _PID[0]:
             raise UsedAfterFork(f"WAL writer for {self.path} was opened by pid {self._pid}, "
                                 f"used in forked child {os.getpid()}")
         if self._failed is not None:
@@ -504,7 +528,7 @@ class WalWriter:
 
     def close(self) -> None:
         """Flush (every policy) and close. Idempotent; skips the flush after a failure."""
-        if self._pid != os.getpid():
+        if self._pid != _PID[0]:
             raise UsedAfterFork(f"WAL writer for {self.path} was opened by pid {self._pid}, "
                                 f"closed in forked child {os.getpid()}")
         if self._fd is None:

@@ -11,10 +11,16 @@ stop early or report an error, never read or write outside its arrays.
 
 from __future__ import annotations
 
+import platform
+
 import numba
 import numpy as np
 
+from shm.atomics import _syscall4, as_pointer
 from shm.layout import wal as L
+
+_SYS_WRITE = {"x86_64": 1, "amd64": 1, "aarch64": 64, "arm64": 64}.get(
+    platform.machine().lower(), 1)
 
 # --- CRC-32 (zlib's: reflected polynomial 0xEDB88320), slicing by 8 -------------------------
 
@@ -288,11 +294,13 @@ def _put32(b, o, v):
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_record(out, rtype, shard, cols, itemsizes, lo, n, first_seq, seq_span):
-    """Assemble one raw (uncompressed) batch record of rows lo .. lo+n-1 of ``cols`` (uint8
-    views of whole columns, in the record's column order) into ``out``; returns its length
-    (header, payload, padding), or -1 if ``out`` is too small. The writer's small-pass path:
-    one call instead of a Python assembly per column."""
+def encode_record(out, rtype, shard, addrs, itemsizes, lo, n, first_seq, seq_span):
+    """Assemble one raw (uncompressed) batch record of rows lo .. lo+n-1 of the columns at
+    ``addrs`` (base addresses of whole columns, in the record's column order, ``itemsizes``
+    their widths) into ``out``; returns its length (header, payload, padding), or -1 if
+    ``out`` is too small. The writer's small-pass path: one call instead of a Python
+    assembly per column. The columns are the caller's (the shard segment it writes), not
+    file data: their addresses are trusted."""
     h = L.RECORD_HEADER_SIZE
     raw = 0
     for c in range(itemsizes.shape[0]):
@@ -303,10 +311,8 @@ def encode_record(out, rtype, shard, cols, itemsizes, lo, n, first_seq, seq_span
     pos = h
     for c in range(itemsizes.shape[0]):
         isz = itemsizes[c]
-        src = cols[c]
-        a = lo * isz
-        for i in range(n * isz):
-            out[pos + i] = src[a + i]
+        src = numba.carray(as_pointer(addrs[c] + lo * isz), n * isz, np.uint8)
+        out[pos : pos + n * isz] = src
         pos += n * isz
     for i in range(pos, total):
         out[i] = 0
@@ -328,6 +334,25 @@ def encode_record(out, rtype, shard, cols, itemsizes, lo, n, first_seq, seq_span
     return total
 
 
+@numba.njit(cache=True, nogil=True)
+def write_record(fd, out, rtype, shard, addrs, itemsizes, lo, n, first_seq, seq_span):
+    """``encode_record``, then write() the record to ``fd`` until all of it is written or a
+    call writes nothing (an error: the caller's own write() of the rest reports it, with
+    its errno). Returns the bytes written, or -1 if ``out`` is too small. One call for
+    what took a Python write loop and a kernel call before."""
+    total = encode_record(out, rtype, shard, addrs, itemsizes, lo, n, first_seq, seq_span)
+    if total < 0:
+        return -1
+    base = out.ctypes.data
+    done = 0
+    while done < total:
+        r = _syscall4(_SYS_WRITE, fd, base + done, total - done, 0)
+        if r <= 0:
+            break
+        done += r
+    return done
+
+
 def warm_up() -> None:
     """Compile (or load from cache) every kernel here, for both tables."""
     rw = np.zeros(64, np.uint8)
@@ -344,6 +369,7 @@ def warm_up() -> None:
         for ncols in (6, 8):
             cols = tuple(np.zeros(8, np.uint8) for _ in range(ncols))
             decode_table(buf, z, z, z, z, z, cols, np.ones(ncols, np.int64), 0, 0, rw)
-            if buf is rw:
-                encode_record(np.zeros(256, np.uint8), 1, 0, cols, np.ones(ncols, np.int64),
-                              0, 1, 0, 0)
+    cols = np.zeros(64, np.uint8)
+    addrs = np.full(8, cols.ctypes.data, np.int64)
+    encode_record(np.zeros(256, np.uint8), 1, 0, addrs, np.ones(8, np.int64), 0, 1, 0, 0)
+    write_record(-1, np.zeros(256, np.uint8), 1, 0, addrs, np.ones(8, np.int64), 0, 1, 0, 0)

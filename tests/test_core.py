@@ -491,6 +491,23 @@ def test_producer_inherited_by_a_forked_child_claims_under_its_own_pid(db_factor
         p.close()
 
 
+def test_pass_memory_takes_only_arrays_the_writer_kernels_can_use():
+    """The writer's per-pass kernels see its arrays as raw addresses: a read-only, strided
+    or wrongly typed array is refused up front, never reinterpreted."""
+    from shm import ingest
+
+    arrays = {k: np.zeros(8, ingest._M_DTYPES.get(k, np.int64))
+              for k in range(ingest.M_WORDS // 2)}
+    mem = ingest.pass_memory(arrays)
+    st = arrays[ingest.M_STATE]
+    assert mem[2 * ingest.M_STATE] == st.ctypes.data and mem[2 * ingest.M_STATE + 1] == 8
+    ro = np.zeros(8, np.int64)
+    ro.flags.writeable = False
+    for bad in (ro, np.zeros(16, np.int64)[::2], np.zeros(8, np.int32)):
+        with pytest.raises(ValueError, match="writeable, C-contiguous"):
+            ingest.pass_memory({**arrays, ingest.M_STATE: bad})
+
+
 def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
     """`wayy start` says it is compiling (the first start takes a minute) only when numba's
     cache lacks the writer's kernels: a process pointed at an empty cache directory sees it

@@ -25,9 +25,11 @@ SYMS = np.array([f"S{i:02d}" for i in range(40)])
 VENUES = np.array(["", "NYSE", "ARCA", "IEX"])
 
 
-def publish_mixed(path: str, n_batches: int, seed: int = 0, first_price: float = 1.0) -> int:
+def publish_mixed(path: str, n_batches: int, seed: int = 0, first_price: float = 1.0,
+                  flush: bool = True) -> int:
     """Trades and quotes over 40 symbols and 4 venues; trade prices 1, 2, 3, ... Returns the
-    number of trades published."""
+    number of trades published, once all of it is committed (``flush``; callers that wait
+    for the trades alone would otherwise race the last quotes)."""
     rng = np.random.default_rng(seed)
     p = wayy.Producer(path)
     sent = 0
@@ -50,6 +52,8 @@ def publish_mixed(path: str, n_batches: int, seed: int = 0, first_price: float =
             p.publish("trades", symbol=str(SYMS[i % 40]), venue="NYSE",
                       price=first_price + sent, size=1.0, ts=T0 + sent * 1000)
             sent += 1
+    if flush:
+        p.flush(30.0)
     p.close()
     return sent
 
@@ -361,7 +365,8 @@ def test_flush_returns_once_what_was_published_is_committed(db_factory):
     d = db_factory("--shards", "2", "--feed", "none")
     p = wayy.Producer(d.path)
     db = wayy.attach(d.path)
-    sent = publish_mixed(d.path, 3)  # another producer's rows: flush covers the whole ring
+    # another producer's rows, not flushed by it: p's flush covers the whole ring
+    sent = publish_mixed(d.path, 3, flush=False)
     p.publish_batch("trades", {"ts": T0 + np.arange(5000), "symbol": SYMS[np.arange(5000) % 40],
                                "price": np.arange(1.0, 5001.0), "size": np.ones(5000)})
     p.flush()

@@ -17,7 +17,7 @@ import pytest
 from shm.errors import (CorruptRecord, LayoutMismatch, UsedAfterFork, WalLocked,
                         WalWriteError)
 from shm.layout import wal as L
-from shm.wal import WalWriter, decode, scan, truncate_to
+from shm.wal import WalWriter, column_addresses, decode, scan, truncate_to
 
 
 def trades(n: int, compressible: bool = True, seed: int = 0) -> dict[str, np.ndarray]:
@@ -437,6 +437,39 @@ def test_failed_append_is_cut_back(tmp_path):
     assert s.damage is None and s.next_seq == 110
 
 
+@pytest.mark.parametrize("room", [0, 100])
+def test_failed_append_rows_is_cut_back(tmp_path, room):
+    """append_rows writes from a kernel: a write that fails at once (room 0) or after part
+    of the record (room 100, then EFBIG) raises with the errno and leaves the log as it
+    was, and the same rows go in once there is room."""
+    cols = trades(100, compressible=False, seed=5)
+    cols["seq"] = np.arange(100, dtype=np.int64)
+    names = [name for name, _ in L.TABLE_COLUMNS[L.REC_TRADES]]
+    views = [np.ascontiguousarray(cols[c]) for c in names]
+    addrs = column_addresses(views)
+    sizes = np.array([v.dtype.itemsize for v in views], np.int64)
+    path = tmp_path / "f.wal"
+    w = WalWriter(path, 0, fsync="off", compress=False)
+    w.append_rows(L.REC_TRADES, addrs, sizes, 0, 10, 0, 9)
+    good_end = w.end
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (good_end + room, hard))
+        with pytest.raises(WalWriteError) as info:
+            w.append_rows(L.REC_TRADES, addrs, sizes, 10, 100, 10, 99)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert info.value.errno == errno.EFBIG and info.value.truncated_to == good_end
+    assert os.path.getsize(path) == good_end and w.end == good_end
+    w.append_rows(L.REC_TRADES, addrs, sizes, 10, 100, 10, 99)
+    w.close()
+    s = scan(path)
+    assert s.damage is None and s.next_seq == 100
+    assert decode(path)["trades"]["seq"].tolist() == list(range(100))
+
+
 # --- fsync policies ------------------------------------------------------------------------
 
 def test_fsync_policies(tmp_path):
@@ -536,15 +569,16 @@ def test_append_rows_writes_the_same_record_as_append_batch(tmp_path):
     cols = trades(300, compressible=False, seed=3)
     cols["seq"] = np.arange(300, dtype=np.int64) * 2 + 7  # gaps: the other table's seqs
     names = [name for name, _ in L.TABLE_COLUMNS[L.REC_TRADES]]
-    views = tuple(np.ascontiguousarray(cols[c]).view(np.uint8) for c in names)
+    views = [np.ascontiguousarray(cols[c]) for c in names]
+    addrs = column_addresses(views)
     sizes = np.array([cols[c].dtype.itemsize for c in names], np.int64)
     a, b = tmp_path / "a.wal", tmp_path / "b.wal"
     with WalWriter(a, 0, fsync="off", compress=False) as w:
         w.append_batch(L.REC_TRADES, 7 + 2 * 10, {c: v[10:250] for c, v in cols.items()})
     with WalWriter(b, 0, fsync="off") as w:
-        w.append_rows(L.REC_TRADES, views, sizes, 10, 250, 7 + 2 * 10, 7 + 2 * 249)
+        w.append_rows(L.REC_TRADES, addrs, sizes, 10, 250, 7 + 2 * 10, 7 + 2 * 249)
         with pytest.raises(ValueError, match="do not continue"):
-            w.append_rows(L.REC_TRADES, views, sizes, 0, 5, 7, 15)
+            w.append_rows(L.REC_TRADES, addrs, sizes, 0, 5, 7, 15)
     ra, rb = a.read_bytes(), b.read_bytes()
     assert ra[L.FILE_HEADER_SIZE:] == rb[L.FILE_HEADER_SIZE:]  # file headers differ (time)
     out = decode(b)

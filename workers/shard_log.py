@@ -102,7 +102,7 @@ class ShardLog:
         self.logged_venues = 1  # venue 0 is the empty venue, never logged
         self.created_ns: int | None = None  # when the WAL file began (first start or roll)
         self.stats: dict = {}
-        self._raw: dict = {}  # table -> (uint8 views of the segment's columns, item sizes)
+        self._raw: dict = {}  # (id(data), table) -> (column addresses, item sizes, columns)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
 
     # --- start ----------------------------------------------------------------------------
@@ -336,23 +336,27 @@ class ShardLog:
         cols = data.cols[t]
         if hi - lo <= SMALL_PASS_ROWS and not self.compress:
             # the low-latency case: one compiled call assembles and checksums the record
-            views, sizes = self._raw_cols(data, t)
+            addrs, sizes = self._raw_cols(data, t)
             seq = cols["seq"]
-            self.writer.append_rows(_REC[t], views, sizes, lo, hi, int(seq[lo]),
+            self.writer.append_rows(_REC[t], addrs, sizes, lo, hi, int(seq[lo]),
                                     int(seq[hi - 1]))
             return
         columns = {wn: cols[cn][lo:hi] for wn, cn in zip(
             _WAL_NAMES[t], ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq"))}
         self.writer.append_batch(_REC[t], int(cols["seq"][lo]), columns)
 
-    def _raw_cols(self, data: ShardData, t: int) -> tuple[tuple, np.ndarray]:
-        got = self._raw.get(t)
+    def _raw_cols(self, data: ShardData, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Table t's columns in WAL record order for WalWriter.append_rows: their addresses
+        (``data`` keeps them mapped while this log writes its rows) and item sizes."""
+        got = self._raw.get((id(data), t))
         if got is None:
-            names = ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq")
-            got = self._raw[t] = (tuple(data.cols[t][c].view(np.uint8) for c in names),
-                                  np.array([data.cols[t][c].dtype.itemsize for c in names],
-                                           np.int64))
-        return got
+            cols = [data.cols[t][c] for c in ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t],
+                                              "seq")]
+            # the views stay in the entry: they keep the segment mapped (and the id unique)
+            got = self._raw[(id(data), t)] = (
+                wal.column_addresses(cols), np.array([c.dtype.itemsize for c in cols], np.int64),
+                cols)
+        return got[0], got[1]
 
     def failed(self) -> bool:
         """True when a flush failed: the writer must reopen the WAL (recover) before going on."""

@@ -115,6 +115,7 @@ class ShardWriter:
         self._roll_seen = 0  # roll requests (`wayy roll`) answered
         self._day = ""  # the UTC day the segment's rows belong to
         self.state = np.zeros(ingest.N_STATE, np.int64)
+        self._stv = memoryview(self.state)
         self.batches = np.zeros((MAX_BATCHES_PER_PASS, ingest.B_WORDS), np.int64)
         self._last_work = 0.0
         self._stall_pos = -1
@@ -193,11 +194,24 @@ class ShardWriter:
         # the same ring, so readers see one unbroken sequence of records
         self.changes = ChangeRingWriter.attach(segment_name(self.prefix, self.shard, "changes"))
         self.prefaulter = _Prefaulter(self) if PREFAULT else None
-        # the per-pass kernel call without numba's per-call type dispatch (13 arguments)
+        # the per-pass kernels take every array at once, as addresses (ingest.pass_memory;
+        # self holds each of them for as long as the writer runs), and are called without
+        # numba's per-call type dispatch
         r = self.ring
-        self._drain_args = (self.seg8, d.off, d.hdr32, r.hdr64, r.data8, r.data32, self.htab_s,
-                            self.htab_v, st, self.ctl.rejects, self.batches)
-        self._drain = inbound.entry_point(ingest.drain, *self._drain_args, 0, 0)
+        ch = self.changes
+        pf = self.prefaulter
+        M = ingest
+        self._mem = ingest.pass_memory({
+            M.M_SEG8: self.seg8, M.M_OFF: d.off, M.M_RING64: r.hdr64, M.M_RING8: r.data8,
+            M.M_HTAB_S: self.htab_s, M.M_HTAB_V: self.htab_v, M.M_STATE: st,
+            M.M_REJECTS: self.ctl.rejects, M.M_BATCHES: self.batches,
+            M.M_PF: pf.pf if pf is not None else np.zeros(ingest.P_WORDS, np.int64),
+            M.M_PF_COLS: pf.cols if pf is not None else _NO_PREFAULT_COLS,
+            M.M_CH_HDR: ch._hdr, M.M_CH_SLOTS: ch._slots, M.M_CH_WCTL: ch._wctl,
+            M.M_COUNTERS: self.ctl.counters})
+        self._pass_tail = (MAX_BYTES_PER_PASS, _MIN_ROW_BYTES, _PAGE, self.log is None)
+        self._pass = inbound.entry_point(ingest.writer_pass, self._mem, 0, *self._pass_tail)
+        self._writer_apply = inbound.entry_point(ingest.writer_apply, self._mem, 0, 0)
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
         # requests made while no writer ran are answered by this one's first idle pass
         self._roll_req = memoryview(r.hdr64)
@@ -253,39 +267,34 @@ class ShardWriter:
 
     def do_work(self) -> int:
         """Drain, commit, release. Returns the number of records consumed (0 = idle)."""
-        st = self.state
-        start_pos = int(st[ingest.S_IN_POS])
+        sv = self._stv  # the state, read as Python ints without numpy's scalar boxing
+        start_pos = sv[ingest.S_IN_POS]
         if self._tail_hint[L.TAIL_I64] <= start_pos:  # nothing claimed: skip the kernel
-            st[ingest.S_STALL_POS] = -1
+            sv[ingest.S_STALL_POS] = -1
             self._stall_pos = -1
             return 1 if self._pending is not None and self._finish_pending() else 0
-        if self.prefaulter is not None:
-            # map the pages this pass may write, one call per column (cheaper than a fault
-            # per page), unless the helper thread has already
-            self.prefaulter.ensure(min(int(self._tail_hint[L.TAIL_I64]) - start_pos,
-                                       MAX_BYTES_PER_PASS) // _MIN_ROW_BYTES + 1)
         if self._wal_retry_at and time.monotonic() < self._wal_retry_at:
             return 0
-        trades0 = int(st[ingest.S_TRADES])
-        quotes0 = int(st[ingest.S_QUOTES])
+        trades0 = sv[ingest.S_TRADES]
+        quotes0 = sv[ingest.S_QUOTES]
         now = time.time_ns()
-        nb = self._drain(*self._drain_args, now, MAX_BYTES_PER_PASS)
-        consumed = int(st[ingest.S_IN_POS]) - start_pos
+        # map the pages this pass may write (one call per column, cheaper than a fault per
+        # page) unless the prefault thread has already, drain, and with no WAL commit
+        nb = self._pass(self._mem, now, *self._pass_tail)
+        consumed = sv[ingest.S_IN_POS] - start_pos
         if consumed:
-            if self.log is None:
-                self._apply(nb, now)
-            elif not self._log_and_apply(nb, now, trades0, quotes0):
+            if self.log is not None and not self._log_and_apply(nb, now, trades0, quotes0):
                 return 0
-            if self._fill_rows and (st[ingest.S_TRADES] >= self._fill_rows
-                                    or st[ingest.S_QUOTES] >= self._fill_rows
+            if self._fill_rows and (sv[ingest.S_TRADES] >= self._fill_rows
+                                    or sv[ingest.S_QUOTES] >= self._fill_rows
                                     or self.ctl.rejects[T.REJECT_FULL] != self._full_seen):
                 self._fill_due = True
         elif self._pending is not None:
             self._finish_pending()
-        if st[ingest.S_FULL_HELD]:
+        if sv[ingest.S_FULL_HELD]:
             self._fill_due = True
-        if st[ingest.S_STALL_POS] >= 0 and consumed == 0:
-            self._check_stall(int(st[ingest.S_STALL_POS]))
+        if consumed == 0 and sv[ingest.S_STALL_POS] >= 0:
+            self._check_stall(sv[ingest.S_STALL_POS])
         else:
             self._stall_pos = -1
         return consumed
@@ -370,19 +379,13 @@ class ShardWriter:
 
         ``snap``/``batches``: the state and change records of an earlier pass whose WAL
         append just completed (the working state has moved on since)."""
-        st = self.state if snap is None else snap
-        ingest.commit(self.data.hdr64, st, now)
-        if snap is not None:
-            self.state[ingest.S_BATCHES] = snap[ingest.S_BATCHES]
+        if snap is None:
+            self._writer_apply(self._mem, now, nb)
+            return
         ch = self.changes
-        ingest.publish_changes(ch._hdr, ch._slots, ch._wctl,
-                               self.batches if batches is None else batches, nb)
-        ingest.release_inbound(self.ring.hdr64, self.ring.data8, st[ingest.S_IN_POS])
-        c = self.ctl.counters
-        c[C.C_ROWS_TRADES] = st[ingest.S_TRADES]
-        c[C.C_ROWS_QUOTES] = st[ingest.S_QUOTES]
-        c[C.C_BATCHES] += nb
-        c[C.C_HEARTBEAT_NS] = now
+        ingest.apply_pass(self.data.hdr64, snap, now, ch._hdr, ch._slots, ch._wctl, batches, nb,
+                          self.ring.hdr64, self.ring.data8, self.ctl.counters)
+        self.state[ingest.S_BATCHES] = snap[ingest.S_BATCHES]
 
     def idle(self, work: int) -> None:
         """Spin briefly after work (more may be coming), then sleep on the ring's futex."""
@@ -532,6 +535,9 @@ class ShardWriter:
         log.info("shard %d writer %d stopped", self.shard, os.getpid())
 
 
+_NO_PREFAULT_COLS = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
+
+
 class _PollGovernor:
     """Whether the writer may poll for input when idle: not while batches come fast and
     its thread has to wait for a CPU.
@@ -659,37 +665,31 @@ class _Prefaulter:
     """Maps the pages of the next rows of every column before the writer writes them.
 
     A daemon thread at low priority runs ingest.prefault_loop (native, no GIL held) with
-    the CPU nobody else wants; the writer calls ``ensure`` before each pass for what the
-    pass may write, in case the thread is behind. See ingest.prefault_loop.
+    the CPU nobody else wants; each writer pass (ingest.writer_pass) maps what it may write
+    first, in case the thread is behind. See ingest.prefault_loop.
     """
 
     def __init__(self, writer: "ShardWriter") -> None:
         d = writer.data
         self._state = writer.state
-        self._base = d.seg.buf.ctypes.data
+        self.base = d.seg.buf.ctypes.data
         self._capacity = d.capacity
-        self._cols = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
+        self.cols = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
         for t in (T.TRADES, T.QUOTES):
             b = S.OFF_TABLES + t * S.OFF_TABLE_STRIDE
             cols = [(b + S.COL_TS, 8), (b + S.COL_SYMBOL, 4), (b + S.COL_VENUE, 4),
                     (b + S.COL_SEQ, 8), (b + S.COL_PREV, 8)]
             cols += [(b + S.COL_VALUES + c, 8) for c in range(len(T.VALUE_COLUMNS[t]))]
             for k, (i, size) in enumerate(cols):
-                self._cols[t, k] = (d.off[i], size)
+                self.cols[t, k] = (d.off[i], size)
         self.pf = np.zeros(ingest.P_WORDS, np.int64)
         self.pf[ingest.P_OK] = 1
         self.pf[ingest.P_DONE + T.TRADES] = self._state[ingest.S_TRADES]
         self.pf[ingest.P_DONE + T.QUOTES] = self._state[ingest.S_QUOTES]
         self._stop = np.zeros(1, np.int32)
-        self._args = (self.pf, self._cols, self._base, _PAGE, self._capacity, self._state)
-        self._pass = inbound.entry_point(ingest.prefault_pass, *self._args, 0)
         self._thread = threading.Thread(target=self._run, args=(writer.ring,),
                                         name="wayy-prefault", daemon=True)
         self._thread.start()
-
-    def ensure(self, ahead: int) -> None:
-        """Map the pages of the next ``ahead`` rows of both tables, if not yet mapped."""
-        self._pass(*self._args, ahead)
 
     def stop(self) -> None:
         self._stop[0] = 1
@@ -704,7 +704,7 @@ class _Prefaulter:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFAULT_NICE)
             except (AttributeError, OSError):
                 pass
-            ingest.prefault_loop(self.pf, self._stop, self._cols, self._base, _PAGE,
+            ingest.prefault_loop(self.pf, self._stop, self.cols, self.base, _PAGE,
                                  self._capacity, self._state, ring.data8.ctypes.data,
                                  ring.capacity, PREFAULT_MIN_ROWS, PREFAULT_MAX_ROWS,
                                  PREFAULT_CHUNK_ROWS, int(PREFAULT_SECONDS * 1e9))
@@ -716,7 +716,7 @@ def kernels_cached() -> bool:
     """Whether numba's on-disk cache already holds the writer's main kernel: False on the
     first start on a machine (or after an upgrade), when warm_up compiles for about a
     minute instead of loading for a second or two."""
-    return in_disk_cache(ingest.drain)
+    return in_disk_cache(ingest.writer_pass)
 
 
 def warm_up() -> None:
@@ -727,9 +727,10 @@ def warm_up() -> None:
     wal_kernels.warm_up()
     cr_hdr = np.zeros(CR.HEADER_I64, np.int64)
     cr_hdr[CR.CAPACITY_I64] = CR.MIN_CAPACITY
-    ingest.publish_changes(cr_hdr, np.zeros(CR.MIN_CAPACITY * CR.RECORD_WORDS, np.int64),
-                           np.zeros(CR.WAIT_I32, np.int32),
-                           np.zeros((1, ingest.B_WORDS), np.int64), 1)
+    cr_slots = np.zeros(CR.MIN_CAPACITY * CR.RECORD_WORDS, np.int64)
+    cr_wctl = np.zeros(CR.WAIT_I32, np.int32)
+    ingest.publish_changes(cr_hdr, cr_slots, cr_wctl, np.zeros((1, ingest.B_WORDS), np.int64),
+                           1)
 
     ring = np.zeros(L.DATA_OFFSET // 8, np.int64)
     ring[L.CAPACITY_I64] = 1024
@@ -751,6 +752,20 @@ def warm_up() -> None:
                  batches, 0, 0)
     ingest.commit(hdr64, st, 0)
     ingest.release_inbound(ring, data8, 0)
+    # the writer's per-pass kernels, with the argument types ShardWriter passes (each
+    # boolean value of writer_pass's ``apply`` is the same signature)
+    counters = np.zeros(C.N_COUNTERS, np.int64)
+    M = ingest
+    mem = ingest.pass_memory({
+        M.M_SEG8: seg8, M.M_OFF: off, M.M_RING64: ring, M.M_RING8: data8, M.M_HTAB_S: htab,
+        M.M_HTAB_V: htab, M.M_STATE: st, M.M_REJECTS: rejects, M.M_BATCHES: batches,
+        M.M_PF: np.zeros(ingest.P_WORDS, np.int64), M.M_PF_COLS: _NO_PREFAULT_COLS,
+        M.M_CH_HDR: cr_hdr, M.M_CH_SLOTS: cr_slots, M.M_CH_WCTL: cr_wctl,
+        M.M_COUNTERS: counters})
+    ingest.writer_pass(mem, 0, 0, _MIN_ROW_BYTES, _PAGE, True)
+    ingest.writer_apply(mem, 0, 0)
+    ingest.apply_pass(hdr64, st, 0, cr_hdr, cr_slots, cr_wctl, batches, 0, ring, data8,
+                      counters)
     ingest.rebuild_htab(seg8, 0, htab)
     ingest.repair_after_crash(seg8, off, hdr64, st)
     ingest.link_rows(seg8, off, hdr64, st, 0, 0)

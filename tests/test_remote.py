@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -513,6 +514,22 @@ def test_wayy_tail(env):
     r = subprocess.run(wayy_cmd("tail", "ticks:TAL", "--db", env.path), capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 1 and "without Redis" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_wayy_tail_fails_at_once_when_redis_cannot_be_reached():
+    """A host that does not resolve, or nothing listening: one clear line and exit 1, not
+    a subscriber retrying for ever in silence."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens once the socket is closed
+    for url, why in ((f"redis://u:secret@127.0.0.1:{closed}", "Connection refused"),
+                     ("redis://no-such-host.invalid:6379", "")):
+        r = subprocess.run(wayy_cmd("tail", "ticks:AAPL", "--remote", url),
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 1, r.stderr
+        assert "cannot connect to Redis at" in r.stderr and why in r.stderr
+        assert "secret" not in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_wayy_tail_says_when_a_channel_has_no_stream_at_all(env, tmp_path):

@@ -759,6 +759,7 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
     if count is not None and count <= 0:
         raise InvalidInput(f"--count must be positive, got {count}")
     ts = None if from_ts is None else parse_time(from_ts)
+    _tail_reachable(remote_url, password)
     seen = [0]
     sub = Subscriber(remote_url, password=password)
 
@@ -784,6 +785,24 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
 
 
 TAIL_HINT_S = 5.0  # `wayy tail` says why nothing comes after this long
+TAIL_CONNECT_S = 5.0  # `wayy tail` gives up when Redis cannot be reached at start
+
+
+def _tail_reachable(url: str, password: str | None) -> None:
+    """Fail at once, in one line, when Redis cannot be reached at all (a host that does not
+    resolve, nothing listening): the subscriber would retry it for ever in silence. Once
+    connected, a lost connection is the subscriber's to retry (and it does)."""
+    from wayy import redis_server
+    from wayy.errors import RedisUnavailable
+    from wayy.remote import redact
+
+    try:
+        redis_server.command(url, "PING", password=password, timeout=TAIL_CONNECT_S)
+    except (OSError, ConnectionError) as exc:
+        raise RedisUnavailable(f"cannot connect to Redis at {redact(url)}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+    except (redis_server.RedisReplyError, ValueError):
+        pass  # it answers: what it says (NOAUTH, say) the subscriber reports with a hint
 
 
 def _tail_hint(url: str, password: str | None, stream: str, channel: str) -> None:

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -150,6 +151,48 @@ def test_no_wal_keeps_nothing_across_restart(db_factory):
         p.flush(10.0)
     assert int(db["trades"].tail(1)["seq"][0]) == last + 1
     db.close()
+
+
+def _signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` waits for process ``pid`` (stopped: delivered on SIGCONT)."""
+    with open(f"/proc/{pid}/status") as f:
+        masks = [int(line.split()[1], 16) for line in f
+                 if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(m & (1 << (sig - 1)) for m in masks)
+
+
+@pytest.mark.parametrize("wal", [True, False])
+def test_a_clean_stop_stores_what_producers_handed_in(db_factory, wal):
+    """publish returned, so the rows are the database's to keep: a clean stop commits what
+    the inbound ring holds (published here while the writer was stopped, so all of it is
+    still there when the stop reaches the writer) before the writer exits."""
+    args = ("--shards", "1", "--feed", "none") + (() if wal else ("--no-wal",))
+    d = db_factory(*args)
+    wpid = d.status()["shards"][0]["writer_pid"]
+    n = 5000
+    p = wayy.Producer(d.path)
+    os.kill(wpid, signal.SIGSTOP)
+    stopper = None
+    try:
+        p.publish_batch("trades", {"ts": T0 + np.arange(n), "symbol": SYMS[np.arange(n) % 40],
+                                   "price": np.arange(1.0, n + 1.0), "size": np.ones(n)})
+        stopper = threading.Thread(target=d.stop)  # the writer's SIGTERM waits for SIGCONT
+        stopper.start()
+        wait_for(lambda: _signal_pending(wpid, signal.SIGTERM), 10,
+                 what="the supervisor's SIGTERM to the writer")
+    finally:
+        os.kill(wpid, signal.SIGCONT)
+        if stopper is not None:
+            stopper.join(60)
+        p.close()
+    assert "left in the inbound ring" not in d.log()
+    if wal:
+        d2 = db_factory(*args)
+        with wayy.attach(d2.path) as db:
+            assert len(db["trades"]) == n
+            assert db["trades"].between()["price"].tolist() == list(np.arange(1.0, n + 1.0))
+    else:  # nothing survives a stop without the WAL, but the seqs were handed out
+        assert open(os.path.join(d.path, "shard-0.next-seq")).read().split()[0] == str(n)
 
 
 def _stopped_db_with_rows(db_factory, shards: int = 1, batches: int = 40):

@@ -65,6 +65,10 @@ POLL_GOVERNOR = os.environ.get("WAYY_POLL_GOVERNOR", "1") != "0"  # 0: always po
 STALL_DEAD_CHECK_S = 0.2  # a claim unfinished this long: is its producer alive?
 STALL_ZERO_HEADER_S = 5.0  # a claim with no header at all this long: pad over it
 WAL_RETRY_S = 0.5  # while the WAL cannot be written, try again this often
+# on stop: at most this long to commit what producers handed in before the ring closed
+# (within the supervisor's STOP_GRACE_S), and done once no record came for STOP_QUIET_S
+STOP_DRAIN_S = 3.0
+STOP_QUIET_S = 0.005
 PIPELINE_MIN_ROWS = 2048  # passes at least this big are logged on the WAL thread
 
 # Column pages are mapped ahead of the writer by a helper thread, so first-touch page faults
@@ -444,6 +448,35 @@ class ShardWriter:
         inbound.writer_wait(self.ring.hdr64, self.ring.hdr32, self.state[ingest.S_IN_POS],
                             IDLE_WAIT_NS)
 
+    def _drain_for_stop(self) -> None:
+        """Commit every record producers put in the ring before it closed: their publish
+        returned, so a clean stop must store them. Ends once the ring stays empty for
+        STOP_QUIET_S (a producer that saw the ring open just before it closed claims
+        within microseconds), at STOP_DRAIN_S, or when the WAL cannot be written (then
+        `wayy stop` says how much the ring still holds)."""
+        sv = self._stv
+        deadline = time.monotonic() + STOP_DRAIN_S
+        quiet_since = time.monotonic()
+        while not self._wal_retry_at:
+            now = time.monotonic()
+            if self.do_work():
+                quiet_since = now
+                continue
+            if self._fill_due and sv[ingest.S_FULL_HELD]:
+                self.idle(0)  # a batch that waits for a roll: roll, then drain it
+            if self._tail_hint[L.TAIL_I64] > sv[ingest.S_IN_POS]:
+                quiet_since = now  # a record claimed and still being written (or stalled)
+            elif now - quiet_since >= STOP_QUIET_S:
+                return
+            if now >= deadline:
+                break
+            time.sleep(STOP_QUIET_S / 10)
+        left = int(self._tail_hint[L.TAIL_I64]) - sv[ingest.S_IN_POS]
+        if left > 0:
+            log.warning("shard %d: stopping with %d bytes of ticks left in the inbound ring "
+                        "(%s)", self.shard, left, "the WAL cannot be written"
+                        if self._wal_retry_at else f"not drained within {STOP_DRAIN_S:.0f} s")
+
     def roll(self, why: str) -> dict | None:
         """Move the committed rows to history and start a new generation (workers/roll.py).
 
@@ -511,8 +544,10 @@ class ShardWriter:
         self._stall_pos = -1
 
     def on_close(self) -> None:
-        """Close the ring to producers, flush the WAL, and mark the shard stopped."""
+        """Close the ring to producers, commit what they handed in before, flush the WAL,
+        and mark the shard stopped."""
         inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_STOPPED)
+        self._drain_for_stop()
         if self._pending is not None:
             self._finish_pending()
         self._save_next_seq()

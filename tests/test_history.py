@@ -470,6 +470,22 @@ def test_retention_removes_old_dates_only_and_crash_safely(tmp_path):
     assert H.apply_retention(root, 0, today="2030-01-01") and H.verify_history(root) == {}
 
 
+def test_retention_of_one_shard_leaves_the_others_partitions(tmp_path):
+    """Each writer applies retention to its own shard: one rolling into an old day is never
+    raced by another removing the partition it is still writing and checking."""
+    root = str(tmp_path)
+    rng = np.random.default_rng(9)
+    for shard in (0, 1):
+        for i, d in enumerate(("2023-11-10", "2023-11-14")):
+            cols, _ = make_rows(rng, 20, 100 * i, T0 + i * 86_400 * 10**9)
+            H.write_partition(root, d, "trades", shard, cols, SYMS, VENS)
+    removed = H.apply_retention(root, 2, today="2023-11-14", shard=1)
+    assert [(p.split(os.sep)[-3], p.split(os.sep)[-1]) for p in removed] == \
+        [("2023-11-10", "shard-1.seq-0")]
+    left = [(p.date, p.shard) for p in H.HistoryStore(root).partitions()]
+    assert sorted(left) == [("2023-11-10", 0), ("2023-11-14", 0), ("2023-11-14", 1)]
+
+
 # --- history and memory together, on a running database ---------------------------------------------
 def _publish(p, rng, n: int, ts0: int, syms, price0: int) -> None:
     sym = np.array(syms)[rng.integers(0, len(syms), n)]

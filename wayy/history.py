@@ -1138,9 +1138,12 @@ def verify_history(db_path: str) -> dict[str, list[str]]:
 
 
 # --- retention ------------------------------------------------------------------------------
-def apply_retention(db_path: str, keep_days: int | None, today=None) -> list[str]:
+def apply_retention(db_path: str, keep_days: int | None, today=None,
+                    shard: int | None = None) -> list[str]:
     """Remove partitions dated more than ``keep_days`` days before ``today`` (UTC today by
     default): ``keep_days=7`` keeps today and the 7 days before it; ``None`` keeps all.
+    ``shard``: only that shard's partitions (each writer applies retention to its own, so
+    none removes a partition another shard's roll is still writing and checking).
     Each partition is renamed to a trash name first (readers stop seeing it at once, and a
     crash leaves only trash that :func:`cleanup_temp` removes), then deleted. Returns the
     partitions' former paths."""
@@ -1157,7 +1160,7 @@ def apply_retention(db_path: str, keep_days: int | None, today=None) -> list[str
     removed = []
     with _translate_os(hist):
         cleanup_temp(db_path)
-        old = [p for p in _list_parts(hist) if p[1] < cutoff]
+        old = [p for p in _list_parts(hist) if p[1] < cutoff and shard in (None, p[3])]
         for path, *_ in old:
             trash = os.path.join(hist, f"{TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(6)}")
             os.rename(path, trash)

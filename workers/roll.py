@@ -104,10 +104,10 @@ def roll(db_path: str, data: ShardData, state: np.ndarray, shard_log, date: str,
         shard_log.start_after_roll(data, state)
     reset_segment(data, state)
     removed = []
-    if keep_days is not None and data.shard == 0:  # one writer applies retention
+    if keep_days is not None:  # every writer to its own partitions
         from wayy import history
 
-        removed = history.apply_retention(db_path, keep_days)
+        removed = history.apply_retention(db_path, keep_days, shard=data.shard)
     stats = {"date": date, "rows": rows, "next_seq": int(state[ingest.S_NEXT_SEQ]),
              "generation": int(data.hdr64[S.GENERATION_I64]),
              "seconds": round(time.perf_counter() - t0, 3), "removed": removed}

@@ -219,6 +219,11 @@ class ShardWriter:
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
         # requests made while no writer ran are answered by this one's first idle pass
         self._roll_req = memoryview(r.hdr64)
+        if roll.due(self.roll_cfg, self.data, st, self._day) == "day":
+            # stopped before midnight, started after: the old day's rows go to history
+            # before any new tick joins them (it would be labelled with that day, and
+            # --history-days could delete it at once)
+            self.roll("day")  # on failure: retried from idle, like any day roll
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])

@@ -217,6 +217,11 @@ def _u64(seg8, o, n):
     return numba.carray(as_pointer(seg8.ctypes.data + o), _fit(seg8, o, n, 8), np.uint64)
 
 
+# the venue "stream" as the first word of its NUL-padded name (the second is 0): refused by
+# the writer too, which trusts no producer (wayy.names.RESERVED_VENUE)
+_RESERVED_VENUE_W0 = np.uint64(int.from_bytes(b"stream".ljust(8, b"\0"), "little"))
+
+
 # words of the per-pass scratch array ``st`` that drain shares with _drain_run
 R_ROW = 0  # next row of the table being appended
 R_SEQ = 1  # next seq
@@ -350,8 +355,11 @@ def _drain_run(table, nvals, ring8, ring32, pos, tail, end, mask, max_record, no
                         break
                     h = (h + 1) & vmask
                 if vid == -3:
-                    vid = _intern(ven64, htab_v, nven, max_ven, e0, e1, True, hdr32,
-                                  S.N_VENUES_I32)
+                    if e0 == _RESERVED_VENUE_W0 and e1 == 0:
+                        vid = np.int64(-1)  # names the Redis stream of a channel
+                    else:
+                        vid = _intern(ven64, htab_v, nven, max_ven, e0, e1, True, hdr32,
+                                      S.N_VENUES_I32)
                     if vid < 0:
                         rejects[T.REJECT_VENUE if vid == -1 else T.REJECT_VENUES_FULL] += 1
                         continue

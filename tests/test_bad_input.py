@@ -234,6 +234,7 @@ def test_writer_rejects_what_bypasses_the_producer(shared_db):
     names[3] = b"*"  # symbol
     venues = np.array([b""] * n, dtype="S16")
     venues[4] = b"V:1"  # venue
+    venues[7] = b"stream"  # venue: reserved, names the Redis stream of ticks:RAW.X
     price = np.full(n, 10.0)
     price[5] = np.nan  # price
     size = np.full(n, 2.0)
@@ -254,12 +255,13 @@ def test_writer_rejects_what_bypasses_the_producer(shared_db):
     def counted():
         r = shared_db.status()["shards"][k]["rejects"]
         return all(r[name] - before[name] >= want for name, want in
-                   [("timestamp", 1), ("symbol", 2), ("venue", 1), ("price", 1), ("size", 1),
+                   [("timestamp", 1), ("symbol", 2), ("venue", 2), ("price", 1), ("size", 1),
                     ("crossed", 1)]) and r
 
     wait_for(counted, what="rejects counted")
     db = wayy.attach(shared_db.path)
-    wait_for(lambda: len(db["trades"].tail(10, symbol=sym)) == 2, what="good rows")
+    wait_for(lambda: len(db["trades"].tail(10, symbol=sym)) == 1, what="the good row")
+    assert db["trades"].tail(10, symbol=sym)["venue"].tolist() == [""]
     assert all(s["state"] == "running" for s in shared_db.status()["shards"])
     ring.close()
     db.close()

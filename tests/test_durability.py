@@ -364,6 +364,26 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_detached_start_shows_what_it_logged_as_warnings(db_factory):
+    """A WAL removed while the database was stopped: the rows are gone, the seqs go on, and
+    `wayy start --detach` says so on stderr, not only in wayy.log."""
+    d, _before = _stopped_db_with_rows(db_factory, shards=1, batches=3)
+    os.remove(wal_files(d.path)[0])
+    r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach")
+    try:
+        assert r.returncode == 0, r.stderr
+        notes = [x for x in r.stderr.splitlines() if x.startswith("wayy: warning (logged): ")]
+        assert len(notes) == 1 and "shard 0: seqs up to" in notes[0], r.stderr
+        assert "was the WAL removed, emptied or damaged?" in notes[0]
+    finally:
+        assert run_cli("stop", "--db", d.path).returncode == 0
+    r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach")
+    try:  # a clean start says nothing of the kind
+        assert r.returncode == 0 and "(logged)" not in r.stderr, r.stderr
+    finally:
+        assert run_cli("stop", "--db", d.path).returncode == 0
+
+
 def test_a_start_refused_for_space_leaves_the_shard_count_free(tmp_path):
     """The error tells the user to lower --capacity or --shards: the next start with fewer
     shards must not be refused because the failed one fixed the count."""

@@ -270,6 +270,26 @@ def _damage_notes(path: str, since_ns: int) -> list[str]:
     return out
 
 
+def _logged_warnings(log_path: str, offset: int) -> list[str]:
+    """The warnings and errors a detached start logged (from byte ``offset`` of its log):
+    a foreground start shows them as they come; a detached one would leave them in the
+    file (a WAL removed or emptied, a torn tail cut back, a stalled producer)."""
+    out = []
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        for level in (" WARNING ", " ERROR "):
+            if level in line:
+                out.append(f"wayy: {level.strip().lower()} (logged): "
+                           f"{line.split(level, 1)[1]}")
+                break
+    return out
+
+
 def _redis_banner(path: str) -> str:
     """The banner's Redis lines, from the manifest (the port may have been chosen at start)."""
     from urllib.parse import urlsplit
@@ -313,6 +333,11 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
     except OSError as exc:
         raise InvalidInput(f"cannot create database directory {path}: {exc.strerror}",
                            path=path) from None
+    log_path = os.path.join(path, "wayy.log")
+    try:
+        log_from = os.path.getsize(log_path)
+    except OSError:
+        log_from = 0
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -349,7 +374,9 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
         line = f.readline().strip()
     if line == "ok":
         banner()
-        click.echo(f"  log:     {os.path.join(path, 'wayy.log')}")
+        click.echo(f"  log:     {log_path}")
+        for note in _logged_warnings(log_path, log_from):
+            click.echo(note, err=True)
         return
     raise WayyError(line.removeprefix("error: ") or
                     f"supervisor exited during start; see {os.path.join(path, 'wayy.log')}")

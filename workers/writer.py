@@ -237,12 +237,20 @@ class ShardWriter:
         floor = max(in_history, self._read_next_seq())
         st = self.state
         if int(st[ingest.S_NEXT_SEQ]) < floor:
-            log.warning("shard %d: seqs up to %d were given out before (history holds up to "
-                        "%d) but the write-ahead log and memory hold only up to %d (was the "
-                        "WAL removed, emptied or damaged, or off?); continuing from seq %d",
-                        self.shard, floor - 1, in_history - 1, int(st[ingest.S_NEXT_SEQ]) - 1,
-                        floor)
+            if self.log is None:  # --no-wal: nothing is kept across a stop, by design
+                log.info("shard %d: no write-ahead log; continuing from seq %d", self.shard,
+                         floor)
+            else:
+                log.warning("shard %d: seqs up to %d were given out before (history holds up "
+                            "to %d) but the write-ahead log and memory hold only up to %d "
+                            "(was the WAL removed, emptied or damaged?); continuing from seq "
+                            "%d", self.shard, floor - 1, in_history - 1,
+                            int(st[ingest.S_NEXT_SEQ]) - 1, floor)
             st[ingest.S_NEXT_SEQ] = floor
+            if self.log is not None and not (st[ingest.S_TRADES] or st[ingest.S_QUOTES]):
+                # a WAL with no row: start it at the new seq (a roll record), so that the
+                # next start finds the seq there instead of warning again
+                self.log.start_after_roll(self.data, st)
         self._saved_seq = int(st[ingest.S_NEXT_SEQ])
 
     def _seq_file(self) -> str:

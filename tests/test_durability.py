@@ -410,9 +410,17 @@ def test_a_handle_of_an_earlier_run_says_so(db_factory):
     old_producer = wayy.Producer(d.path, timeout=0.3)
     wait_for(lambda: len(old["trades"]) == sent, what="trades committed")
     d.stop()
-    d2 = db_factory("--shards", "1", "--feed", "none")
-    with pytest.raises(wayy.WriterUnavailable, match="create a new Producer"):
+    # stopped: the Producer's run has ended (a NotRunning, and a WriterUnavailable)
+    with pytest.raises(wayy.RunEnded, match="is not running") as exc:
         old_producer.publish("trades", symbol="S01", price=1.0, size=1.0)
+    assert isinstance(exc.value, wayy.NotRunning) and exc.value.accepted == 0
+    d2 = db_factory("--shards", "1", "--feed", "none")
+    with pytest.raises(wayy.RunEnded, match="was stopped and started again"):
+        old_producer.publish("trades", symbol="S01", price=1.0, size=1.0)
+    with pytest.raises(wayy.WriterUnavailable, match="create a new Producer") as exc:
+        old_producer.publish_batch("trades", {"symbol": np.array(["S01", "S02"]),
+                                              "price": np.ones(2), "size": np.ones(2)})
+    assert exc.value.accepted == 0 and exc.value.pending_rows.tolist() == [0, 1]
     old_producer.close()
     time.sleep(0.6)  # handles look at most every 0.5 s
     for query in (lambda: len(old["trades"]), lambda: old["trades"].tail(3),

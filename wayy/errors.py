@@ -89,6 +89,13 @@ class WriterUnavailable(WayyError):
     """The shard writer does not accept input now; the message says why."""
 
 
+class RunEnded(NotRunning, WriterUnavailable):
+    """A Producer's run of the database has ended: the database stopped, died, or was
+    started again since the Producer was made (its inbound rings are gone or never drained
+    again). Create a new Producer. A NotRunning, like a stale ``attach`` handle's queries,
+    and a WriterUnavailable, so ``accepted`` / ``pending_rows`` handling catches it too."""
+
+
 class RowsRejected(WayyError):
     """A writer refused rows after ``publish`` returned (the table or the shard's symbol
     table was full): raised by ``Producer.flush``. ``rejected`` maps shard -> {reason:

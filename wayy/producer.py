@@ -42,12 +42,13 @@ from wayy.errors import (
     InvalidInput,
     InvalidTick,
     RowsRejected,
+    RunEnded,
     UnknownTable,
     WayyError,
     WriterUnavailable,
     translate,
 )
-from wayy.manifest import read_manifest
+from wayy.manifest import lock_holder, read_manifest
 from wayy.names import (
     check_symbol,
     check_new_venues,
@@ -606,11 +607,11 @@ class Producer:
             if time.monotonic() >= deadline:
                 if code == inbound.NOT_ACCEPTING:
                     _ok, why = self._rings[k].accepting()
-                    if self._restarted():
-                        exc = WriterUnavailable(
-                            f"the database at {self.path} was stopped and started again "
-                            f"since this Producer attached; create a new Producer",
-                            shard=k, path=self.path)
+                    ended = self._run_ended()
+                    if ended:
+                        exc = RunEnded(
+                            f"the database at {self.path} {ended} since this Producer "
+                            f"attached; create a new Producer", shard=k, path=self.path)
                     else:
                         exc = WriterUnavailable(
                             f"shard {k} does not accept ticks ({why or 'writer not running'}) "
@@ -631,13 +632,18 @@ class Producer:
             if code >= 0:
                 return
 
-    def _restarted(self) -> bool:
-        """Whether a newer run of the database than the one attached is up (its rings are
+    def _run_ended(self) -> str | None:
+        """How this Producer's run of the database ended, or None while it runs: stopped or
+        killed (nobody holds the database lock), or started again (a newer run's rings are
         new shared memory: this Producer's would never be drained again)."""
+        if not lock_holder(self.path)[0]:
+            return "is not running (stopped, or its supervisor died)"
         try:
-            return read_manifest(self.path).started_ns != self.manifest.started_ns
+            if read_manifest(self.path).started_ns != self.manifest.started_ns:
+                return "was stopped and started again"
         except WayyError:
-            return False
+            pass
+        return None
 
     # --- acknowledgement -----------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> None:
@@ -661,6 +667,12 @@ class Producer:
         for k, ring, target in targets:
             while int(ring.hdr64[L.HEAD_I64]) < target:
                 if time.monotonic() >= deadline:
+                    ended = self._run_ended()
+                    if ended:  # what the ring holds is never committed now
+                        raise RunEnded(f"the database at {self.path} {ended} since this "
+                                       f"Producer attached: shard {k}'s rows published "
+                                       f"since its last commit are not stored; create a new "
+                                       f"Producer", shard=k, path=self.path)
                     # a writer restarting after a crash drains the ring again: only a
                     # writer that is still not taking ticks at the deadline is named
                     ok, why = ring.accepting()

@@ -339,15 +339,20 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
                        (["--feed", "bogus"], "feed"),
                        (["--writer-poll-us", "-1"], "--writer-poll-us"),
                        (["--writer-poll-us", "nan"], "--writer-poll-us"),
-                       (["--max-symbols", "0"], "max_symbols 0 out of range: 1 .. 2**31 - 1")]:
+                       (["--max-symbols", "0"], "--max-symbols 0 is out of range: 1 .. 2**31 - 1"),
+                       (["--no-wal", "--wal-compress"], "--wal-compress configures the write"),
+                       (["--no-wal", "--fsync", "batch"], "which --no-wal turns off"),
+                       (["--shards", "x"], "Invalid value for '--shards'")]:
         r = run_cli("start", "--db", str(tmp_path / "bad"), *args)
         assert r.returncode != 0 and text in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)  # one clear line
 
     for cmd in ("roll", "stop"):  # a timeout that cannot be waited: refused before acting
         for bad in ("-1", "nan", "inf", "0"):
             r = run_cli(cmd, "--db", db_run.path, "--timeout", bad)
             assert r.returncode == 2 and "--timeout" in r.stderr, (cmd, bad, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1 and f"{cmd} --help" in r.stderr
     assert db_run.status()["shards"][0]["state"] == "running"
     r = run_cli("status", "--db", str(tmp_path / "nothing"))
     assert r.returncode == 1 and "no database" in r.stderr

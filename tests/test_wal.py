@@ -381,6 +381,9 @@ def test_verify_reports_a_wal_named_for_another_shard(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     assert "WAL belongs to shard 1, expected shard 0" in r.stdout, r.stdout
     assert "1 ok, 3 damaged" in r.stdout, r.stdout
+    (wal_dir / "shard-4.wal").write_bytes(b"")  # an emptied WAL names no shard in itself
+    assert [r.summary for r in verify(str(tmp_path)) if r.path.endswith("shard-4.wal")] == \
+        ["empty (0 bytes, no file header), shard 4 by its name"]
 
 
 def test_empty_and_torn_file_header(tmp_path):

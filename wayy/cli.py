@@ -30,7 +30,26 @@ def default_shards() -> int:
 
 
 class _Cli(click.Group):
-    """Turns WayyError into one line and a non-zero exit."""
+    """Turns WayyError into one line and a non-zero exit (1), and a usage error (a bad
+    option value, an unknown option) into one line and exit status 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:  # --help, --version
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("wayy: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `wayy`: the help, as is
+                exc.show()
+                sys.exit(exc.exit_code)
+            hint = (f" (see: {exc.ctx.command_path} --help)"
+                    if isinstance(exc, click.UsageError) and exc.ctx is not None else "")
+            click.echo(f"wayy: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -191,6 +210,17 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
         if given:
             raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
                                f"the Redis fan-out, which --no-redis turns off")
+    if no_wal:
+        # WAL options a start without the WAL would silently ignore
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("wal_compress", "fsync",
+                                                       "fsync_interval_ms")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
+                               f"the write-ahead log, which --no-wal turns off")
+    if max_symbols is not None and not 1 <= max_symbols <= 2**31 - 1:
+        raise InvalidInput(f"--max-symbols {max_symbols} is out of range: 1 .. 2**31 - 1")
     specs = [parse_feed_spec(f) for f in feeds]
     specs = [s for s in specs if s.kind != "none"]
     if shards is None:

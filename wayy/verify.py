@@ -42,9 +42,13 @@ def _wal_report(path: str, running: bool) -> Report:
         found = wal.scan(path)
     except (ShmError, OSError) as exc:
         return Report(rel, False, "unreadable", [str(exc)])
-    summary = (f"shard {found.shard}, {len(found.records)} records, {found.rows} rows, "
-               f"next seq {found.next_seq if found.next_seq is not None else 0}, "
-               f"{found.file_size} bytes")
+    if found.shard is None:  # no file header: nothing was ever logged in it (or emptied)
+        summary = (f"empty ({found.file_size} bytes, no file header), shard "
+                   f"{expected_shard(path)} by its name")
+    else:
+        summary = (f"shard {found.shard}, {len(found.records)} records, {found.rows} rows, "
+                   f"next seq {found.next_seq if found.next_seq is not None else 0}, "
+                   f"{found.file_size} bytes")
     problems = []
     expected = expected_shard(path)
     if expected is not None and found.shard is not None and found.shard != expected:

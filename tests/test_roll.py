@@ -182,6 +182,47 @@ def test_ticks_of_a_start_on_a_later_day_do_not_join_the_old_day(db_factory):
     assert "rolled 100 trades" in log and "retention removed" in log
 
 
+def test_a_start_on_a_later_day_with_no_rows_labels_new_rows_with_today(db_factory):
+    """Stopped right after a roll (no rows in memory) and started days later: the new rows
+    belong to the day they came, not to the day the WAL began -- a day roll a second later
+    would label them with that old day, and --history-days delete them."""
+    args = ("--shards", "1", "--feed", "none", "--no-redis", "--history-days", "2")
+    d = db_factory(*args)
+    with wayy.Producer(d.path) as p:
+        p.publish("trades", symbol="OLDDAY", price=1.0, size=1.0)
+        p.flush(10.0)
+    assert run_cli("roll", "--db", d.path).returncode == 0
+    d.stop()
+    _age_wal(d.path, 0, 3)  # the day roll of 3 days ago, then a stop
+    _age_history(d.path, 4)
+    d2 = db_factory(*args)
+    with wayy.Producer(d2.path) as p:
+        for i in range(8):
+            p.publish("trades", symbol="NEWDAY", price=1.0 + i, size=1.0)
+        p.flush(10.0)
+    time.sleep(2.5)  # the writer's once-a-second day check has run
+    with wayy.attach(d2.path) as db:
+        assert db["trades"].between()["symbol"].tolist().count("NEWDAY") == 8
+    assert "rolled 8 trades" not in d2.log()
+
+
+def _age_history(path: str, days: int) -> None:
+    """Move every history partition ``days`` days back (its date directory and meta)."""
+    import datetime as dt
+    import json
+
+    hist = os.path.join(path, "hist")
+    for date in sorted(os.listdir(hist)):
+        old = dt.date.fromisoformat(date)
+        new = (old - dt.timedelta(days=days)).isoformat()
+        for meta in glob.glob(os.path.join(hist, date, "*", "*", "meta.json")):
+            m = json.load(open(meta))
+            m["date"] = new
+            with open(meta, "w") as f:
+                json.dump(m, f, separators=(",", ":"))
+        os.rename(os.path.join(hist, date), os.path.join(hist, new))
+
+
 @pytest.mark.slow
 def test_writer_killed_during_rolls_loses_and_repeats_nothing(db_factory):
     """Rolls requested again and again under load, the writer SIGKILLed at random moments

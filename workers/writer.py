@@ -219,11 +219,14 @@ class ShardWriter:
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
         # requests made while no writer ran are answered by this one's first idle pass
         self._roll_req = memoryview(r.hdr64)
-        if roll.due(self.roll_cfg, self.data, st, self._day) == "day":
+        if self._day != roll.utc_date(time.time_ns()):
             # stopped before midnight, started after: the old day's rows go to history
             # before any new tick joins them (it would be labelled with that day, and
-            # --history-days could delete it at once)
-            self.roll("day")  # on failure: retried from idle, like any day roll
+            # --history-days could delete it at once); with none, the new rows are today's
+            if not (st[ingest.S_TRADES] or st[ingest.S_QUOTES]):
+                self._day = roll.utc_date(time.time_ns())
+            elif roll.due(self.roll_cfg, self.data, st, self._day) == "day":
+                self.roll("day")  # on failure: retried from idle, like any day roll
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
@@ -238,8 +241,9 @@ class ShardWriter:
         st = self.state
         if int(st[ingest.S_NEXT_SEQ]) < floor:
             if self.log is None:  # --no-wal: nothing is kept across a stop, by design
-                log.info("shard %d: no write-ahead log; continuing from seq %d", self.shard,
-                         floor)
+                log.info("shard %d: no write-ahead log; seqs up to %d were given out before "
+                         "(history holds up to %d); continuing from seq %d", self.shard,
+                         floor - 1, in_history - 1, floor)
             else:
                 log.warning("shard %d: seqs up to %d were given out before (history holds up "
                             "to %d) but the write-ahead log and memory hold only up to %d "

@@ -11,8 +11,9 @@ writer pass:
     release_inbound(...)  zero the consumed ring bytes, release the ring head
 
 The writer calls them through ``writer_pass`` (prefault, drain and, with no WAL, the rest)
-and ``apply_pass`` (the rest, after a WAL append): one kernel call per pass instead of
-five, because each call from Python costs 0.3-0.5 us, as much as a one-tick pass's work.
+and ``writer_apply`` (the rest, after a WAL append; ``apply_pass`` for a pass whose append
+ran on the WAL thread): one kernel call per pass instead of five, because each call from
+Python costs 0.3-0.5 us, as much as a one-tick pass's work.
 
 ``state`` is the writer's private int64 working copy (S_* indices); it equals the committed
 snapshot right after ``commit``.

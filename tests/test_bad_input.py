@@ -46,6 +46,7 @@ def test_producer_rejects_bad_trade_values(producer, fields, reason):
     with pytest.raises(wayy.InvalidTick) as ei:
         producer.publish("trades", **{**GOOD, **fields})
     assert ei.value.reason == reason
+    assert str(ei.value).startswith(f"trade {GOOD['symbol']}: ")  # names the tick
 
 
 @pytest.mark.parametrize("symbol", ["", "A" * 17, "AA PL", "AAPL*", "AA?L", "A[1]", "AAPL:NYSE",

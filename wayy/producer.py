@@ -384,7 +384,7 @@ class Producer:
     def _trade(self, symbol, price, size, venue="", ts=None) -> None:
         route = (self._routes.get((symbol, venue, L.TYPE_TRADES))
                  or self._route(symbol, venue, L.TYPE_TRADES))
-        ts = time.time_ns() if ts is None else self._ts(ts)
+        ts = time.time_ns() if ts is None else self._ts(ts, f"trade {symbol}")
         price = _number(price, "price", f"trade {symbol}")
         size = _number(size, "size", f"trade {symbol}")
         if not (0.0 < price < math.inf):
@@ -399,7 +399,7 @@ class Producer:
     def _quote(self, symbol, bid, ask, bid_size, ask_size, venue="", ts=None) -> None:
         route = (self._routes.get((symbol, venue, L.TYPE_QUOTES))
                  or self._route(symbol, venue, L.TYPE_QUOTES))
-        ts = time.time_ns() if ts is None else self._ts(ts)
+        ts = time.time_ns() if ts is None else self._ts(ts, f"quote {symbol}")
         what = f"quote {symbol}"
         bid, ask = _number(bid, "bid", what), _number(ask, "ask", what)
         bs, az = _number(bid_size, "bid_size", what), _number(ask_size, "ask_size", what)
@@ -415,16 +415,17 @@ class Producer:
             self._one_row_retry(route, ts, bid, ask, bs, az)
 
     @staticmethod
-    def _ts(ts) -> int:
+    def _ts(ts, what: str) -> int:
+        """A tick's ts checked (``what``: "trade SYM" / "quote SYM", for the message)."""
         if ts is None:
             return time.time_ns()
         if isinstance(ts, (bool, float)) or not isinstance(ts, (int, np.integer)):
-            raise InvalidTick(f"ts must be int nanoseconds since the epoch, got {ts!r}",
-                              reason="timestamp")
+            raise InvalidTick(f"{what}: ts must be int nanoseconds since the epoch, got "
+                              f"{ts!r}", reason="timestamp")
         ts = int(ts)
         if not T.MIN_TS_NS <= ts <= time.time_ns() + T.MAX_FUTURE_NS:
-            raise InvalidTick(f"ts {ts} is before 1990 or more than a day in the future",
-                              reason="timestamp")
+            raise InvalidTick(f"{what}: ts {ts} is before 1990 or more than a day in the "
+                              f"future", reason="timestamp")
         return ts
 
     def _one_row_retry(self, route, ts, a, b, c, d) -> None:

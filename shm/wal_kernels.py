@@ -371,5 +371,4 @@ def warm_up() -> None:
             decode_table(buf, z, z, z, z, z, cols, np.ones(ncols, np.int64), 0, 0, rw)
     cols = np.zeros(64, np.uint8)
     addrs = np.full(8, cols.ctypes.data, np.int64)
-    encode_record(np.zeros(256, np.uint8), 1, 0, addrs, np.ones(8, np.int64), 0, 1, 0, 0)
     write_record(-1, np.zeros(256, np.uint8), 1, 0, addrs, np.ones(8, np.int64), 0, 1, 0, 0)

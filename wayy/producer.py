@@ -417,8 +417,6 @@ class Producer:
     @staticmethod
     def _ts(ts, what: str) -> int:
         """A tick's ts checked (``what``: "trade SYM" / "quote SYM", for the message)."""
-        if ts is None:
-            return time.time_ns()
         if isinstance(ts, (bool, float)) or not isinstance(ts, (int, np.integer)):
             raise InvalidTick(f"{what}: ts must be int nanoseconds since the epoch, got "
                               f"{ts!r}", reason="timestamp")

@@ -219,13 +219,14 @@ class ShardWriter:
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
         # requests made while no writer ran are answered by this one's first idle pass
         self._roll_req = memoryview(r.hdr64)
-        if self._day != roll.utc_date(time.time_ns()):
+        today = roll.utc_date(time.time_ns())
+        if self._day != today:
             # stopped before midnight, started after: the old day's rows go to history
             # before any new tick joins them (it would be labelled with that day, and
             # --history-days could delete it at once); with none, the new rows are today's
             if not (st[ingest.S_TRADES] or st[ingest.S_QUOTES]):
-                self._day = roll.utc_date(time.time_ns())
-            elif roll.due(self.roll_cfg, self.data, st, self._day) == "day":
+                self._day = today
+            elif self.roll_cfg.daily:
                 self.roll("day")  # on failure: retried from idle, like any day roll
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
@@ -781,8 +782,6 @@ def warm_up() -> None:
     cr_hdr[CR.CAPACITY_I64] = CR.MIN_CAPACITY
     cr_slots = np.zeros(CR.MIN_CAPACITY * CR.RECORD_WORDS, np.int64)
     cr_wctl = np.zeros(CR.WAIT_I32, np.int32)
-    ingest.publish_changes(cr_hdr, cr_slots, cr_wctl, np.zeros((1, ingest.B_WORDS), np.int64),
-                           1)
 
     ring = np.zeros(L.DATA_OFFSET // 8, np.int64)
     ring[L.CAPACITY_I64] = 1024
@@ -800,12 +799,11 @@ def warm_up() -> None:
     htab = np.zeros(8, np.int32)
     rejects = np.zeros(T.N_REJECT_REASONS, np.int64)
     batches = np.zeros((1, ingest.B_WORDS), np.int64)
-    ingest.drain(seg8, off, hdr32, ring, data8, data8.view(np.int32), htab, htab, st, rejects,
-                 batches, 0, 0)
     ingest.commit(hdr64, st, 0)
     ingest.release_inbound(ring, data8, 0)
     # the writer's per-pass kernels, with the argument types ShardWriter passes (each
-    # boolean value of writer_pass's ``apply`` is the same signature)
+    # boolean value of writer_pass's ``apply`` is the same signature); drain, prefault_pass
+    # and publish_changes are compiled into them, not called from Python
     counters = np.zeros(C.N_COUNTERS, np.int64)
     M = ingest
     mem = ingest.pass_memory({
@@ -830,7 +828,6 @@ def warm_up() -> None:
     pf = np.zeros(ingest.P_WORDS, np.int64)
     cols = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
     stop = np.ones(1, np.int32)
-    ingest.prefault_pass(pf, cols, 0, _PAGE, 0, st, 0)
     ingest.prefault_loop(pf, stop, cols, 0, _PAGE, 0, st, 0, 0, 0, 0, 0, 0)
     futex_wake(stop, 0, 1)
 

@@ -209,7 +209,7 @@ class ShardWriter:
             M.M_SEG8: self.seg8, M.M_OFF: d.off, M.M_RING64: r.hdr64, M.M_RING8: r.data8,
             M.M_HTAB_S: self.htab_s, M.M_HTAB_V: self.htab_v, M.M_STATE: st,
             M.M_REJECTS: self.ctl.rejects, M.M_BATCHES: self.batches,
-            M.M_PF: pf.pf if pf is not None else np.zeros(ingest.P_WORDS, np.int64),
+            M.M_PF: pf.pf if pf is not None else _NO_PREFAULT,
             M.M_PF_COLS: pf.cols if pf is not None else _NO_PREFAULT_COLS,
             M.M_CH_HDR: ch._hdr, M.M_CH_SLOTS: ch._slots, M.M_CH_WCTL: ch._wctl,
             M.M_COUNTERS: self.ctl.counters})
@@ -588,6 +588,10 @@ class ShardWriter:
         log.info("shard %d writer %d stopped", self.shard, os.getpid())
 
 
+# a writer without a prefault thread: P_OK 0, so writer_pass only reads these. Module
+# constants because pass_memory keeps addresses only: an array made in the call would be
+# freed with the dict that held it
+_NO_PREFAULT = np.zeros(ingest.P_WORDS, np.int64)
 _NO_PREFAULT_COLS = np.zeros((2, ingest.P_MAX_COLUMNS, 2), np.int64)
 
 
@@ -809,7 +813,7 @@ def warm_up() -> None:
     mem = ingest.pass_memory({
         M.M_SEG8: seg8, M.M_OFF: off, M.M_RING64: ring, M.M_RING8: data8, M.M_HTAB_S: htab,
         M.M_HTAB_V: htab, M.M_STATE: st, M.M_REJECTS: rejects, M.M_BATCHES: batches,
-        M.M_PF: np.zeros(ingest.P_WORDS, np.int64), M.M_PF_COLS: _NO_PREFAULT_COLS,
+        M.M_PF: _NO_PREFAULT, M.M_PF_COLS: _NO_PREFAULT_COLS,
         M.M_CH_HDR: cr_hdr, M.M_CH_SLOTS: cr_slots, M.M_CH_WCTL: cr_wctl,
         M.M_COUNTERS: counters})
     ingest.writer_pass(mem, 0, 0, _MIN_ROW_BYTES, _PAGE, True)

@@ -150,6 +150,13 @@ def _wayy_sub(path: str, idle: str, n_max: int, ready, out, split: bool = False)
     db.close()
 
 
+# --pace: "spin" sleeps until ~20 us before each tick, then spins to it (an even rate, but
+# the producer takes a core for a fifth to a third of the time at 10k ticks/s); "sleep" only
+# sleeps (a feed handler woken by its socket): the stamp is taken at the send either way, so
+# a late wake-up moves the send, not the figure
+PACE_SPIN = True
+
+
 def _pace(rate: float, seconds: float, send) -> int:
     """Call send() ``rate`` times a second for ``seconds``, each call on its own schedule."""
     period = 1e9 / rate
@@ -163,7 +170,10 @@ def _pace(rate: float, seconds: float, send) -> int:
             sent += 1
             continue
         wait = start + sent * period - time.monotonic_ns()
-        if wait > 30_000:
+        if not PACE_SPIN:
+            if wait > 0:
+                time.sleep(wait / 1e9)
+        elif wait > 30_000:
             # one sleep per tick, ending ~20 us early (1 us timer slack; sleeps overshoot
             # by ~10 us), then spin: few wake-ups, so the pacing itself does not load the
             # two cores the measured processes share
@@ -717,7 +727,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="latency: every configuration runs once per round, rounds in "
                          "alternating order; figures are medians over the rounds")
+    ap.add_argument("--pace", choices=("spin", "sleep"), default="spin",
+                    help="how the paced producers (wayy and pyzmq alike) wait for each "
+                         "tick: sleep to ~20 us before it, then spin (spin), or only sleep")
     args = ap.parse_args()
+    global PACE_SPIN
+    PACE_SPIN = args.pace == "spin"
     phases = set(args.phases.split(","))
     wals = args.wal.split(",")
     idles = args.idles.split(",")
@@ -725,7 +740,7 @@ def main() -> None:
     _timer_slack_1us()
     K.warm_up()
     out = {"bench": "subscribe", "machine": platform.machine(), "cpus": os.cpu_count(),
-           "load_1min_start": load_average(), "broker": args.with_broker}
+           "load_1min_start": load_average(), "broker": args.with_broker, "pace": args.pace}
     rates = (10_000,) if args.quick else (10_000, 100_000)
     lat = {}
     if "latency" in phases or "zmq" in phases:

@@ -40,7 +40,7 @@ def pytest_sessionstart(session) -> None:
     from wayy import wire
     from workers import writer
 
-    if all(in_disk_cache(k) for k in (writer.ingest.writer_pass, subscribers.follow_packed,
+    if all(in_disk_cache(k) for k in (writer.ingest.writer_pass, subscribers.follow_mem,
                                       wire._encode_groups)):
         return
     out = subprocess.run([sys.executable, "-c", _WARM_UP], cwd=REPO, capture_output=True,

@@ -508,6 +508,31 @@ def test_pass_memory_takes_only_arrays_the_writer_kernels_can_use():
             ingest.pass_memory({**arrays, ingest.M_STATE: bad})
 
 
+def test_follow_table_takes_only_arrays_the_follow_kernel_can_use():
+    """A subscriber's follow kernel sees its five arrays as raw addresses: a strided or
+    wrongly typed array, a read-only one it writes to, or a filter of the wrong shape is
+    refused up front; the ring and the segment may be read-only (mapped PROT_READ)."""
+    from shm import subscribers as K
+
+    ring = np.zeros(64, np.int64)
+    seg8 = np.zeros(256, np.uint8)
+    ring.flags.writeable = seg8.flags.writeable = False
+    ctl, filt, out = np.zeros(K.C_WORDS, np.int64), np.zeros((2, 8), np.uint8), np.zeros(
+        16, np.int64)
+    mem = K.follow_table(ring, seg8, ctl, filt, out)
+    assert mem[2 * K.T_CTL] == ctl.ctypes.data and mem[2 * K.T_CTL + 1] == K.C_WORDS
+    assert mem[2 * K.T_SEG8 + 1] == 256 and mem[K.T_FILT_COLS] == 8
+    ro = np.zeros(16, np.int64)
+    ro.flags.writeable = False
+    for args in ((ring, seg8, ctl, filt, ro), (ring, seg8, ctl[::2], filt, out),
+                 (ring.astype(np.int32), seg8, ctl, filt, out),
+                 (ring, seg8, ctl, filt.astype(np.int64), out)):
+        with pytest.raises(ValueError, match="C-contiguous array of"):
+            K.follow_table(*args)
+    with pytest.raises(ValueError, match="shape"):
+        K.follow_table(ring, seg8, ctl, np.zeros(16, np.uint8), out)
+
+
 def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
     """`wayy start` says it is compiling (the first start takes a minute) only when numba's
     cache lacks the writer's kernels: a process pointed at an empty cache directory sees it
@@ -521,7 +546,7 @@ def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
     assert kernels_cached()
     code = ("from workers.writer import kernels_cached; from shm import subscribers; "
             "from shm.jit import in_disk_cache; "
-            "print(kernels_cached(), in_disk_cache(subscribers.follow_packed))")
+            "print(kernels_cached(), in_disk_cache(subscribers.follow_mem))")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty-cache"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(

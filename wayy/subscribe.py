@@ -362,8 +362,10 @@ class _Follow:
         self.hdr = self.ring.hdr
         # the segment's generation word: a roll bumps it before it reuses any row
         self.gen = memoryview(d.hdr64)[S.GENERATION_I64:S.GENERATION_I64 + 1]
-        self.args = (self.ring.words, self.seg8, ctl, self.filt, self.out)
-        self.call = inbound.entry_point(K.follow_packed, *self.args)
+        # the kernel holds these arrays' addresses (follow_table): they live as long as this
+        self.arrays = (self.ring.words, self.seg8, ctl, self.filt, self.out)
+        self.args = (K.follow_table(*self.arrays),)
+        self.call = inbound.entry_point(K.follow_mem, *self.args)
         # The per-tick path reads state words, runs and row values through memoryviews: an
         # index gives a Python int or float in ~40 ns, where a numpy index (a numpy scalar)
         # costs 3x that and a kernel call (row_values) 10x. Plain loads are enough: the

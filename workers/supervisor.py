@@ -264,7 +264,7 @@ class Supervisor:
         from workers import writer
 
         writer.warm_up()
-        if not in_disk_cache(subscribers.follow_packed):
+        if not in_disk_cache(subscribers.follow_mem):
             # first start on this machine: compile the subscriber kernels too (~20 s), so a
             # strategy's first subscribe loads them instead of stalling that long; later
             # starts skip this (loading them here would cost every start a second)

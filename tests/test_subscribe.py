@@ -354,6 +354,23 @@ def test_batch_filter_mask(fake):
     assert sub.cursors()[0][0] == 10  # next trade; quotes are not followed
 
 
+def test_a_batch_filter_returning_the_wrong_thing_is_logged_in_one_line(fake, caplog):
+    """A filter that returns a list (not a bool or a mask) is a user's mistake: counted,
+    the batch not delivered, and logged with what was wrong, not with wayy's traceback."""
+    f = fake(nshards=1)
+    db = f.attach()
+    got = []
+    sub = db.subscribe("trades", callback=got.append, batch_size=10,
+                       filter=lambda b: [True])
+    f.append("trades", ["A"] * 10)
+    with caplog.at_level(logging.ERROR, logger="wayy.subscribe"):
+        db.run(timeout=0.3)
+    assert got == [] and sub.stats()["errors"] >= 1
+    rec = [r for r in caplog.records if "batch filter must return" in r.getMessage()]
+    assert rec and all(r.exc_info is None for r in rec)
+    assert "got list" in rec[0].getMessage() and "Traceback" not in caplog.text
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def test_checkpoint_resume_no_gap_no_duplicate(fake, tmp_path):
@@ -1293,6 +1310,14 @@ def test_a_checkpoint_that_cannot_be_made_stops_the_subscription_once(fake, tmp_
         db.run(timeout=3.0)  # the first checkpoint is due within a second
     assert sub.stopped_reason == "checkpoint failed" and not sub.active
     sub.stop()  # no second error
+    # an on_checkpoint that raises: its exception is the cause of the error run() raises
+    rsub = db.subscribe("trades", callback=lambda t: None, checkpoint=str(tmp_path / "r.json"),
+                        checkpoint_every=1, on_checkpoint=lambda: 1 / 0)
+    f.append("trades", ["A"])
+    with pytest.raises(InvalidInput, match="on_checkpoint raised ZeroDivisionError") as ei:
+        db.run(timeout=3.0)
+    assert isinstance(ei.value.__cause__, ZeroDivisionError)
+    assert rsub.stopped_reason == "checkpoint failed"
     # poll mode: nothing is handed out after the failure
     psub = db.subscribe("trades", checkpoint=str(tmp_path / "p.json"), checkpoint_every=1,
                         on_checkpoint=lambda: {"x": float("nan")})  # NaN is not JSON

@@ -1363,13 +1363,16 @@ class Subscription:
         try:
             keep = self.filter(batch)
             mask = np.asarray(False if keep is None else keep)
-            if mask.dtype != np.bool_ or mask.shape not in ((), (len(batch),)):
-                raise InvalidInput(f"a batch filter must return a bool or a boolean mask of "
-                                   f"the batch's {len(batch)} rows, got "
-                                   f"{type(keep).__name__} of dtype {mask.dtype} and shape "
-                                   f"{mask.shape}")
         except Exception as exc:  # noqa: BLE001
             if self._callback_failed(exc, batch, "filter"):
+                return None
+            mask = np.asarray(False)
+        if mask.dtype != np.bool_ or mask.shape not in ((), (len(batch),)):
+            # the message says it all: no traceback of wayy's own frames
+            bad = InvalidInput(f"a batch filter must return a bool or a boolean mask of the "
+                               f"batch's {len(batch)} rows, got {type(keep).__name__} of "
+                               f"dtype {mask.dtype} and shape {mask.shape}")
+            if self._callback_failed(bad, batch, "filter", trace=False):
                 return None
             mask = np.asarray(False)
         if mask.shape == ():  # one answer for the whole batch (bool, numpy bool, None)
@@ -1384,9 +1387,10 @@ class Subscription:
         except Exception as exc:  # noqa: BLE001
             return -1 if self._callback_failed(exc, tick, "filter") else 0
 
-    def _callback_failed(self, exc: Exception, item, what: str = "callback") -> bool:
-        """Count, log (or hand to on_error) a failed callback (or ``what``: "filter"). True
-        if the subscription stops."""
+    def _callback_failed(self, exc: Exception, item, what: str = "callback",
+                         trace: bool = True) -> bool:
+        """Count, log (or hand to on_error) a failed callback (or ``what``: "filter"), with
+        the traceback unless ``trace`` is False. True if the subscription stops."""
         self._errors += 1
         n = self._errors
         if self.on_error is not None:
@@ -1394,6 +1398,9 @@ class Subscription:
                 self.on_error(exc, item)
             except Exception:  # noqa: BLE001
                 log.exception("on_error handler failed")
+        elif (n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0) and not trace:
+            log.error("subscriber %s: %s failed on %r: %s (%d errors so far)",
+                      ",".join(self.channel_names), what, item, exc, n)
         elif n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0:
             log.error("subscriber %s: %s raised on %r (%d errors so far)",
                       ",".join(self.channel_names), what, item, n, exc_info=exc)
@@ -1482,13 +1489,15 @@ class Subscription:
                                 f"{exc.strerror or exc}", path=self._ckpt.path)
             else:
                 err = InvalidInput(f"on_checkpoint raised {type(exc).__name__}: {exc}")
+            if err is not exc:
+                err.__cause__ = exc  # the user's traceback stays with the error run() raises
             self._ckpt_failed = True
             self.error = self.error or err
             self.stopped_reason = "checkpoint failed"
             self._stopping = True
             log.error("subscriber %s stops: %s", ",".join(self.channel_names), err)
             self._finish()  # nothing more is delivered, queued items included
-            raise err from None
+            raise err from err.__cause__
 
     # --- faces -----------------------------------------------------------------------------------
     def _check_pid(self) -> None:

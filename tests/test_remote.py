@@ -532,6 +532,95 @@ def test_wayy_tail_fails_at_once_when_redis_cannot_be_reached():
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+class _NotRedis:
+    """A TCP service on a free port that answers every connection with ``payload``."""
+
+    def __init__(self, payload: bytes) -> None:
+        import threading
+
+        self.payload = payload
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(2.0)
+                conn.recv(4096)
+                conn.sendall(self.payload)
+                conn.recv(4096)  # until the client gives up
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+NOT_REDIS = {"huge string": b"$99999999999\r\n", "deep array": b"*1\r\n" * 200_000,
+             "bad integer": b":abc\r\n", "huge array": b"*99999999999\r\n"}
+
+
+@pytest.mark.parametrize("payload", list(NOT_REDIS.values()), ids=list(NOT_REDIS))
+def test_a_server_that_is_not_redis_is_refused_in_one_line(payload, tmp_path):
+    """Replies no Redis sends (a string of 100 GB, arrays nested 200,000 deep, an integer
+    that is not one) are refused as "not a Redis reply" before anything is allocated or
+    recursed into: `wayy tail` exits 1 in one line instead of a MemoryError traceback or
+    retrying for ever."""
+    from wayy import redis_server as rs
+
+    srv = _NotRedis(payload)
+    try:
+        url = f"redis://127.0.0.1:{srv.port}/0"
+        with pytest.raises(rs.NotRedis, match="not a Redis reply"):
+            rs.command(url, "PING", timeout=2.0)
+        assert rs.info(url)["up"] is False
+        r = subprocess.run(wayy_cmd("tail", "ticks:AAPL", "--remote", url),
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 1, r.stderr
+        assert "not a Redis reply" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        srv.close()
+
+
+def test_start_and_status_with_a_redis_url_that_is_not_redis(tmp_path):
+    """`wayy start --redis URL` at a service that is not Redis runs the database (local
+    subscribers do not need Redis), says so in its banner, and `wayy status` reports the
+    Redis as down -- no traceback from either."""
+    srv = _NotRedis(NOT_REDIS["huge string"])
+    db = None
+    try:
+        db = start_db(str(tmp_path / "db"), "--shards", "1", "--feed", "none",
+                      "--redis", f"redis://127.0.0.1:{srv.port}/0")
+        r = subprocess.run(wayy_cmd("status", "--db", db.path), capture_output=True,
+                           text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr + r.stdout and "MemoryError" not in r.stdout
+        assert "redis: DOWN" in r.stdout and "not a Redis reply" in r.stdout, r.stdout
+    finally:
+        if db is not None:
+            cleanup_db(db)
+        srv.close()
+    with open(db.log_path) as f:
+        log = f.read()
+    assert "Traceback" not in log and "MemoryError" not in log
+
+
 def test_wayy_tail_says_when_a_channel_has_no_stream_at_all(env, tmp_path):
     """A symbol that never ticked (or a name in the wrong case) would wait for ever in
     silence: after a few seconds tail says Redis holds no stream for it, and goes on."""

@@ -192,29 +192,56 @@ def _encode(args: tuple) -> bytes:
     return b"".join(out)
 
 
-def _read_reply(f):
-    line = f.readline()
+# What this client reads is small (INFO, CLIENT LIST, a cursor hash, a PING): a larger
+# length or a deeper nesting is a server that is not Redis, refused before it allocates or
+# recurses
+MAX_BULK_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 << 16  # a reply's first line: its type and length, or a status/error
+MAX_ARRAY_ITEMS = 1 << 20
+MAX_DEPTH = 8
+
+
+class NotRedis(ConnectionError):
+    """What came back does not follow the Redis protocol (RESP2): another service, or a
+    reply beyond this client's limits."""
+
+
+def _resp_int(line: bytes, rest: bytes) -> int:
+    try:
+        return int(rest)
+    except ValueError:
+        raise NotRedis(f"not a Redis reply: {line[:40]!r}") from None
+
+
+def _read_reply(f, depth: int = 0):
+    line = f.readline(MAX_LINE_BYTES)
     if not line.endswith(b"\r\n"):
+        if len(line) >= MAX_LINE_BYTES:
+            raise NotRedis(f"not a Redis reply: a line of over {MAX_LINE_BYTES} bytes")
         raise ConnectionError("connection closed by Redis")
     kind, rest = line[:1], line[1:-2]
     if kind == b"+":
-        return rest.decode()
+        return rest.decode(errors="replace")
     if kind == b"-":
         raise RedisReplyError(rest.decode(errors="replace"))
     if kind == b":":
-        return int(rest)
+        return _resp_int(line, rest)
     if kind == b"$":
-        n = int(rest)
+        n = _resp_int(line, rest)
         if n < 0:
             return None
+        if n > MAX_BULK_BYTES:
+            raise NotRedis(f"not a Redis reply: a string of {n} bytes announced")
         data = f.read(n + 2)
         if len(data) != n + 2:
             raise ConnectionError("connection closed by Redis")
         return data[:-2]
     if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    raise ConnectionError(f"not a Redis reply: {line[:40]!r}")
+        n = _resp_int(line, rest)
+        if n > MAX_ARRAY_ITEMS or (n > 0 and depth >= MAX_DEPTH):
+            raise NotRedis(f"not a Redis reply: an array of {n} items at depth {depth}")
+        return None if n < 0 else [_read_reply(f, depth + 1) for _ in range(n)]
+    raise NotRedis(f"not a Redis reply: {line[:40]!r}")
 
 
 def command(url: str, *args, password: str | None = None, timeout: float = 1.0):

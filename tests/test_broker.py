@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import wayy
-from conftest import REPO, wait_for
+from conftest import REPO, wait_for, wayy_cmd
 from redisutil import RedisProc, free_port, redis_server
 from shm.layout import shard as S
 from wayy import wire
@@ -691,6 +691,45 @@ def test_start_warns_when_its_redis_is_already_another_databases(db_factory, red
     log = db2.log()
     assert "WARNING: this Redis is used by another wayy database" in log
     assert os.path.realpath(db1.path) in log
+
+
+def test_another_database_under_another_database_number_is_flagged(db_factory, redis_srv):
+    """Pub/sub channels are shared by all of a server's database numbers: a second
+    database on /1 of the server the first publishes to on /0 is told at start, its brokers
+    are refused, and `wayy status` says REFUSED (not "up")."""
+    c = redis_srv.client()
+    db1 = db_factory("--shards", "1", "--feed", "none", "--redis", redis_srv.url, name="one")
+    wait_for(lambda: c.hget(BROKER_CURSORS_KEY, OWNER_FIELD), 60, what="db one's claim")
+    url1 = redis_srv.url[:-1] + "1"
+    db2 = db_factory("--shards", "1", "--feed", "none", "--redis", url1, name="two")
+    wait_for(lambda: "shard(s) running at" in db2.log(), 30, what="the start banner")
+    assert "WARNING: this Redis is used by another wayy database" in db2.log()
+    assert "database number 0" in db2.log()
+
+    def refused():
+        r = subprocess.run(wayy_cmd("status", "--db", db2.path), capture_output=True,
+                           text=True, timeout=60, cwd=REPO)
+        return r.stdout if "redis: REFUSED" in r.stdout else None
+    out = wait_for(refused, 30, what="status saying REFUSED")
+    assert "another wayy database" in out and "redis: up" not in out
+    r = subprocess.run(wayy_cmd("status", "--db", db1.path), capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert "redis: up" in r.stdout and "REFUSED" not in r.stdout
+
+
+def test_start_warns_when_redis_refuses_the_password(db_factory, redis_srv, tmp_path):
+    """A wrong password for --redis: the database runs (local subscribers need no Redis),
+    and the start banner says at once that Redis refuses the credentials."""
+    pw = tmp_path / "pw"
+    pw.write_text("not-the-password\n")
+    pw.chmod(0o600)
+    url = f"redis://127.0.0.1:{redis_srv.port}/0"
+    db = db_factory("--shards", "1", "--feed", "none", "--redis", url,
+                    "--redis-password-file", str(pw))
+    wait_for(lambda: "shard(s) running at" in db.log(), 30, what="the start banner")
+    log = db.log()
+    assert "WARNING: Redis at" in log and "refuses this database's credentials" in log
+    assert "not-the-password" not in log
 
 
 def test_database_id_is_made_once_and_kept(tmp_path):

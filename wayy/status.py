@@ -190,6 +190,14 @@ def read_redis(m, heads: list[tuple[int, int]]) -> dict:
         if reported:
             out["broker_lag"] = _lag_per_shard(m, len(heads), reported, None,
                                                from_broker_report=True)
+    if "foreign_owner" not in out:
+        # another database's broker on the same server under another database number: the
+        # claim above (one number's hash) cannot see it, this database's brokers can
+        refused = next((b["redis_error"] for b in reports if b.get("alive")
+                        and "another wayy database" in (b.get("redis_error") or "")), None)
+        if refused is not None:
+            out["error"] = refused
+            out["foreign_owner"] = refused
     keep = ("index", "pid", "alive", "age_s", "shards", "redis", "redis_error",
             "published_rows", "errors", "reconnects")
     out["brokers"] = [dict({k: b.get(k) for k in keep},
@@ -273,6 +281,28 @@ def broker_cursors(m, password: str | None) -> dict | None:
     except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
         return None
     return dict(zip(flat[::2], flat[1::2]))
+
+
+def foreign_broker(m, password: str | None) -> str | None:
+    """A broker of another wayy database connected to the server of ``m``'s Redis, under
+    any database number (pub/sub channels are shared by all of them): "id ..., database
+    number N". None when there is none or Redis cannot say (CLIENT LIST not allowed)."""
+    from wayy import redis_server
+    from wayy.remote import broker_database, client_list
+
+    mine = read_database_id(m.path)
+    try:
+        listing = redis_server.command(m.redis_url, "CLIENT", "LIST", "TYPE", "normal",
+                                       password=password, timeout=0.5)
+    except (OSError, ConnectionError, redis_server.RedisReplyError, ValueError):
+        return None
+    if mine is None or not isinstance(listing, bytes):
+        return None
+    for c in client_list(listing):
+        theirs = broker_database(c)
+        if theirs is not None and theirs != mine:
+            return f"id {theirs}, database number {c.get('db', '?')}"
+    return None
 
 
 def foreign_owner(m, cursors: dict) -> str | None:

@@ -64,6 +64,7 @@ from wayy.errors import InvalidInput, NotRunning, WayyError
 from wayy.manifest import database_id
 from wayy.names import to_name_array
 from wayy.remote import (
+    BROKER_CLIENT_NAME,
     BROKER_CURSORS_KEY,
     F_DATA,
     F_PREV,
@@ -74,6 +75,8 @@ from wayy.remote import (
     RedisLink,
     RedisRefused,
     RedisUnavailable,
+    broker_database,
+    client_list,
     parse_id,
     redact,
     transient,
@@ -106,7 +109,6 @@ SMALL_GROUP = 64  # rows up to this: group ids with list min/max, not four numpy
 _ZEROS32 = np.zeros(4096, np.int32)  # venue indices of one-venue groups (never written)
 _BAD_STREAM = None  # _stream_last of a key that is not a stream: its XADDs are skipped
 BAD_STREAM_RECHECK_S = 1.0  # how often such keys are looked at again
-BROKER_CLIENT_NAME = "wayy-broker-"  # + "<index>-<database id>": a broker's connection
 _MULTI = hiredis.pack_command((b"MULTI",))
 _EXEC = hiredis.pack_command((b"EXEC",))
 _KIND = {T.TRADES: TABLE_KINDS["trades"], T.QUOTES: TABLE_KINDS["quotes"]}
@@ -973,16 +975,12 @@ class Broker:
             return None
         if not isinstance(listing, bytes) or not isinstance(me, int):
             return None
-        clients = [dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
-                   for line in listing.decode(errors="replace").splitlines()]
+        clients = client_list(listing)
         my_age = next((int(c.get("age", 0)) for c in clients if c.get("id") == str(me)), 0)
         for c in clients:
-            name = c.get("name", "")
-            if not name.startswith(BROKER_CLIENT_NAME) or c.get("id") == str(me):
-                continue
-            theirs = name.rsplit("-", 1)[-1]
-            if theirs == mine or len(theirs) != 32:
-                continue  # a broker of this database (another index), or not a database id
+            theirs = broker_database(c)
+            if theirs is None or theirs == mine or c.get("id") == str(me):
+                continue  # not a broker, or one of this database (another index)
             age = int(c.get("age", 0))
             if age > my_age or (age == my_age and theirs < mine):  # the older one stays
                 return f"id {theirs}, database number {c.get('db', '?')}"

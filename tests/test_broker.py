@@ -368,6 +368,23 @@ def test_brokers_split_shards(db_factory, redis_srv, brokers):
              10, what="both brokers' counters")
 
 
+def test_a_second_broker_of_the_same_shard_is_refused(db_factory, redis_srv, brokers):
+    """One broker per shard: a second one (started by hand beside the first) would publish
+    every batch twice. It exits at once naming the shard and the broker that holds it; one
+    for another shard runs; once the first is killed, the shard is free again."""
+    db = db_factory(*DB_ARGS)
+    b0 = brokers(db.path, redis_srv.url, "--shards", "0", index=0)
+    r = subprocess.run([sys.executable, "-m", "workers.broker", "--db", db.path, "--redis",
+                        redis_srv.url, "--index", "1"], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.returncode == 1, r.stderr
+    assert f"shard 0 of {db.path} is already published by another broker (pid {b0.proc.pid})" \
+        in r.stderr and "Traceback" not in r.stderr
+    brokers(db.path, redis_srv.url, "--shards", "1", index=1)  # its own shard: runs
+    b0.kill()
+    brokers(db.path, redis_srv.url, "--shards", "0", index=2)  # the lock died with it
+
+
 @pytest.mark.slow
 def test_retention_trims_streams(db_factory, redis_srv, brokers):
     db = db_factory(*DB_ARGS)
@@ -730,6 +747,17 @@ def test_start_warns_when_redis_refuses_the_password(db_factory, redis_srv, tmp_
     log = db.log()
     assert "WARNING: Redis at" in log and "refuses this database's credentials" in log
     assert "not-the-password" not in log
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--password-file", "/nonexistent/pw"), "--password-file /nonexistent/pw: No such file"),
+    (("--shards", "x"), "--shards must be comma-separated shard numbers"),
+])
+def test_standalone_broker_bad_options_fail_in_one_line(tmp_path, args, words):
+    r = subprocess.run([sys.executable, "-m", "workers.broker", "--db", str(tmp_path / "db"),
+                        "--redis", "redis://127.0.0.1:1/0", *args], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
 
 
 def test_database_id_is_made_once_and_kept(tmp_path):

@@ -425,6 +425,12 @@ def test_bad_arguments(env):
         sub.subscribe("ticks:A", "print")
     with pytest.raises(InvalidInput, match="batch_size"):
         sub.subscribe("ticks:A", print, batch_size=0)
+    # start points no int64 holds: refused, not a subscription that never delivers
+    with pytest.raises(InvalidInput, match="past any seq"):
+        sub.subscribe("ticks:A", print, from_seq=2**70)
+    for ts in (2**70, -2**70):
+        with pytest.raises(InvalidInput, match="outside 1677"):
+            sub.subscribe("ticks:A", print, from_ts=ts)
     with pytest.raises(InvalidInput, match="nothing subscribed"):
         sub.run(timeout=0.1)
     with pytest.raises(InvalidInput, match="Redis URL"):
@@ -535,10 +541,11 @@ def test_wayy_tail_fails_at_once_when_redis_cannot_be_reached():
 class _NotRedis:
     """A TCP service on a free port that answers every connection with ``payload``."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, hold: float = 2.0) -> None:
         import threading
 
         self.payload = payload
+        self.hold = hold  # how long a connection is kept open after the payload
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
@@ -559,7 +566,7 @@ class _NotRedis:
     def _answer(self, conn: socket.socket) -> None:
         with conn:
             try:
-                conn.settimeout(2.0)
+                conn.settimeout(self.hold)
                 conn.recv(4096)
                 conn.sendall(self.payload)
                 conn.recv(4096)  # until the client gives up
@@ -598,6 +605,24 @@ def test_a_server_that_is_not_redis_is_refused_in_one_line(payload, tmp_path):
         srv.close()
 
 
+def test_run_with_a_timeout_returns_in_time_from_a_silent_server():
+    """A server that accepts and never answers: run(timeout=1) returns after about a
+    second (the handshake waits no longer than the time run() has left), not after the
+    link's 5 s timeout."""
+    srv = _NotRedis(b"", hold=10.0)
+    try:
+        sub = Subscriber(f"redis://127.0.0.1:{srv.port}/0")
+        sub.subscribe("ticks:A", print)
+        t0 = time.monotonic()
+        sub.run(timeout=1.0)
+        took = time.monotonic() - t0
+        assert took < 3.5, took  # 5 s and more before the handshake was bounded
+        assert "timed out" in (sub.last_error or "")
+        sub.stop()
+    finally:
+        srv.close()
+
+
 def test_start_and_status_with_a_redis_url_that_is_not_redis(tmp_path):
     """`wayy start --redis URL` at a service that is not Redis runs the database (local
     subscribers do not need Redis), says so in its banner, and `wayy status` reports the
@@ -612,6 +637,7 @@ def test_start_and_status_with_a_redis_url_that_is_not_redis(tmp_path):
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr + r.stdout and "MemoryError" not in r.stdout
         assert "redis: DOWN" in r.stdout and "not a Redis reply" in r.stdout, r.stdout
+        assert "broker-0" in r.stdout and "shards [0]" in r.stdout  # given, not yet attached
     finally:
         if db is not None:
             cleanup_db(db)

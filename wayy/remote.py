@@ -62,7 +62,7 @@ from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
 from wayy.names import shard_of
 from wayy.subscribe import Batch, Tick
-from wayy.times import TimeRangeError, datetime64_ns_scalar, iso_ns
+from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar, iso_ns
 
 log = logging.getLogger("wayy.remote")
 
@@ -212,17 +212,19 @@ class RedisLink:
     def connected(self) -> bool:
         return self.sock is not None
 
-    def connect(self) -> "RedisLink":
+    def connect(self, within: float | None = None) -> "RedisLink":
         """Open the socket, authenticate, select the database. Raises RedisUnavailable or
-        RedisRefused (credentials)."""
+        RedisRefused (credentials). ``within``: seconds the caller can wait, when less than
+        the link's timeout; the socket keeps that limit until ``limit(None)``."""
         self.close()
+        t = self.timeout if within is None else max(0.01, min(self.timeout, within))
         try:
             if self.path:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.settimeout(self.timeout)
+                s.settimeout(t)
                 s.connect(self.path)
             else:
-                s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+                s = socket.create_connection((self.host, self.port), timeout=t)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise RedisUnavailable(f"cannot connect to Redis at {self.where}: {exc}") from exc
@@ -247,6 +249,13 @@ class RedisLink:
                     what = "credentials" if cmd[0] == "AUTH" else cmd[0]
                     raise RedisRefused(f"Redis at {self.where} refused the {what}: {reply}")
         return self
+
+    def limit(self, within: float | None) -> None:
+        """Block at most ``within`` seconds (never more than the link's timeout) in each read
+        from now on; None: the link's timeout again."""
+        if self.sock is not None:
+            self.sock.settimeout(self.timeout if within is None
+                                 else max(0.01, min(self.timeout, within)))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -942,6 +951,8 @@ class Subscriber:
         if from_seq is not None and (isinstance(from_seq, bool) or
                                      not isinstance(from_seq, (int, np.integer)) or from_seq < 0):
             raise InvalidInput(f"from_seq must be a non-negative int, got {from_seq!r}")
+        if from_seq is not None and from_seq > _INT64_MAX:
+            raise InvalidInput(f"from_seq {from_seq} is past any seq a shard can hold")
         if from_ts is not None:
             if isinstance(from_ts, np.datetime64):
                 try:
@@ -952,6 +963,8 @@ class Subscriber:
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")
             from_ts = int(from_ts)
+            if not -_INT64_MAX - 1 <= from_ts <= _INT64_MAX:
+                raise InvalidInput(f"from_ts {from_ts} is outside {RANGE_TEXT}")
         ch = parse_channel(channel)
         stream_key(ch)
         name = format_channel(ch).encode()
@@ -975,16 +988,26 @@ class Subscriber:
         return list(self._subs.values())
 
     # --- connection --------------------------------------------------------------------------
-    def _connect(self) -> None:
-        """Both links, SUBSCRIBE every channel (confirmed), then start every replay."""
-        self._ps.connect()
-        self._cmd.connect()
+    def _connect(self, within: float | None = None) -> None:
+        """Both links, SUBSCRIBE every channel (confirmed), then start every replay.
+        ``within``: the seconds run()'s timeout leaves, when it has one: no step of the
+        handshake waits longer (a silent server holds run() no longer than asked)."""
+        try:
+            self._ps.connect(within)
+            self._cmd.connect(within)
+            self._handshake(within)
+        finally:
+            self._ps.limit(None)
+            self._cmd.limit(None)
+
+    def _handshake(self, within: float | None) -> None:
         self._check_database()
         names = list(self._subs)
         if names:
             self._ps.send(hiredis.pack_command(("SUBSCRIBE", *names)))
             want = set(names)
-            deadline = time.monotonic() + self._ps.timeout
+            deadline = time.monotonic() + (self._ps.timeout if within is None
+                                           else min(self._ps.timeout, within))
             while want:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -1305,7 +1328,7 @@ class Subscriber:
                         time.sleep(min(wait, 0.1))
                         continue
                     try:
-                        self._connect()
+                        self._connect(None if deadline is None else deadline - now)
                     except RedisUnavailable as exc:
                         self._down(exc)
                         continue
@@ -1515,3 +1538,6 @@ def read_broker_status(db_path: str) -> list[dict]:
 __all__ = ["Subscriber", "RemoteSubscription", "RedisLink", "RedisUnavailable", "RedisRefused",
            "stream_key", "parse_id", "read_broker_status", "redact", "format_tick",
            "parse_time"]
+
+
+_INT64_MAX = (1 << 63) - 1

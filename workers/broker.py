@@ -226,6 +226,7 @@ class Broker:
         self.name = f"broker-{index}"
         self.db_path = os.path.realpath(db_path)
         self.want_shards = None if shards is None else sorted(set(int(k) for k in shards))
+        self._locks: dict[int, int] = {}  # shard -> fd of its held broker lock file
         self.redis_url = redis_url
         self.wire = wire_format
         self.retention = Retention.parse(retention)
@@ -367,6 +368,9 @@ class Broker:
             self.db.close()
             self.db = None
         self.link.close()
+        for fd in self._locks.values():
+            os.close(fd)  # frees the shard's lock
+        self._locks.clear()
         log.info("%s stopped: %d rows in %d transactions", self.name,
                  self.stats["published_rows"], self.stats["transactions"])
 
@@ -400,6 +404,7 @@ class Broker:
                 raise InvalidInput(f"{self.name}: shards {bad} do not exist; the database has "
                                    f"{n} (0..{n - 1})")
             self.shards = list(self.want_shards)
+        self._lock_shards()
         self._mine = set(self.shards)
         self._names = {}
         try:
@@ -420,6 +425,32 @@ class Broker:
         log.info("%s: attached %s, publishing shards %s", self.name, self.db_path,
                  ",".join(map(str, self.shards)))
         return True
+
+    def _lock_shards(self) -> None:
+        """Hold ``<db>/broker-shard-<k>.lock`` (flock) for every shard this broker publishes,
+        for the life of the process: a second broker of the same shards (started by hand
+        beside `wayy start`'s) would publish every batch twice and collide in the streams.
+        The kernel frees the locks of a killed broker, so its restart takes them again."""
+        import fcntl
+
+        for k in self.shards:
+            if k in self._locks:
+                continue
+            path = os.path.join(self.db_path, f"broker-shard-{k}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                finally:
+                    os.close(fd)
+                raise InvalidInput(f"{self.name}: shard {k} of {self.db_path} is already "
+                                   f"published by another broker (pid {holder}); one broker "
+                                   f"per shard (`wayy start --brokers N` runs them)") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._locks[k] = fd
 
     def _lost_db(self, exc: BaseException) -> None:
         log.warning("%s: the database stopped (%s); waiting for it to come back", self.name,
@@ -1047,7 +1078,9 @@ class Broker:
                     (newest - pub_ts) / 1e9 if pub_ts and lag else None)
                 per_shard[str(k)] = {"cursor": c, "next_seq": head, "lag_rows": lag,
                                      "lag_s": lag_s}
-        return {"pid": os.getpid(), "index": self.index, "shards": self.shards,
+        # before the database is attached: the shards it was given (status shows them)
+        shards = self.shards if self.db is not None else (self.want_shards or self.shards)
+        return {"pid": os.getpid(), "index": self.index, "shards": shards,
                 "redis_url": redact(self.redis_url), "redis": self.redis_state,
                 "redis_error": self.redis_error, "redis_since_ns": self.redis_since_ns,
                 "wire": self.wire, "retention": str(self.retention),
@@ -1122,9 +1155,15 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     password = os.environ.get("WAYY_REDIS_PASSWORD")
     if a.password_file:
-        with open(a.password_file) as f:
-            password = f.read().strip()
-    shards = None if not a.shards else [int(x) for x in a.shards.split(",") if x.strip()]
+        try:
+            with open(a.password_file) as f:
+                password = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            p.error(f"--password-file {a.password_file}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        shards = None if not a.shards else [int(x) for x in a.shards.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--shards must be comma-separated shard numbers, got {a.shards!r}")
     try:
         run(a.db, shards, a.redis, password, a.wire, a.retention, a.index, a.username, a.start)
     except WayyError as exc:

@@ -5,7 +5,9 @@ Every phase runs real processes against a database started with `wayy start --de
 two cores; --with-broker adds it), and its peer in the same run.
 
   latency      producer -> subscriber callback, one trade per publish, paced at RATE ticks/s
-               (10k and 100k), with 1 and 3 subscriber processes, for each idle strategy.
+               (10k and 100k; --pace: sleep to ~20 us before each tick then spin, the
+               default, or only sleep), with 1 and 3 subscriber processes, for each idle
+               strategy.
                The producer stamps ``ts = time.time_ns()`` just before ``publish``; each
                callback records ``time.time_ns() - tick.ts``. Percentiles pool all
                subscribers' samples (the first 10% of each run are warm-up and dropped).

@@ -437,7 +437,11 @@ class Broker:
             if k in self._locks:
                 continue
             path = os.path.join(self.db_path, f"broker-shard-{k}.lock")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise InvalidInput(f"{self.name}: cannot open its lock file {path}: "
+                                   f"{exc.strerror}", path=path) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

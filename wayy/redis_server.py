@@ -153,9 +153,11 @@ def split_url(url: str) -> tuple[str, str | None]:
     if p.scheme == "unix" and not p.path:
         raise InvalidInput(f"--redis {url!r} names no socket path (unix:///path/to/socket)")
     try:
-        p.port  # noqa: B018  (raises ValueError on a bad port)
+        port = p.port  # raises ValueError on a bad port
     except ValueError:
         raise InvalidInput(f"--redis {url!r}: bad port") from None
+    if port == 0:  # a client would take it for "no port" and go to 6379
+        raise InvalidInput(f"--redis {url!r}: port 0 is no port to connect to")
     password = urllib.parse.unquote(p.password) if p.password else None
     if password is None:
         return url, None
@@ -177,7 +179,8 @@ def _connect(url: str, timeout: float) -> tuple[socket.socket, str | None, str |
         q = urllib.parse.parse_qs(p.query)
         db = int(q.get("db", ["0"])[0])
     else:
-        sock = socket.create_connection((p.hostname, p.port or 6379), timeout=timeout)
+        port = 6379 if p.port is None else p.port  # 0 stays 0: refused, never 6379
+        sock = socket.create_connection((p.hostname, port), timeout=timeout)
         db = int(p.path.strip("/") or 0) if p.path.strip("/").isdigit() else 0
     user = urllib.parse.unquote(p.username) if p.username else None
     pw = urllib.parse.unquote(p.password) if p.password else None

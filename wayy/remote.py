@@ -160,6 +160,8 @@ class RedisLink:
     def __init__(self, url: str, username: str | None = None, password: str | None = None,
                  timeout: float = 5.0, name: str | None = None) -> None:
         usage = "use redis://[user:password@]host:port[/db] or unix:///path/to/socket[?db=N]"
+        if not isinstance(url, str):
+            raise InvalidInput(f"a Redis URL is a str, not {type(url).__name__}; {usage}")
         try:
             p = urlparse(url)
             host = p.hostname
@@ -173,9 +175,12 @@ class RedisLink:
         self.path = p.path if p.scheme == "unix" else None
         self.host = host or "127.0.0.1"
         try:
-            self.port = p.port or 6379
+            self.port = 6379 if p.port is None else p.port
         except ValueError:
             raise InvalidInput(f"Redis URL {redact(url)!r} has a bad port") from None
+        if p.scheme == "redis" and self.port == 0:  # not "the default port"
+            raise InvalidInput(f"Redis URL {redact(url)!r}: port 0 is no port to connect "
+                               f"to; {usage}")
         db = 0
         if p.scheme == "redis" and p.path.strip("/"):
             db = p.path.strip("/")

@@ -44,7 +44,7 @@ import numpy as np
 
 from shm.layout.tables import NAME_BYTES
 from wayy.errors import Backpressure, InvalidInput, InvalidName, WayyError, WriterUnavailable
-from wayy.names import check_symbol, check_venue
+from wayy.names import check_new_venues, check_symbol, check_venue
 
 log = logging.getLogger("wayy.feeds")
 
@@ -186,6 +186,7 @@ def parse_feed_spec(spec: str) -> FeedSpec:
                     raise _bad(spec, f"venues={val!r} has an empty venue name")
                 try:
                     check_venue(n)
+                    check_new_venues(n)  # "stream": the producer would refuse every tick
                 except InvalidName as exc:
                     raise _bad(spec, str(exc)) from None
             v = tuple(dict.fromkeys(names))  # de-duplicated, order kept

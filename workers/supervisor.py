@@ -50,6 +50,7 @@ log = logging.getLogger("wayy.supervisor")
 
 MAX_SHARDS = 256
 MAX_BROKERS = 64
+MAX_HISTORY_DAYS = 365_000  # --history-days: 1,000 years
 DEFAULT_WIRE = "binary+lz4"
 REDIS_READY_S = 10.0  # embedded Redis: how long start waits for its first PONG
 STOP_GRACE_S = 5.0
@@ -104,8 +105,10 @@ class Config:
             raise InvalidInput(f"--fsync must be batch, interval or off, got {self.fsync!r}")
         if self.roll_fill is not None and not 0 < self.roll_fill <= 1:
             raise InvalidInput(f"--roll-fill must be in (0, 1], got {self.roll_fill:g}")
-        if self.history_days is not None and self.history_days < 1:
-            raise InvalidInput(f"--history-days must be at least 1, got {self.history_days}")
+        if self.history_days is not None and not 1 <= self.history_days <= MAX_HISTORY_DAYS:
+            # past ~2.7 million days the cut-off date is before year 1: every roll failed
+            raise InvalidInput(f"--history-days must be 1 .. {MAX_HISTORY_DAYS} (1,000 years), "
+                               f"got {self.history_days}")
         if not 0 <= self.writer_poll_us <= 100_000:
             raise InvalidInput(f"--writer-poll-us must be between 0 and 100000, got "
                                f"{self.writer_poll_us:g}")

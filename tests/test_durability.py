@@ -376,6 +376,18 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
         r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach", *args)
         assert r.returncode == 1 and words in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # wayy.shards edited by hand: a count below the shards the files belong to (shard 1's
+    # rows would be ignored, its symbols routed to shard 0), or no count, is refused
+    count = os.path.join(d.path, "wayy.shards")
+    for bad, words in (("1", "holds 1, but the database has files of shard 1"),
+                       ("0", "holds 0, not a shard count"), ("two", "does not hold")):
+        with open(count, "w") as f:
+            f.write(bad + "\n")
+        r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach")
+        assert r.returncode == 1 and words in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with open(count, "w") as f:
+        f.write("2\n")
     d2 = db_factory("--feed", "none")  # no --shards: the database's 2
     assert len(d2.status()["shards"]) == 2
     assert_same(before, snapshot(d2.path))

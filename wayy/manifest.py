@@ -184,20 +184,32 @@ def stored_shards(path: str) -> int | None:
     """The shard count the database at ``path`` was created with: ``<db>/wayy.shards``, or
     for a database made before that file, what its WAL and history files say (the highest
     shard number + 1). None for a database that holds nothing yet."""
+    name = os.path.join(path, SHARDS_NAME)
+    fix = "put the number of shards the database was created with in it"
+    stored = None
     try:
-        with open(os.path.join(path, SHARDS_NAME)) as f:
-            return int(f.read().strip())
+        with open(name, "rb") as f:
+            stored = int(f.read(64).strip())
     except (FileNotFoundError, NotADirectoryError):
         pass
     except ValueError:
-        raise CorruptData(f"{os.path.join(path, SHARDS_NAME)} does not hold a shard count; "
-                          f"put the number of shards the database was created with in it",
-                          path=path) from None
-    seen = [int(m.group(1)) for f in glob.glob(os.path.join(path, "wal", "shard-*.wal"))
+        raise CorruptData(f"{name} does not hold a shard count; {fix}", path=path) from None
+    if stored is not None and stored < 1:
+        raise CorruptData(f"{name} holds {stored}, not a shard count; {fix}", path=path)
+    seen = [(int(m.group(1)), f) for f in glob.glob(os.path.join(path, "wal", "shard-*.wal"))
             if (m := re.search(r"shard-(\d+)\.wal$", f))]
-    seen += [int(m.group(1)) for f in glob.glob(os.path.join(path, "hist", "*", "*", "shard-*"))
+    seen += [(int(m.group(1)), f)
+             for f in glob.glob(os.path.join(path, "hist", "*", "*", "shard-*"))
              if (m := re.search(r"shard-(\d+)\.seq-\d+$", f))]
-    return max(seen) + 1 if seen else None
+    top = max(seen, default=None)
+    if stored is None:
+        return top[0] + 1 if top is not None else None
+    if top is not None and top[0] >= stored:
+        # a count lowered by hand: that shard's rows would be ignored, its symbols routed
+        # to other shards
+        raise CorruptData(f"{name} holds {stored}, but the database has files of shard "
+                          f"{top[0]} ({os.path.relpath(top[1], path)}); {fix}", path=path)
+    return stored
 
 
 def store_shards(path: str, shards: int) -> None:

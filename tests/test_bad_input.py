@@ -414,3 +414,29 @@ def test_the_venue_stream_is_refused_at_publish(shared_db):
         p.publish("trades", symbol="VST", venue="streams", price=1.0, size=1.0)  # only that
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("edit", [{"shards": "two"}, {"capacity": None}, {"shards": 0},
+                                  {"wal": "yes"}, {"extra": 1}, {"redis_url": 5}])
+def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
+    """wayy.json of a running database edited to a wrong type (or an unknown field): attach,
+    Producer and `wayy status` fail with CorruptData in one line, not a TypeError."""
+    import json
+
+    d = db_factory("--shards", "1", "--feed", "none")
+    path = os.path.join(d.path, "wayy.json")
+    good = open(path).read()
+    doc = json.loads(good)
+    doc.update(edit)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    try:
+        for make in (wayy.attach, wayy.Producer):
+            with pytest.raises(wayy.CorruptData, match="manifest .* is damaged"):
+                make(d.path)
+        r = run_cli("status", "--db", d.path)
+        assert r.returncode == 1 and "is damaged" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        with open(path, "w") as f:
+            f.write(good)

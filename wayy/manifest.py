@@ -102,10 +102,51 @@ def read_manifest(path: str) -> Manifest:
         raise CorruptData(f"manifest format {data.get('format_version')} is not "
                           f"{FORMAT_VERSION}", path=path)
     data.pop("format_version")
+    bad = _bad_fields(data)
+    if bad:
+        raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is damaged: {bad}", path=path)
     m = Manifest(**data)
     if m.prefix != db_prefix(real):
         raise CorruptData(f"manifest at {path} names segments of another path", path=path)
     return m
+
+
+# each manifest field's JSON types (an edited or damaged file must fail as CorruptData, not
+# as a TypeError deep in whatever reads the field first)
+_INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
+_FIELD_TYPES = {
+    "path": (_STR, False), "prefix": (_STR, False), "shards": (_INT, False),
+    "capacity": (_INT, False), "ring_capacity": (_INT, False), "max_symbols": (_INT, False),
+    "max_venues": (_INT, False), "supervisor_pid": (_INT, False), "started_ns": (_INT, False),
+    "redis_url": (_STR, True), "redis_credentials": (_STR, True),
+    "redis_embedded": (_BOOL, False), "brokers": (_INT, False), "wire": (_STR, True),
+    "change_ring_records": (_INT, False), "wal": (_BOOL, False), "fsync": (_STR, False),
+    "fsync_interval_ms": (_NUM, False), "wal_compress": (_BOOL, False),
+    "roll_daily": (_BOOL, False), "roll_fill": (_NUM, True), "history_days": (_INT, True),
+    "writer_poll_us": (_NUM, False),
+}
+
+
+def _bad_fields(data: object) -> str | None:
+    """What is wrong with a manifest's fields (None: nothing)."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for k, v in data.items():
+        if k not in _FIELD_TYPES:
+            return f"unknown field {k!r}"
+        types, nullable = _FIELD_TYPES[k]
+        if v is None and nullable:
+            continue
+        if not isinstance(v, types) or (isinstance(v, bool) and types is not _BOOL):
+            return f"{k} is {v!r}"
+    missing = [k for k in ("path", "prefix", "shards", "capacity", "ring_capacity",
+                           "max_symbols", "max_venues", "supervisor_pid", "started_ns")
+               if k not in data]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if data["shards"] < 1:
+        return f"shards is {data['shards']}"
+    return None
 
 
 def lock_holder(path: str) -> tuple[bool, int | None]:

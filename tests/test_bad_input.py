@@ -440,3 +440,16 @@ def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
     finally:
         with open(path, "w") as f:
             f.write(good)
+
+
+def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path):
+    """wayy.id holding bytes that are no id (not even UTF-8): `wayy start` says which file
+    and what to do, instead of "supervisor exited during start" and a traceback in the log."""
+    d = tmp_path / "db"
+    d.mkdir()
+    (d / "wayy.id").write_bytes(b"\xff\xfe\x00junk")
+    r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
+                "--detach")
+    assert r.returncode == 1 and "wayy.id holds no database id" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(d / "wayy.json")

@@ -908,7 +908,8 @@ def test_status_says_when_another_database_holds_the_redis(tmp_path):
 
     path = tmp_path / "db"
     path.mkdir()
-    (path / "wayy.id").write_text("mine\n")
+    mine = "0123456789abcdef" * 2
+    (path / "wayy.id").write_text(mine + "\n")
     with redis_server(str(tmp_path / "r")) as srv:
         m = SimpleNamespace(redis_url=srv.url, redis_credentials=None, redis_embedded=False,
                             wire="binary+lz4", brokers=1, started_ns=0, prefix="wayy.nothing",
@@ -920,7 +921,7 @@ def test_status_says_when_another_database_holds_the_redis(tmp_path):
         assert r["up"] and r["foreign_owner"].startswith("theirs")
         assert r["broker_lag"] is None  # their cursors measure nothing of ours
         assert "REFUSED" in _format_redis(r)[0] and "another wayy database" in _format_redis(r)[0]
-        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, "mine thishost:/db")
+        c.hset(BROKER_CURSORS_KEY, OWNER_FIELD, f"{mine} thishost:/db")
         c.hdel(BROKER_CURSORS_KEY, "0:trades")  # (no segments here to count a lag against)
         r = read_redis(m, [(0, 0)])
         assert not r.get("foreign_owner") and "error" not in r

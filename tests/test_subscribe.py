@@ -1193,17 +1193,17 @@ def test_checkpoint_of_a_database_made_again_at_the_same_path_is_refused(fake, t
     resuming from the old cursors would skip the new database's first rows silently."""
     f = fake(nshards=1)
     with open(os.path.join(f.path, "wayy.id"), "w") as fh:
-        fh.write("aaaa\n")
+        fh.write("a" * 32 + "\n")
     p = str(tmp_path / "c.json")
     db = f.attach()
     sub = db.subscribe("trades", checkpoint=p, from_seq=0)
     f.append("trades", ["A"] * 5)
     assert len([sub.poll(1.0) for _ in range(5)]) == 5
     sub.stop()
-    assert json.load(open(p))["db_id"] == "aaaa"
+    assert json.load(open(p))["db_id"] == "a" * 32
     db.subscribe("trades", checkpoint=p).stop()  # the same database: resumes
     with open(os.path.join(f.path, "wayy.id"), "w") as fh:
-        fh.write("bbbb\n")
+        fh.write("b" * 32 + "\n")
     with pytest.raises(InvalidInput, match="created again"):
         db.subscribe("trades", checkpoint=p)
 

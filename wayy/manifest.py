@@ -184,14 +184,18 @@ def acquire_lock(path: str) -> int | None:
     return fd
 
 
+_ID_RE = re.compile(rb"[0-9a-f]{32}")  # uuid4().hex, what database_id makes
+
+
 def read_database_id(path: str) -> str | None:
     """The identity in ``<db>/wayy.id`` if it can be read (never made here: readers may not
     write the directory), else None."""
     try:
-        with open(os.path.join(path, ID_NAME)) as f:
-            return f.read().strip() or None
+        with open(os.path.join(path, ID_NAME), "rb") as f:
+            got = f.read(64).strip()
     except OSError:
         return None
+    return got.decode() if _ID_RE.fullmatch(got) else None
 
 
 def database_id(path: str) -> str:
@@ -201,10 +205,15 @@ def database_id(path: str) -> str:
     final = os.path.join(path, ID_NAME)
     for _attempt in range(3):
         try:
-            with open(final) as f:
-                got = f.read().strip()
+            with open(final, "rb") as f:
+                got = f.read(64).strip()
+            if _ID_RE.fullmatch(got):
+                return got.decode()
             if got:
-                return got
+                raise CorruptData(f"{final} holds no database id (32 hex digits) but "
+                                  f"{got[:40]!r}; delete it and start the database again "
+                                  f"(remote checkpoints made for the old id are then refused)",
+                                  path=path)
         except FileNotFoundError:
             pass
         tmp = f"{final}.tmp{os.getpid()}"

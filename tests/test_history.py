@@ -173,6 +173,21 @@ def test_between_and_tail_across_partitions_match_numpy(tmp_path):
         store.between("orders")
 
 
+def test_symbol_ids_damaged_after_writing_are_corrupt_data_in_queries(tmp_path):
+    """Random bytes over a partition's symbol.i32 (ids past its names): a query raises
+    CorruptData naming the partition, not an IndexError; verify flags it too."""
+    rng = np.random.default_rng(4)
+    cols, _ = make_rows(rng, 3000, 100, T0)
+    path = H.write_partition(str(tmp_path), "2023-11-14", "trades", 0, cols, SYMS, VENS)
+    with open(os.path.join(path, "symbol.i32"), "r+b") as f:
+        f.seek(400)
+        f.write(np.full(64, 10**6, "<i4").tobytes())
+    store = H.HistoryStore(str(tmp_path))
+    with pytest.raises(wayy.CorruptData, match="symbol ids past its .* names"):
+        store.between("trades")
+    assert H.verify_partition(path) != []
+
+
 def test_write_refuses_stored_rows_and_bad_input(tmp_path):
     root = str(tmp_path)
     rng = np.random.default_rng(4)

@@ -718,10 +718,16 @@ def gather(part: Partition, rows: np.ndarray | slice, decode: bool = True
     for c in column_dtypes(part.table):
         a = part.array(c)
         v = a.take(rows) if take else a[rows].copy()
-        if decode and c == "symbol":
-            v = syms[v]
-        elif decode and c == "venue":
-            v = vens[v]
+        if decode and c in ("symbol", "venue"):
+            names = syms if c == "symbol" else vens
+            try:
+                v = names[v]
+            except IndexError:
+                # ids past the partition's name list: its column file was damaged after the
+                # partition was written (checksums: `wayy verify`)
+                raise CorruptData(f"{part.path}: {c} ids past its {len(names)} names: the "
+                                  f"partition is damaged (wayy verify checks it)",
+                                  path=part.path) from None
         out[c] = v
     return out
 

@@ -190,6 +190,11 @@ def test_status_names_a_writer_that_stopped_reporting(db_factory):
 
     d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
     pid = d.status()["shards"][0]["writer_pid"]
+    p = wayy.Producer(d.path)
+    for i in range(50):  # a rate the writer records in its next second
+        p.publish("trades", symbol="SIL", price=1.0 + i, size=1.0)
+        time.sleep(0.02)
+    p.close()
     os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(WRITER_SILENT_S + 1.5)
@@ -198,6 +203,7 @@ def test_status_names_a_writer_that_stopped_reporting(db_factory):
         assert " silent " in r.stdout and f"writer pid {pid} has not reported" in r.stdout
         s = d.status()["shards"][0]
         assert s["silent"] and s["state"] == "running"
+        assert s["rate"] == 0 and s["rate_known"] is False  # not its stale last rate
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: "silent" not in run_cli("status", "--db", d.path).stdout,

@@ -77,9 +77,11 @@ def read_status(path: str, redis: bool = True) -> dict:
                 state = int(c[C.C_STATE])
                 # a restarting shard's pid, start time and rate are its dead writer's
                 gone = state == C.STATE_DEAD
-                rate = None if gone else _rate(c, now_k)
                 age = (_age_s(now_k, int(c[C.C_HEARTBEAT_NS])) if c[C.C_HEARTBEAT_NS]
                        else None)
+                silent = state == C.STATE_RUNNING and age is not None and age > WRITER_SILENT_S
+                # a restarting shard's rate is its dead writer's, a silent one's stale
+                rate = None if gone or silent else _rate(c, now_k)
                 s = {
                     "shard": k,
                     "state": C.STATE_NAMES[state] if 0 <= state < len(C.STATE_NAMES) else "?",
@@ -89,8 +91,7 @@ def read_status(path: str, redis: bool = True) -> dict:
                     else 0.0,
                     "heartbeat_age_s": age,
                     # running, but not reporting (SIGSTOP, a debugger, stuck): its rate is stale
-                    "silent": state == C.STATE_RUNNING and age is not None
-                    and age > WRITER_SILENT_S,
+                    "silent": silent,
                     "symbols": data.n_symbols(),
                     "trades": int(snap[T.TRADES]),
                     "quotes": int(snap[T.QUOTES]),

@@ -604,3 +604,30 @@ def test_feed_into_database(tmp_path):
             assert data.committed(T.TRADES) == feed.trades_sent
             assert data.committed(T.QUOTES) == feed.quotes_sent
             assert int(ctl.rejects.sum()) == 0
+
+
+def test_a_feed_waits_for_writers_still_loading_their_wal(db_factory):
+    """`wayy start --feed synthetic` on a database whose shard reloads a large WAL: the feed
+    starts beside the writers, and used to have its first batches to that shard refused
+    ("writer starting") and dropped. It now waits for them: no drop."""
+    import wayy
+
+    d = db_factory("--shards", "2", "--feed", "none", "--no-redis")
+    p = wayy.Producer(d.path)
+    n = 100_000
+    for _ in range(6):  # 600,000 rows for the shard of AAPL to load back
+        p.publish_batch("trades", {"symbol": ["AAPL"] * n, "price": np.arange(1.0, n + 1),
+                                   "size": np.ones(n)})
+    p.flush(60.0)
+    p.close()
+    d.stop()
+    d2 = db_factory("--shards", "2", "--feed", "synthetic:rate=500", "--no-redis")
+    db = wayy.attach(d2.path)
+    try:
+        wait_for_rows = time.monotonic() + 30
+        while len(db["quotes"]) < 200 and time.monotonic() < wait_for_rows:
+            time.sleep(0.05)
+        assert len(db["quotes"]) >= 200
+    finally:
+        db.close()
+    assert "dropped" not in d2.log()

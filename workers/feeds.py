@@ -92,6 +92,7 @@ IDLE_SLEEP_S = 0.001  # least sleep between passes: batches of >= 1 ms of ticks
 MAX_IDLE_SLEEP_S = 0.05  # most: at low rates, sleep until the next tick falls due
 WARN_EVERY_S = 10.0
 PUBLISH_TIMEOUT_S = 0.01  # how long run_feed's producer may wait for room before dropping
+WRITERS_READY_S = 60.0  # how long a feed waits for the writers to finish starting
 
 
 # --- spec ---------------------------------------------------------------------------------
@@ -550,6 +551,22 @@ def make_agent(producer, spec: FeedSpec):
     raise InvalidInput(f"unknown feed kind {spec.kind!r}; {SPEC_HELP}")
 
 
+def _wait_for_writers(db_path: str, timeout: float = WRITERS_READY_S) -> None:
+    """Return once no writer of the database is on its first start (loading its WAL
+    back): the supervisor starts the feeds beside the writers, and a feed's first batches
+    to a shard still loading were refused ("writer starting") and dropped. After
+    ``timeout`` it goes on (drops are then counted and warned about as usual)."""
+    import wayy
+
+    deadline = time.monotonic() + timeout
+    try:
+        with wayy.attach(db_path) as db:
+            while db.starting_shards() and time.monotonic() < deadline:
+                time.sleep(0.01)
+    except WayyError:
+        pass  # not running (any more): the producer says so
+
+
 def run_feed(db_path: str, spec: FeedSpec, *, publish_timeout: float = PUBLISH_TIMEOUT_S) -> None:
     """Run the feed ``spec`` into the database at ``db_path`` until SIGTERM/SIGINT.
 
@@ -561,6 +578,7 @@ def run_feed(db_path: str, spec: FeedSpec, *, publish_timeout: float = PUBLISH_T
     from wayy.producer import Producer
     from workers.agent import Runner
 
+    _wait_for_writers(db_path)
     with Producer(db_path, timeout=publish_timeout) as producer:
         runner = Runner(make_agent(producer, spec))
         runner.install_signals()

@@ -453,3 +453,18 @@ def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path):
     assert r.returncode == 1 and "wayy.id holds no database id" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not os.path.exists(d / "wayy.json")
+
+
+def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):
+    """--db "" (the current directory, by accident), a name with a newline, a symlink to
+    nowhere (a start would create its target): one line, exit 2, nothing created."""
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "missing" / "db")
+    for value, words in (("", "is empty"), (str(tmp_path / "a\nb"), "control character"),
+                         (str(dangling), "which does not exist")):
+        for cmd in ("start", "status", "stop"):
+            r = run_cli(cmd, "--db", value, *(("--no-redis",) if cmd == "start" else ()))
+            assert r.returncode == 2 and words in r.stderr, (cmd, value, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "a\nb").exists()
+    assert not os.path.exists(os.path.join(os.getcwd(), "wayy.id"))

@@ -76,9 +76,27 @@ class _Seconds(click.ParamType):
         return v
 
 
+def _check_db(ctx, param, value: str | None) -> str | None:
+    """--db names a directory: not "" (the current one, by accident), not a name with a
+    control character (printed back in commands to copy), not a dangling symlink (whose
+    target a start would create wherever it points)."""
+    if value is None:
+        return value
+    if not value.strip():
+        raise click.BadParameter("is empty: name the database directory", ctx, param)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise click.BadParameter(f"{value!r} holds a control character (a newline, a tab...)",
+                                 ctx, param)
+    if os.path.islink(value) and not os.path.exists(value):
+        raise click.BadParameter(f"{value} is a symlink to {os.readlink(value)}, which does "
+                                 f"not exist", ctx, param)
+    return value
+
+
 db_option = click.option(
     "--db", "db", default=default_db, show_default=f"${DEFAULT_DB_ENV} or ~/.wayy/db",
-    type=click.Path(file_okay=False), help="Database directory (segments are named after it).")
+    type=click.Path(file_okay=False), callback=_check_db,
+    help="Database directory (segments are named after it).")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

@@ -105,6 +105,12 @@ def test_invalid_specs(text, needle):
         assert opt in msg
 
 
+def test_a_huge_invalid_spec_is_not_echoed_whole():
+    with pytest.raises(InvalidInput) as ei:
+        parse_feed_spec("synthetic:venues=" + "A" * 10_000)
+    assert len(str(ei.value)) < 1000 and "10017 characters" in str(ei.value)
+
+
 def test_invalid_type():
     with pytest.raises(InvalidInput):
         parse_feed_spec(None)  # type: ignore[arg-type]

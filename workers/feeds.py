@@ -121,6 +121,10 @@ class FeedSpec:
 
 
 def _bad(spec: str, why: str) -> InvalidInput:
+    if len(spec) > 80:  # a pasted megabyte is not echoed back whole
+        spec = spec[:60] + f"... ({len(spec)} characters)"
+    if len(why) > 200:
+        why = why[:180] + "..."
     return InvalidInput(f"invalid --feed {spec!r}: {why}; {SPEC_HELP}")
 
 

@@ -175,6 +175,20 @@ def test_publish_batch_refuses_columns_that_are_not_numbers(producer, column):
                 producer.publish_batch(table, bad)
 
 
+def test_publish_batch_refuses_masked_rows(producer):
+    """A masked array's masked rows hold whatever lies under the mask: refused, not stored.
+    One with nothing masked is taken as its data."""
+    price = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    for col in ("price", "symbol"):
+        cols = {"symbol": ["MSK"] * 3, "price": np.ones(3), "size": np.ones(3)}
+        cols[col] = price if col == "price" else np.ma.masked_array(["MSK"] * 3,
+                                                                      mask=[1, 0, 0])
+        with pytest.raises(wayy.InvalidTick, match=f"column {col} is a masked array"):
+            producer.publish_batch("trades", cols)
+    assert producer.publish_batch("trades", {"symbol": ["MSK"] * 3, "size": np.ones(3),
+                                             "price": np.ma.masked_array([1.0, 2.0, 3.0])}) == 3
+
+
 @pytest.mark.parametrize("shards", [1, 2])
 def test_batch_cut_off_by_backpressure_says_which_rows_were_accepted(db_factory, shards):
     # the writer of the last shard is stopped (SIGSTOP), so its ring fills part way through

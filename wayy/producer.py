@@ -464,6 +464,11 @@ class Producer:
         if not keys >= _REQUIRED[t]:
             missing = _REQUIRED[t] - set(columns)
             raise InvalidTick(f"{table}: missing column(s) {sorted(missing)}")
+        for c, v in columns.items():
+            if isinstance(v, np.ma.MaskedArray) and np.ma.is_masked(v):
+                # np.asarray would store whatever lies under the mask
+                raise InvalidTick(f"{table}: column {c} is a masked array with masked rows: "
+                                  f"fill them or drop those rows first")
         names = T.VALUE_COLUMNS[t]
         vals = [self._float_column(columns[c], c) for c in names]
         n = len(vals[0])

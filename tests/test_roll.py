@@ -736,3 +736,40 @@ def test_a_checkpoint_with_differing_table_cursors_resumes_each_table_from_histo
     seqs = {t: [s for s, tt in got if tt == t] for t in ("trades", "quotes")}
     assert seqs["trades"] == list(range(300, 400, 2))  # trades have the even seqs
     assert seqs["quotes"] == list(range(101, 400, 2))
+
+
+def test_a_retention_failure_does_not_fail_a_roll_that_moved_the_rows(tmp_path, caplog):
+    """Retention runs after the rows are in history and the memory is reset: when it fails
+    (here: a cut-off before year 1, which the CLI now refuses), the roll is still done --
+    reported as done, not as failed with the rows already moved."""
+    import logging
+
+    from benchmarks.bench_ingest import _single_shard_db
+    from shm import inbound
+    from shm.layout import control as C
+    from shm.layout import inbound as L
+    from shm.shard import InboundRing
+    from workers.roll import RollConfig
+    from workers.writer import ShardWriter
+
+    d = str(tmp_path)
+    with _single_shard_db(d, 1 << 16, writer=False) as prefix:
+        ring = InboundRing.attach(prefix, 0)
+        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
+        w = ShardWriter(prefix, 0, d, None, RollConfig(keep_days=10**7))
+        w.on_start()
+        p = wayy.Producer(d)
+        try:
+            p.publish_batch("trades", {"symbol": ["RT"] * 10, "price": np.arange(1.0, 11.0),
+                                       "size": np.ones(10)})
+            while w.do_work():
+                pass
+            with caplog.at_level(logging.WARNING, logger="wayy.roll"):
+                stats = w.roll("request")
+            assert stats is not None and stats["rows"]["trades"] == 10
+            assert "retention failed" in caplog.text
+            assert int(w.ctl.counters[C.C_ROLL_FAILS]) == 0
+        finally:
+            p.close()
+            w.on_close()
+            ring.close()

@@ -107,7 +107,13 @@ def roll(db_path: str, data: ShardData, state: np.ndarray, shard_log, date: str,
     if keep_days is not None:  # every writer to its own partitions
         from wayy import history
 
-        removed = history.apply_retention(db_path, keep_days, shard=data.shard)
+        try:
+            removed = history.apply_retention(db_path, keep_days, shard=data.shard)
+        except Exception as exc:  # noqa: BLE001
+            # the rows are in history and the memory is reset: the roll is done, whatever
+            # retention does (it is tried again at the next roll)
+            log.warning("shard %d: rolled, but history retention failed (tried again at the "
+                        "next roll): %s", data.shard, exc)
     stats = {"date": date, "rows": rows, "next_seq": int(state[ingest.S_NEXT_SEQ]),
              "generation": int(data.hdr64[S.GENERATION_I64]),
              "seconds": round(time.perf_counter() - t0, 3), "removed": removed}

@@ -462,23 +462,38 @@ def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path):
     d = tmp_path / "db"
     d.mkdir()
     (d / "wayy.id").write_bytes(b"\xff\xfe\x00junk")
-    r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
-                "--detach")
-    assert r.returncode == 1 and "wayy.id holds no database id" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert not os.path.exists(d / "wayy.json")
+    try:
+        r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
+                    "--detach")
+        assert r.returncode == 1 and "wayy.id holds no database id" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not os.path.exists(d / "wayy.json")
+    finally:
+        run_cli("stop", "--db", str(d))  # were it started after all
 
 
 def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):
     """--db "" (the current directory, by accident), a name with a newline, a symlink to
     nowhere (a start would create its target): one line, exit 2, nothing created."""
+    import subprocess
+
+    from tests.conftest import wayy_cmd
+
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "missing" / "db")
-    for value, words in (("", "is empty"), (str(tmp_path / "a\nb"), "control character"),
-                         (str(dangling), "which does not exist")):
-        for cmd in ("start", "status", "stop"):
-            r = run_cli(cmd, "--db", value, *(("--no-redis",) if cmd == "start" else ()))
-            assert r.returncode == 2 and words in r.stderr, (cmd, value, r.stderr)
-            assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert not (tmp_path / "missing").exists() and not (tmp_path / "a\nb").exists()
-    assert not os.path.exists(os.path.join(os.getcwd(), "wayy.id"))
+    here = tmp_path / "cwd"  # what --db "" would have meant
+    here.mkdir()
+    try:
+        for value, words in (("", "is empty"), (str(tmp_path / "a\nb"), "control character"),
+                             (str(dangling), "which does not exist")):
+            for cmd in ("start", "status", "stop"):
+                r = subprocess.run(wayy_cmd(cmd, "--db", value, *(
+                    ("--no-redis", "--detach") if cmd == "start" else ())),
+                    capture_output=True, text=True, timeout=60, cwd=here)
+                assert r.returncode == 2 and words in r.stderr, (cmd, value, r.stderr)
+                assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not (tmp_path / "missing").exists() and not (tmp_path / "a\nb").exists()
+        assert os.listdir(here) == []
+    finally:
+        for leftover in (here, tmp_path / "missing" / "db"):  # were one started after all
+            run_cli("stop", "--db", str(leftover))

@@ -383,9 +383,12 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
                        ("0", "holds 0, not a shard count"), ("two", "does not hold")):
         with open(count, "w") as f:
             f.write(bad + "\n")
-        r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach")
-        assert r.returncode == 1 and words in r.stderr, r.stderr
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        try:
+            r = run_cli("start", "--db", d.path, "--feed", "none", "--no-redis", "--detach")
+            assert r.returncode == 1 and words in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        finally:
+            run_cli("stop", "--db", d.path)  # were it started after all
     with open(count, "w") as f:
         f.write("2\n")
     d2 = db_factory("--feed", "none")  # no --shards: the database's 2

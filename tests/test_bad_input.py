@@ -431,7 +431,8 @@ def test_the_venue_stream_is_refused_at_publish(shared_db):
 
 
 @pytest.mark.parametrize("edit", [{"shards": "two"}, {"capacity": None}, {"shards": 0},
-                                  {"wal": "yes"}, {"extra": 1}, {"redis_url": 5}])
+                                  {"wal": "yes"}, {"extra": 1}, {"redis_url": 5}, None, [],
+                                  "x"])
 def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
     """wayy.json of a running database edited to a wrong type (or an unknown field): attach,
     Producer and `wayy status` fail with CorruptData in one line, not a TypeError."""
@@ -441,7 +442,10 @@ def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
     path = os.path.join(d.path, "wayy.json")
     good = open(path).read()
     doc = json.loads(good)
-    doc.update(edit)
+    if isinstance(edit, dict):
+        doc.update(edit)
+    else:
+        doc = edit  # the whole file: not a JSON object
     with open(path, "w") as f:
         json.dump(doc, f)
     try:
@@ -456,16 +460,24 @@ def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
             f.write(good)
 
 
-def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path):
-    """wayy.id holding bytes that are no id (not even UTF-8): `wayy start` says which file
-    and what to do, instead of "supervisor exited during start" and a traceback in the log."""
+@pytest.mark.parametrize("damage", ["bytes", "directory", "dangling"])
+def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path, damage):
+    """wayy.id holding bytes that are no id (not even UTF-8), or a directory, or a symlink
+    to nowhere: `wayy start` says which file and what to do, instead of "supervisor exited
+    during start" and a traceback in the log."""
     d = tmp_path / "db"
     d.mkdir()
-    (d / "wayy.id").write_bytes(b"\xff\xfe\x00junk")
+    if damage == "bytes":
+        (d / "wayy.id").write_bytes(b"\xff\xfe\x00junk")
+    elif damage == "directory":
+        (d / "wayy.id").mkdir()
+    else:
+        (d / "wayy.id").symlink_to(tmp_path / "nowhere")
     try:
         r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
                     "--detach")
-        assert r.returncode == 1 and "wayy.id holds no database id" in r.stderr, r.stderr
+        assert r.returncode == 1 and "wayy.id" in r.stderr, r.stderr
+        assert "delete it and start the database again" in r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not os.path.exists(d / "wayy.json")
     finally:
@@ -481,11 +493,13 @@ def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):
 
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "missing" / "db")
+    through = str(dangling / "sub")  # a directory on the way is the symlink to nowhere
     here = tmp_path / "cwd"  # what --db "" would have meant
     here.mkdir()
     try:
         for value, words in (("", "is empty"), (str(tmp_path / "a\nb"), "control character"),
-                             (str(dangling), "which does not exist")):
+                             (str(dangling), "which does not exist"),
+                             (through, "which does not exist")):
             for cmd in ("start", "status", "stop"):
                 r = subprocess.run(wayy_cmd(cmd, "--db", value, *(
                     ("--no-redis", "--detach") if cmd == "start" else ())),
@@ -495,5 +509,6 @@ def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):
         assert not (tmp_path / "missing").exists() and not (tmp_path / "a\nb").exists()
         assert os.listdir(here) == []
     finally:
-        for leftover in (here, tmp_path / "missing" / "db"):  # were one started after all
+        for leftover in (here, tmp_path / "missing" / "db",
+                         tmp_path / "missing" / "db" / "sub"):  # were one started after all
             run_cli("stop", "--db", str(leftover))

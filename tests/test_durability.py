@@ -380,6 +380,7 @@ def test_shard_count_and_wal_are_kept_across_starts(db_factory):
     # rows would be ignored, its symbols routed to shard 0), or no count, is refused
     count = os.path.join(d.path, "wayy.shards")
     for bad, words in (("1", "holds 1, but the database has files of shard 1"),
+                       ("3", "the write-ahead logs are of shards 0..1 only"),
                        ("0", "holds 0, not a shard count"), ("two", "does not hold")):
         with open(count, "w") as f:
             f.write(bad + "\n")

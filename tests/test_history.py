@@ -183,9 +183,19 @@ def test_symbol_ids_damaged_after_writing_are_corrupt_data_in_queries(tmp_path):
         f.seek(400)
         f.write(np.full(64, 10**6, "<i4").tobytes())
     store = H.HistoryStore(str(tmp_path))
-    with pytest.raises(wayy.CorruptData, match="symbol ids past its .* names"):
+    with pytest.raises(wayy.CorruptData, match="symbol ids outside its .* names"):
         store.between("trades")
     assert H.verify_partition(path) != []
+    store.close()
+    other = str(tmp_path / "b")
+    path = H.write_partition(other, "2023-11-15", "trades", 1, cols, SYMS, VENS)
+    with open(os.path.join(path, "venue.i32"), "r+b") as f:  # -1: numpy's last name
+        f.seek(40)
+        f.write(np.full(1, -1, "<i4").tobytes())
+    store = H.HistoryStore(other)
+    with pytest.raises(wayy.CorruptData, match="venue ids outside"):
+        store.between("trades")
+    store.close()
 
 
 def test_write_refuses_stored_rows_and_bad_input(tmp_path):

@@ -612,7 +612,9 @@ class _NotRedis:
 
 
 NOT_REDIS = {"huge string": b"$99999999999\r\n", "deep array": b"*1\r\n" * 200_000,
-             "bad integer": b":abc\r\n", "huge array": b"*99999999999\r\n"}
+             "bad integer": b":abc\r\n", "huge array": b"*99999999999\r\n",
+             "negative string": b"$-5\r\n", "negative array": b"*-5\r\n",
+             "string too long": b"$3\r\nabcdef\r\n"}
 
 
 @pytest.mark.parametrize("payload", list(NOT_REDIS.values()), ids=list(NOT_REDIS))

@@ -87,10 +87,17 @@ def _check_db(ctx, param, value: str | None) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise click.BadParameter(f"{value!r} holds a control character (a newline, a tab...)",
                                  ctx, param)
-    if os.path.islink(value) and not os.path.exists(value):
-        raise click.BadParameter(f"{value} is a symlink to {os.readlink(value)}, which does "
-                                 f"not exist", ctx, param)
-    return value
+    # the path itself, or a directory on the way to it, a symlink to nowhere
+    p = os.path.abspath(os.path.expanduser(value))
+    while True:
+        if os.path.islink(p) and not os.path.exists(p):
+            where = "" if p == os.path.abspath(os.path.expanduser(value)) else f" (in {value})"
+            raise click.BadParameter(f"{p}{where} is a symlink to {os.readlink(p)}, which "
+                                     f"does not exist", ctx, param)
+        parent = os.path.dirname(p)
+        if parent == p or os.path.exists(p):
+            return value
+        p = parent
 
 
 db_option = click.option(

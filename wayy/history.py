@@ -721,12 +721,14 @@ def gather(part: Partition, rows: np.ndarray | slice, decode: bool = True
         if decode and c in ("symbol", "venue"):
             names = syms if c == "symbol" else vens
             try:
+                if len(v) and v.min() < 0:  # numpy would read -1 as the last name
+                    raise IndexError
                 v = names[v]
             except IndexError:
                 # ids past the partition's name list: its column file was damaged after the
                 # partition was written (checksums: `wayy verify`)
-                raise CorruptData(f"{part.path}: {c} ids past its {len(names)} names: the "
-                                  f"partition is damaged (wayy verify checks it)",
+                raise CorruptData(f"{part.path}: {c} ids outside its {len(names)} names: "
+                                  f"the partition is damaged (wayy verify checks it)",
                                   path=part.path) from None
         out[c] = v
     return out

@@ -98,6 +98,9 @@ def read_manifest(path: str) -> Manifest:
                          path=path) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is not valid JSON", path=path) from exc
+    if not isinstance(data, dict):
+        raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is damaged: a JSON "
+                          f"{type(data).__name__}, not an object", path=path)
     if data.get("format_version") != FORMAT_VERSION:
         raise CorruptData(f"manifest format {data.get('format_version')} is not "
                           f"{FORMAT_VERSION}", path=path)
@@ -215,7 +218,12 @@ def database_id(path: str) -> str:
                                   f"(remote checkpoints made for the old id are then refused)",
                                   path=path)
         except FileNotFoundError:
-            pass
+            if os.path.islink(final):
+                raise CorruptData(f"{final} is a symlink to nowhere; delete it and start the "
+                                  f"database again", path=path) from None
+        except OSError as exc:  # a directory, unreadable, ...
+            raise CorruptData(f"{final} cannot be read as the database id ({exc.strerror}); "
+                              f"delete it and start the database again", path=path) from None
         tmp = f"{final}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             f.write(uuid.uuid4().hex + "\n")
@@ -251,6 +259,9 @@ def stored_shards(path: str) -> int | None:
     seen += [(int(m.group(1)), f)
              for f in glob.glob(os.path.join(path, "hist", "*", "*", "shard-*"))
              if (m := re.search(r"shard-(\d+)\.seq-\d+$", f))]
+    wals = max((k for k, f in seen if f.endswith(".wal")), default=None)
+    seen += [(int(m.group(1)), f) for f in glob.glob(os.path.join(path, "shard-*.next-seq"))
+             if (m := re.search(r"shard-(\d+)\.next-seq$", f))]
     top = max(seen, default=None)
     if stored is None:
         return top[0] + 1 if top is not None else None
@@ -259,6 +270,11 @@ def stored_shards(path: str) -> int | None:
         # to other shards
         raise CorruptData(f"{name} holds {stored}, but the database has files of shard "
                           f"{top[0]} ({os.path.relpath(top[1], path)}); {fix}", path=path)
+    if wals is not None and wals + 1 < stored:
+        # a count raised by hand: every writer that ran with the WAL made its file, so
+        # shards above these never ran, and symbols would move to them
+        raise CorruptData(f"{name} holds {stored}, but the write-ahead logs are of shards "
+                          f"0..{wals} only; {fix}", path=path)
     return stored
 
 

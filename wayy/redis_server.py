@@ -231,19 +231,21 @@ def _read_reply(f, depth: int = 0):
         return _resp_int(line, rest)
     if kind == b"$":
         n = _resp_int(line, rest)
-        if n < 0:
+        if n == -1:
             return None
-        if n > MAX_BULK_BYTES:
+        if n < -1 or n > MAX_BULK_BYTES:
             raise NotRedis(f"not a Redis reply: a string of {n} bytes announced")
         data = f.read(n + 2)
         if len(data) != n + 2:
             raise ConnectionError("connection closed by Redis")
+        if data[-2:] != b"\r\n":
+            raise NotRedis(f"not a Redis reply: a string longer than the {n} bytes announced")
         return data[:-2]
     if kind == b"*":
         n = _resp_int(line, rest)
-        if n > MAX_ARRAY_ITEMS or (n > 0 and depth >= MAX_DEPTH):
+        if n < -1 or n > MAX_ARRAY_ITEMS or (n > 0 and depth >= MAX_DEPTH):
             raise NotRedis(f"not a Redis reply: an array of {n} items at depth {depth}")
-        return None if n < 0 else [_read_reply(f, depth + 1) for _ in range(n)]
+        return None if n == -1 else [_read_reply(f, depth + 1) for _ in range(n)]
     raise NotRedis(f"not a Redis reply: {line[:40]!r}")
 
 

@@ -76,6 +76,18 @@ class _Seconds(click.ParamType):
         return v
 
 
+def _refuse_given(params: tuple[str, ...], what: str) -> None:
+    """InvalidInput naming those of ``params`` given on the command line: options
+    ``what`` (e.g. "the write-ahead log, which --no-wal turns off") configures, which this
+    start would otherwise ignore in silence."""
+    ctx = click.get_current_context()
+    given = [f"--{n.replace('_', '-')}" for n in params
+             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
+                           f"{what}")
+
+
 def _check_db(ctx, param, value: str | None) -> str | None:
     """--db names a directory: not "" (the current one, by accident), not a name with a
     control character (printed back in commands to copy), not a dangling symlink (whose
@@ -225,35 +237,16 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
     from workers.feeds import parse_feed_spec
     from workers.supervisor import Config, Supervisor
 
-    if no_redis:
-        # Redis options a local-only start would silently ignore
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("brokers", "wire", "stream_retention",
-                                                       "redis_port", "redis_bind",
-                                                       "redis_pubsub_limit")
-                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
-                               f"the Redis fan-out, which --no-redis turns off")
-    elif redis_url is not None:
-        # options of the embedded server, which --redis URL replaces
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("redis_port", "redis_bind",
-                                                       "redis_pubsub_limit")
-                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
-                               f"the embedded Redis, which --redis URL replaces (set them on "
-                               f"that server)")
-    if no_wal:
-        # WAL options a start without the WAL would silently ignore
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("wal_compress", "fsync",
-                                                       "fsync_interval_ms")
-                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise InvalidInput(f"{', '.join(given)} configure{'s' if len(given) == 1 else ''} "
-                               f"the write-ahead log, which --no-wal turns off")
+    if no_redis:  # Redis options a local-only start would silently ignore
+        _refuse_given(("brokers", "wire", "stream_retention", "redis_port", "redis_bind",
+                       "redis_pubsub_limit"), "the Redis fan-out, which --no-redis turns off")
+    elif redis_url is not None:  # options of the embedded server, which --redis URL replaces
+        _refuse_given(("redis_port", "redis_bind", "redis_pubsub_limit"),
+                      "the embedded Redis, which --redis URL replaces (set them on that "
+                      "server)")
+    if no_wal:  # WAL options a start without the WAL would silently ignore
+        _refuse_given(("wal_compress", "fsync", "fsync_interval_ms"),
+                      "the write-ahead log, which --no-wal turns off")
     if max_symbols is not None and not 1 <= max_symbols <= 2**31 - 1:
         raise InvalidInput(f"--max-symbols {max_symbols} is out of range: 1 .. 2**31 - 1")
     specs = [parse_feed_spec(f) for f in feeds]

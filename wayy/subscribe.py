@@ -1398,12 +1398,14 @@ class Subscription:
                 self.on_error(exc, item)
             except Exception:  # noqa: BLE001
                 log.exception("on_error handler failed")
-        elif (n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0) and not trace:
-            log.error("subscriber %s: %s failed on %r: %s (%d errors so far)",
-                      ",".join(self.channel_names), what, item, exc, n)
         elif n <= ERROR_LOG_FIRST or n % ERROR_LOG_EVERY == 0:
-            log.error("subscriber %s: %s raised on %r (%d errors so far)",
-                      ",".join(self.channel_names), what, item, n, exc_info=exc)
+            chans = ",".join(self.channel_names)
+            if trace:
+                log.error("subscriber %s: %s raised on %r (%d errors so far)", chans, what,
+                          item, n, exc_info=exc)
+            else:
+                log.error("subscriber %s: %s failed on %r: %s (%d errors so far)", chans,
+                          what, item, exc, n)
         if self.stop_on_error:
             self.error = exc
             self.stopped_reason = f"{what} raised {type(exc).__name__}: {exc}"

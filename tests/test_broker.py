@@ -380,6 +380,14 @@ def test_a_second_broker_of_the_same_shard_is_refused(db_factory, redis_srv, bro
     assert r.returncode == 1, r.stderr
     assert f"shard 0 of {db.path} is already published by another broker (pid {b0.proc.pid})" \
         in r.stderr and "Traceback" not in r.stderr
+    # the refused broker leaves no status file behind (status would list a dead broker)
+    assert not os.path.exists(os.path.join(db.path, "broker-1.status.json"))
+    # nor does one of the same index overwrite the running broker's
+    r = subprocess.run([sys.executable, "-m", "workers.broker", "--db", db.path, "--redis",
+                        redis_srv.url, "--index", "0"], capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.returncode == 1 and "already published" in r.stderr, r.stderr
+    assert b0.status() is not None and b0.status()["redis"] == "ok"
     brokers(db.path, redis_srv.url, "--shards", "1", index=1)  # its own shard: runs
     b0.kill()
     brokers(db.path, redis_srv.url, "--shards", "0", index=2)  # the lock died with it
@@ -747,6 +755,13 @@ def test_start_warns_when_redis_refuses_the_password(db_factory, redis_srv, tmp_
     log = db.log()
     assert "WARNING: Redis at" in log and "refuses this database's credentials" in log
     assert "not-the-password" not in log
+    # status says so too, on its Redis line (not "up; details unavailable")
+    r = subprocess.run(wayy_cmd("status", "--db", db.path), capture_output=True, text=True,
+                       timeout=60, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("redis:"))
+    assert "REFUSES this database's credentials (the password in " in line, line
+    assert "WRONGPASS" in line and "not-the-password" not in r.stdout
 
 
 @pytest.mark.parametrize("args, words", [

@@ -613,6 +613,11 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
+def _auth_refused(error: str) -> bool:
+    """Whether a Redis error reply refuses the credentials (or asks for some)."""
+    return error.startswith(("WRONGPASS", "NOAUTH")) or "invalid password" in error
+
+
 def _format_redis(r: dict | None) -> list[str]:
     """The status lines about Redis and the brokers."""
     if r is None:
@@ -625,7 +630,13 @@ def _format_redis(r: dict | None) -> list[str]:
                  f"the brokers retry"]
     elif r.get("foreign_owner"):
         lines = [f"redis: REFUSED {r['url']} ({kind}): {r['error']}"]
-    elif "error" in r:  # it answered, but we may not look inside (no or wrong credentials)
+    elif "error" in r and r.get("credentials_readable") and _auth_refused(r["error"]):
+        # the database's own credentials are refused: its brokers cannot publish either
+        given = (f"the password in {r['credentials']}" if r.get("credentials")
+                 else "no password")
+        lines = [f"redis: up {r['url']} ({kind}) but REFUSES this database's credentials "
+                 f"({given}): {r['error'].rstrip('.')}; the brokers publish nothing"]
+    elif "error" in r:  # it answered, but we may not look inside (credentials unreadable)
         lines = [f"redis: up {r['url']} ({kind}); details unavailable: {r['error']}"]
     else:
         lines = [f"redis: up {r['url']} ({kind}, v{r.get('version')}), memory "

@@ -227,6 +227,7 @@ class Broker:
         self.db_path = os.path.realpath(db_path)
         self.want_shards = None if shards is None else sorted(set(int(k) for k in shards))
         self._locks: dict[int, int] = {}  # shard -> fd of its held broker lock file
+        self._refused = False  # another broker holds one of its shards: it leaves no status
         self.redis_url = redis_url
         self.wire = wire_format
         self.retention = Retention.parse(retention)
@@ -362,7 +363,10 @@ class Broker:
         except Exception as exc:  # noqa: BLE001  (stopping: report, never hang)
             log.warning("%s: stopped before publishing everything: %s", self.name, exc)
         self.redis_state = "stopped"
-        self._write_status(force=True)
+        if self._refused:
+            self._drop_status()
+        else:
+            self._write_status(force=True)
         self._close_sub()
         if self.db is not None:
             self.db.close()
@@ -445,6 +449,7 @@ class Broker:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                self._refused = True
                 try:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 finally:
@@ -1091,11 +1096,45 @@ class Broker:
                 "started_ns": self.started_ns, "updated_ns": time.time_ns(), **self.stats,
                 "per_shard": per_shard}
 
+    def _status_owner(self) -> int | None:
+        """The pid named by this broker's status file, or None (none, unreadable)."""
+        try:
+            with open(self._status_path) as f:
+                pid = json.load(f).get("pid")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return pid if isinstance(pid, int) and pid > 0 else None
+
+    def _status_taken(self) -> bool:
+        """Whether another live process writes this status file: a broker of the same index
+        started by hand beside a running one must not overwrite the running one's status
+        before it learns (at attach) that it is refused."""
+        pid = self._status_owner()
+        if pid is None or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _drop_status(self) -> None:
+        """A refused broker removes the status file it wrote (status would list it)."""
+        if self._status_owner() == os.getpid():
+            try:
+                os.unlink(self._status_path)
+            except OSError:
+                pass
+
     def _write_status(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self._status_due:
             return
         self._status_due = now + STATUS_EVERY_S
+        if not self._locks and self._status_taken():
+            return
         try:
             doc = self.status()
         except Exception as exc:  # noqa: BLE001  (status must never stop the broker)

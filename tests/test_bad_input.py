@@ -189,6 +189,20 @@ def test_publish_batch_refuses_masked_rows(producer):
                                              "price": np.ma.masked_array([1.0, 2.0, 3.0])}) == 3
 
 
+@pytest.mark.parametrize("value", [["AAPL"], np.ma.masked_array(["AAPL"]), {"s": 1}], ids=repr)
+def test_publish_names_an_unhashable_symbol_or_venue(producer, value):
+    """A symbol or venue of a type with no hash (a list, a masked array) is the user's
+    mistake of the field: InvalidName naming it, as any non-str symbol, not a TypeError."""
+    producer.publish("trades", symbol="UNH", price=1.0, size=1.0)  # the fast path is warm
+    producer.publish("quotes", symbol="UNH", bid=1.0, ask=2.0, bid_size=1, ask_size=1)
+    for field in ("symbol", "venue"):
+        tick = {"symbol": "UNH", field: value}
+        with pytest.raises(wayy.InvalidName, match=f"{field} must be a str"):
+            producer.publish("trades", **tick, price=1.0, size=1.0)
+        with pytest.raises(wayy.InvalidName, match=f"{field} must be a str"):
+            producer.publish("quotes", **tick, bid=1.0, ask=2.0, bid_size=1, ask_size=1)
+
+
 @pytest.mark.parametrize("shards", [1, 2])
 def test_batch_cut_off_by_backpressure_says_which_rows_were_accepted(db_factory, shards):
     # the writer of the last shard is stopped (SIGSTOP), so its ring fills part way through

@@ -371,6 +371,23 @@ def test_a_batch_filter_returning_the_wrong_thing_is_logged_in_one_line(fake, ca
     assert "got list" in rec[0].getMessage() and "Traceback" not in caplog.text
 
 
+def test_a_tick_filter_returning_an_array_is_logged_in_one_line(fake, caplog):
+    """A per-tick filter answering with an array has no truth value: counted, the tick not
+    delivered, one line saying what was wrong (not wayy's traceback); the next ticks go on."""
+    f = fake(nshards=1)
+    db = f.attach()
+    got = []
+    sub = db.subscribe("trades", callback=got.append,
+                       filter=lambda t: np.array([True, t.price > 2]))
+    f.append("trades", ["A"] * 3)
+    with caplog.at_level(logging.ERROR, logger="wayy.subscribe"):
+        db.run(timeout=0.3)
+    assert got == [] and sub.stats()["errors"] == 3
+    rec = [r for r in caplog.records if "per-tick filter must return" in r.getMessage()]
+    assert rec and all(r.exc_info is None for r in rec)
+    assert "got ndarray" in rec[0].getMessage() and "Traceback" not in caplog.text
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 def test_checkpoint_resume_no_gap_no_duplicate(fake, tmp_path):

@@ -282,7 +282,10 @@ class Producer:
         if table == "trades":
             if (not fields and bid is _MISSING and ask is _MISSING and bid_size is _MISSING
                     and ask_size is _MISSING):
-                route = self._fast_trades.get((symbol, venue))
+                try:
+                    route = self._fast_trades.get((symbol, venue))
+                except TypeError:  # unhashable: the general path names the field
+                    route = None
                 # `is float` first: the common case skips the set lookup
                 if (route is not None
                         and (type(price) is float or type(price) in _PLAIN_NUMBERS)
@@ -301,7 +304,10 @@ class Producer:
                             return
         elif table == "quotes":
             if not fields and price is _MISSING and size is _MISSING:
-                route = self._fast_quotes.get((symbol, venue))
+                try:
+                    route = self._fast_quotes.get((symbol, venue))
+                except TypeError:  # unhashable: the general path names the field
+                    route = None
                 if (route is not None
                         and (type(bid) is float or type(bid) in _PLAIN_NUMBERS)
                         and (type(ask) is float or type(ask) in _PLAIN_NUMBERS)
@@ -382,8 +388,11 @@ class Producer:
         return route
 
     def _trade(self, symbol, price, size, venue="", ts=None) -> None:
-        route = (self._routes.get((symbol, venue, L.TYPE_TRADES))
-                 or self._route(symbol, venue, L.TYPE_TRADES))
+        try:
+            route = self._routes.get((symbol, venue, L.TYPE_TRADES))
+        except TypeError:  # unhashable: _route names the field
+            route = None
+        route = route or self._route(symbol, venue, L.TYPE_TRADES)
         ts = time.time_ns() if ts is None else self._ts(ts, f"trade {symbol}")
         price = _number(price, "price", f"trade {symbol}")
         size = _number(size, "size", f"trade {symbol}")
@@ -397,8 +406,11 @@ class Producer:
             self._one_row_retry(route, ts, price, size, 0.0, 0.0)
 
     def _quote(self, symbol, bid, ask, bid_size, ask_size, venue="", ts=None) -> None:
-        route = (self._routes.get((symbol, venue, L.TYPE_QUOTES))
-                 or self._route(symbol, venue, L.TYPE_QUOTES))
+        try:
+            route = self._routes.get((symbol, venue, L.TYPE_QUOTES))
+        except TypeError:  # unhashable: _route names the field
+            route = None
+        route = route or self._route(symbol, venue, L.TYPE_QUOTES)
         ts = time.time_ns() if ts is None else self._ts(ts, f"quote {symbol}")
         what = f"quote {symbol}"
         bid, ask = _number(bid, "bid", what), _number(ask, "ask", what)

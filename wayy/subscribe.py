@@ -1383,9 +1383,16 @@ class Subscription:
     def _filter(self, filt, tick) -> int:
         """1 keep the tick, 0 skip it, -1 stop: the filter raised and errors stop the sub."""
         try:
-            return 1 if filt(tick) else 0
+            keep = filt(tick)
         except Exception as exc:  # noqa: BLE001
             return -1 if self._callback_failed(exc, tick, "filter") else 0
+        try:
+            return 1 if keep else 0
+        except Exception as exc:  # noqa: BLE001  (an answer with no truth value: an array)
+            # the user's mistake, said in one line: no traceback of wayy's own frames
+            bad = InvalidInput(f"a per-tick filter must return a bool (true keeps the tick), "
+                               f"got {type(keep).__name__}: {exc}")
+            return -1 if self._callback_failed(bad, tick, "filter", trace=False) else 0
 
     def _callback_failed(self, exc: Exception, item, what: str = "callback",
                          trace: bool = True) -> bool:

@@ -446,10 +446,12 @@ def test_the_venue_stream_is_refused_at_publish(shared_db):
 
 @pytest.mark.parametrize("edit", [{"shards": "two"}, {"capacity": None}, {"shards": 0},
                                   {"wal": "yes"}, {"extra": 1}, {"redis_url": 5}, None, [],
-                                  "x"])
+                                  "x", {"wire": "xml"}, {"fsync_interval_ms": float("nan")},
+                                  {"capacity": -5}])
 def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
-    """wayy.json of a running database edited to a wrong type (or an unknown field): attach,
-    Producer and `wayy status` fail with CorruptData in one line, not a TypeError."""
+    """wayy.json of a running database edited to a wrong type, a value out of range or an
+    unknown field: attach, Producer and `wayy status` fail with CorruptData in one line,
+    not a TypeError (nor go on with a value no start can write)."""
     import json
 
     d = db_factory("--shards", "1", "--feed", "none")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import json
+import math
 import os
 import re
 import uuid
@@ -147,9 +148,27 @@ def _bad_fields(data: object) -> str | None:
                if k not in data]
     if missing:
         return f"no {', '.join(missing)}"
-    if data["shards"] < 1:
-        return f"shards is {data['shards']}"
+    for k, v in data.items():
+        if v is None or isinstance(v, (bool, str)):
+            choices = _FIELD_CHOICES.get(k)
+            if choices is not None and v is not None and v not in choices:
+                return f"{k} is {v!r}, not one of {', '.join(choices)}"
+            continue
+        low, high = _FIELD_RANGES.get(k, (0, math.inf))
+        # NaN fails both comparisons, so the check is written to refuse it
+        if not (low <= v <= high) or (isinstance(v, float) and not math.isfinite(v)):
+            return f"{k} is {v!r}"
     return None
+
+
+# what the supervisor can have written (an edited value outside them would misguide readers)
+_FIELD_CHOICES = {"fsync": ("batch", "interval", "off"), "wire": ("json", "binary", "binary+lz4")}
+_FIELD_RANGES = {
+    "shards": (1, 1 << 16), "capacity": (1, 1 << 40), "ring_capacity": (1, 1 << 40),
+    "max_symbols": (1, 1 << 32), "max_venues": (1, 1 << 32), "supervisor_pid": (1, 1 << 31),
+    "change_ring_records": (1, 1 << 40), "roll_fill": (1e-9, 1.0), "history_days": (1, 1 << 31),
+    "fsync_interval_ms": (0.0, 3.6e6), "writer_poll_us": (0.0, 1e9),
+}
 
 
 def lock_holder(path: str) -> tuple[bool, int | None]:

@@ -203,6 +203,41 @@ def test_publish_names_an_unhashable_symbol_or_venue(producer, value):
             producer.publish("quotes", **tick, bid=1.0, ask=2.0, bid_size=1, ask_size=1)
 
 
+def test_closed_handles_and_bad_paths_are_clear_errors(shared_db):
+    """A closed Database or Producer says it is closed (it raised IndexError from inside
+    wayy); a path of the wrong type or with a NUL byte is InvalidInput (was TypeError /
+    ValueError); timeouts that cannot be waited for are refused."""
+    db = wayy.attach(shared_db.path)
+    db.close()
+    for q in (lambda: db["trades"].tail(2), lambda: db["trades"].between(None, None),
+              lambda: len(db["trades"])):
+        with pytest.raises(wayy.InvalidInput, match="is closed"):
+            q()
+    p = wayy.Producer(shared_db.path)
+    p.publish("trades", symbol="CLS", price=1.0, size=1.0)
+    p.close()
+    for call in (lambda: p.publish("trades", symbol="CLS", price=1.0, size=1.0),
+                 lambda: p.publish_batch("trades", {"symbol": ["CLS"], "price": [1.0],
+                                                    "size": [1.0]}),
+                 lambda: p.flush()):
+        with pytest.raises(wayy.InvalidInput, match="is closed"):
+            call()
+    for bad in (None, 5, "", shared_db.path + "\x00"):
+        with pytest.raises(wayy.InvalidInput, match="non-empty str or path"):
+            wayy.attach(bad)
+        with pytest.raises(wayy.InvalidInput, match="non-empty str or path"):
+            wayy.Producer(bad)
+    for t in (math.nan, -1, "1", math.inf):
+        with pytest.raises(wayy.InvalidInput, match="Producer timeout"):
+            wayy.Producer(shared_db.path, timeout=t)
+    with wayy.Producer(shared_db.path) as p:
+        for t in (math.nan, -1, "1"):
+            with pytest.raises(wayy.InvalidInput, match="flush\\(\\) timeout"):
+                p.flush(timeout=t)
+    with pytest.raises(wayy.InvalidInput, match="window must be an int"):
+        wayy.ops.mavg(np.ones(3), 2**64)
+
+
 @pytest.mark.parametrize("shards", [1, 2])
 def test_batch_cut_off_by_backpressure_says_which_rows_were_accepted(db_factory, shards):
     # the writer of the last shard is stopped (SIGSTOP), so its ring fills part way through
@@ -374,6 +409,7 @@ def test_cli_errors_are_one_line(db_factory, tmp_path):
                        (["--redis", "redis://127.0.0.1:7/0", "--redis-port", "5"],
                         "--redis-port configures the embedded Redis"),
                        (["--redis", "redis://127.0.0.1:0/0"], "port 0 is no port"),
+                       (["--redis", "redis://127.0.0.1:/0"], "port after ':' is empty"),
                        (["--history-days", "9223372036854775808"], "--history-days"),
                        (["--feed", "synthetic:venues=stream"], "reserved"),
                        (["--shards", "x"], "Invalid value for '--shards'")]:

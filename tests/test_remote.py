@@ -5,6 +5,7 @@ SIGKILL, a stalling subscriber that Redis disconnects, hostile messages, `wayy t
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -437,11 +438,26 @@ def test_bad_arguments(env):
         Subscriber("http://localhost")
     with pytest.raises(InvalidInput, match="port 0 is no port"):  # never "the default" 6379
         Subscriber("redis://127.0.0.1:0/0")
+    with pytest.raises(InvalidInput, match="port after ':' is empty"):  # nor this
+        Subscriber("redis://127.0.0.1:/0")
     with pytest.raises(InvalidInput, match="is a str, not int"):
         Subscriber(5)
+    # arguments that would hang, spin or reject every message later: refused up front
+    for kw, what in (({"timeout": 0}, "timeout"), ({"timeout": -1}, "timeout"),
+                     ({"timeout": math.nan}, "timeout"), ({"timeout": "5"}, "timeout"),
+                     ({"timeout": None}, "timeout"), ({"max_rows": 0}, "max_rows"),
+                     ({"max_rows": 1.5}, "max_rows"), ({"reconnect_max_s": math.inf},
+                                                        "reconnect_max_s")):
+        with pytest.raises(InvalidInput, match=what):
+            Subscriber(env.url, **kw)
+    with pytest.raises(InvalidInput, match="checkpoint must be a file path"):
+        sub.subscribe("ticks:A", print, checkpoint=5)
     sub.subscribe("ticks:A", print)
     with pytest.raises(InvalidInput, match="already subscribed"):
         sub.subscribe("ticks:A", print)
+    for t in (math.nan, "1", True):  # NaN waited for ever (run() looked at no deadline)
+        with pytest.raises(InvalidInput, match="timeout must be a number"):
+            sub.run(timeout=t)
 
 
 @pytest.mark.slow
@@ -849,8 +865,35 @@ def test_bad_checkpoint_paths_and_files_are_clear_errors(env, tmp_path):
         deep.write_bytes(b"[" * 100000 + b"]" * 100000)
         with pytest.raises(CorruptData, match="nested too deeply"):
             sub.subscribe("ticks:CKP", lambda t: None, checkpoint=str(deep))
+        with pytest.raises(InvalidInput, match="not a regular file"):  # was "corrupt"
+            sub.subscribe("ticks:CKP", lambda t: None, checkpoint="/dev/null")
     finally:
         sub.close()
+
+
+def test_local_and_remote_checkpoints_are_told_apart(env, tmp_path):
+    """A local subscriber's checkpoint given to a remote one (or the other way) is named
+    for what it is -- not called corrupt with advice to delete it."""
+    local_ck, remote_ck = str(tmp_path / "local.json"), str(tmp_path / "remote.json")
+    db = wayy.attach(env.path)
+    try:
+        db.subscribe("ticks:CKX", callback=lambda t: None, checkpoint=local_ck).stop()
+        assert os.path.exists(local_ck)
+        sub = Subscriber(env.url)
+        sub.subscribe("ticks:CKX", lambda t: None, checkpoint=remote_ck)
+        sub.run(timeout=1.0)  # writes its checkpoint when run() returns
+        sub.close()
+        assert os.path.exists(remote_ck)
+        sub = Subscriber(env.url)
+        with pytest.raises(InvalidInput, match="a local subscriber's"):
+            sub.subscribe("ticks:CKX", lambda t: None, checkpoint=local_ck)
+        sub.close()
+        with pytest.raises(InvalidInput, match="a remote subscriber's"):
+            db.subscribe("ticks:CKX", callback=lambda t: None, checkpoint=remote_ck)
+        with pytest.raises(InvalidInput, match="not a regular file"):
+            db.subscribe("ticks:CKX", callback=lambda t: None, checkpoint="/dev/null")
+    finally:
+        db.close()
 
 
 def test_a_tick_stamped_before_1970_leaves_a_checkpoint_that_loads(env, tmp_path):

@@ -26,7 +26,7 @@ from shm.shard import ShardData
 from wayy import history as H
 from wayy.errors import (InvalidInput, NotRunning, UnknownTable, WayyError, import_pandas,
                          translate)
-from wayy.manifest import Manifest, read_manifest
+from wayy.manifest import Manifest, check_db_path, read_manifest
 from wayy.names import check_symbol, check_venue, shard_of
 
 
@@ -244,6 +244,8 @@ class Database:
         now = time.monotonic()
         if now < self._alive_due and not force:
             return
+        if not self.shards:
+            raise InvalidInput(f"this handle of {self.path} is closed; call wayy.attach again")
         self._alive_due = now + ALIVE_CHECK_S
         if not self._still_running():
             self._alive_due = 0.0
@@ -300,6 +302,7 @@ class Database:
             d.close()
         self.shards = []
         self.history.close()
+        self._alive_due = 0.0  # the next query looks, and finds the handle closed
 
     def __enter__(self) -> "Database":
         return self
@@ -673,10 +676,6 @@ def _ts_bound(v, what: str, default: int) -> int:
 
 def attach(path: str) -> Database:
     """Map the running database at ``path`` read-only (NotRunning if it is not running)."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise InvalidInput(f"attach() takes the database directory as a non-empty str or "
-                           f"path, got {path!r}")
+    path = check_db_path(path, "attach()'s database directory")
     with translate(path):
         return Database(read_manifest(path))

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from shm.segment import db_prefix
-from wayy.errors import CorruptData, NotRunning
+from wayy.errors import CorruptData, InvalidInput, NotRunning
 
 MANIFEST_NAME = "wayy.json"
 LOCK_NAME = "wayy.lock"
@@ -80,8 +80,19 @@ class Manifest:
         os.replace(tmp, final)
 
 
+def check_db_path(path, what: str = "the database directory") -> str:
+    """``path`` as a str, or InvalidInput: a non-empty str or path without a NUL byte."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise InvalidInput(f"{what} must be a non-empty str or path (no NUL byte), "
+                           f"got {path!r}")
+    return path
+
+
 def read_manifest(path: str) -> Manifest:
     """The manifest of the database at ``path``; NotRunning if it is not running."""
+    path = check_db_path(path)
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         what = "a file, not a database directory" if os.path.exists(real) else \

@@ -287,8 +287,9 @@ def _is_int(v: object) -> bool:
 
 
 def _check_window(window: object, name: str = "window") -> int:
-    if not _is_int(window) or int(window) < 1:  # type: ignore[call-overload]
-        raise InvalidInput(f"{name} must be an int >= 1, got {window!r}")
+    # (past 2**62 it no longer fits the kernels' int64; no array is that long anyway)
+    if not _is_int(window) or not 1 <= int(window) <= 1 << 62:  # type: ignore[call-overload]
+        raise InvalidInput(f"{name} must be an int of 1 .. 2**62, got {window!r}")
     return int(window)  # type: ignore[call-overload]
 
 

@@ -48,7 +48,7 @@ from wayy.errors import (
     WriterUnavailable,
     translate,
 )
-from wayy.manifest import lock_holder, read_manifest
+from wayy.manifest import check_db_path, lock_holder, read_manifest
 from wayy.names import (
     check_symbol,
     check_new_venues,
@@ -58,7 +58,7 @@ from wayy.names import (
     shard_of_names,
     to_name_array,
 )
-from wayy.times import TimeRangeError, datetime64_ns
+from wayy.times import TimeRangeError, datetime64_ns, seconds
 
 _REQUIRED = {t: {"symbol"} | set(T.VALUE_COLUMNS[t]) for t in (T.TRADES, T.QUOTES)}
 _ALLOWED = {t: _REQUIRED[t] | {"ts", "venue"} for t in (T.TRADES, T.QUOTES)}
@@ -232,6 +232,8 @@ class Producer:
         ``timeout`` is how long a publish waits for room in a full inbound ring (or for a
         restarting writer) before raising Backpressure / WriterUnavailable.
         """
+        timeout = seconds(timeout, "Producer timeout")
+        path = check_db_path(path, "the Producer's database directory")
         with translate(path):
             self.manifest = read_manifest(path)
             self._rings = [InboundRing.attach(self.manifest.prefix, k)
@@ -241,7 +243,7 @@ class Producer:
         # rows each shard's writer refused so far: flush() reports what it refuses after
         self._refused = [self._refusals(k) for k in range(len(self._ctls))]
         self.path = path
-        self.timeout = float(timeout)
+        self.timeout = timeout
         self.nshards = self.manifest.shards
         self._pid = os.getpid()
         self._routes: dict[tuple[str, str], tuple] = {}
@@ -359,6 +361,7 @@ class Producer:
         fn(**fields)
 
     def _route(self, symbol: str, venue: str, rtype: int) -> tuple:
+        self._check_open()
         check_symbol(symbol)
         check_venue(venue)
         check_new_venues(venue)
@@ -463,6 +466,8 @@ class Producer:
         accepted rows are stored twice. ``accepted`` is 0 (nothing was written) when the
         batch fits one record of one shard.
         """
+        if not self._rings:
+            self._check_open()
         t = T.TABLE_IDS.get(table) if type(table) is str else None
         if t is None:
             t = table_id(table)
@@ -674,7 +679,8 @@ class Producer:
         ``--roll-fill 0``, or a shard's symbol table full: those rows are not stored. The
         counts are per shard, so they may include rows other producers published.
         """
-        limit = self.timeout if timeout is None else float(timeout)
+        self._check_open()
+        limit = self.timeout if timeout is None else seconds(timeout, "flush() timeout")
         deadline = time.monotonic() + limit
         # what was claimed in each ring so far (this producer's ticks and maybe others'):
         # committed once the writer has released the ring up to there
@@ -724,8 +730,13 @@ class Producer:
                                rejected=refused)
             raise exc
 
+    def _check_open(self) -> None:
+        if not self._rings:
+            raise InvalidInput(f"this Producer of {self.path} is closed; create a new one")
+
     def close(self) -> None:
-        """Unmap the inbound rings."""
+        """Unmap the inbound rings (publish, publish_batch and flush then raise
+        InvalidInput)."""
         for ring in self._rings:
             ring.close()
         self._rings = []

@@ -139,6 +139,12 @@ def find_binary(override: str | None = None) -> str:
 
 
 # --- URLs ---------------------------------------------------------------------------------
+def empty_port(netloc: str) -> bool:
+    """``host:`` with nothing after the colon: a port left out by mistake, which URL parsers
+    read as "no port" (6379, maybe somebody else's Redis), so wayy refuses it."""
+    return netloc.rpartition("@")[2].endswith(":")
+
+
 def split_url(url: str) -> tuple[str, str | None]:
     """``(url without its password, password)``: the first may be shown and stored anywhere."""
     try:
@@ -158,6 +164,8 @@ def split_url(url: str) -> tuple[str, str | None]:
         raise InvalidInput(f"--redis {url!r}: bad port") from None
     if port == 0:  # a client would take it for "no port" and go to 6379
         raise InvalidInput(f"--redis {url!r}: port 0 is no port to connect to")
+    if p.scheme != "unix" and empty_port(p.netloc):
+        raise InvalidInput(f"--redis {url!r}: the port after ':' is empty")
     password = urllib.parse.unquote(p.password) if p.password else None
     if password is None:
         return url, None

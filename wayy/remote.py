@@ -2,7 +2,8 @@
 
     from wayy.remote import Subscriber
 
-    with Subscriber("redis://127.0.0.1:6379/0", password=pw) as sub:
+    # the URL and password file `wayy start` printed (its embedded Redis takes a free port)
+    with Subscriber("redis://127.0.0.1:43121/0", password=pw) as sub:
         sub.subscribe("ticks:AAPL", on_trade)                         # a wayy.Tick per row
         sub.subscribe("quotes:MSFT:NASDAQ", on_batch, batch_size=500,  # wayy.Batch columns
                       max_latency_ms=5)
@@ -60,9 +61,10 @@ import numpy as np
 from wayy import wire
 from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
+from wayy.redis_server import empty_port
 from wayy.names import shard_of
-from wayy.subscribe import Batch, Tick
-from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar, iso_ns
+from wayy.subscribe import Batch, Tick, _timeout_ns
+from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar, iso_ns, seconds
 
 log = logging.getLogger("wayy.remote")
 
@@ -75,6 +77,7 @@ RECONNECT_MIN_S = 0.05
 # an LZ4 body expands up to 256x, so without a tight limit a 4 kB message could make the
 # decoder allocate a million rows
 MAX_ROWS = 1 << 17
+MAX_ROWS_LIMIT = 1 << 24  # what max_rows= may raise it to
 RECONNECT_MAX_S = 5.0
 ERROR_LOG_FIRST = 10
 ERROR_LOG_EVERY = 1000
@@ -181,6 +184,9 @@ class RedisLink:
         if p.scheme == "redis" and self.port == 0:  # not "the default port"
             raise InvalidInput(f"Redis URL {redact(url)!r}: port 0 is no port to connect "
                                f"to; {usage}")
+        if p.scheme == "redis" and empty_port(p.netloc):
+            raise InvalidInput(f"Redis URL {redact(url)!r}: the port after ':' is empty; "
+                               f"{usage}")
         db = 0
         if p.scheme == "redis" and p.path.strip("/"):
             db = p.path.strip("/")
@@ -393,6 +399,8 @@ class _Checkpoint:
             raise InvalidInput(f"checkpoint {self.path} is a directory; name a file in it, "
                                f"e.g. {os.path.join(self.path, 'strategy.json')}",
                                path=self.path)
+        if os.path.exists(self.path) and not os.path.isfile(self.path):  # /dev/null, a fifo
+            raise InvalidInput(f"checkpoint {self.path} is not a regular file", path=self.path)
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self._fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -425,6 +433,10 @@ class _Checkpoint:
             return None
         try:
             doc = json.loads(raw)
+            if isinstance(doc, dict) and "wayy_checkpoint" in doc:
+                raise InvalidInput(f"checkpoint {self.path} is a local subscriber's "
+                                   f"(db.subscribe), not a remote one's: give each its own "
+                                   f"file", path=self.path)
             if not isinstance(doc, dict) or doc.get("wayy_remote_checkpoint") != \
                     CHECKPOINT_FORMAT:
                 raise ValueError(f"not a wayy remote checkpoint of format {CHECKPOINT_FORMAT}")
@@ -436,6 +448,8 @@ class _Checkpoint:
             if floor is not None and (not isinstance(floor, int) or floor < 0):
                 raise ValueError("bad floor_ms")
             doc["positions"] = pos
+        except InvalidInput:  # another kind of checkpoint: not damage (an InvalidInput is
+            raise             # a ValueError, which the next clauses would take for damage)
         except UnicodeDecodeError:
             raise CorruptData(f"checkpoint {self.path} is corrupt (not UTF-8 JSON text); "
                               f"delete it to start over", path=self.path) from None
@@ -900,6 +914,13 @@ class Subscriber:
     def __init__(self, url: str, username: str | None = None, password: str | None = None, *,
                  timeout: float = 5.0, name: str | None = None, max_rows: int = MAX_ROWS,
                  reconnect_max_s: float = RECONNECT_MAX_S) -> None:
+        # a socket timeout of 0 never connects, a NaN one never returns: refused here
+        timeout = seconds(timeout, "timeout", zero=False)
+        reconnect_max_s = seconds(reconnect_max_s, "reconnect_max_s", zero=False)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) \
+                or not 1 <= max_rows <= MAX_ROWS_LIMIT:
+            raise InvalidInput(f"max_rows must be an int of 1 .. {MAX_ROWS_LIMIT:,}, "
+                               f"got {max_rows!r}")
         self.url = url
         self._ps = RedisLink(url, username, password, timeout, name=name)
         self._cmd = RedisLink(url, username, password, timeout, name=name)
@@ -947,6 +968,9 @@ class Subscriber:
                 raise InvalidInput(f"{name} must be callable, got {type(fn).__name__}")
         if on_checkpoint is not None and checkpoint is None:
             raise InvalidInput("on_checkpoint needs checkpoint= (where the state is stored)")
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise InvalidInput(f"checkpoint must be a file path, got "
+                               f"{type(checkpoint).__name__}")
         _positive(batch_size, "batch_size", True)
         _positive(max_latency_ms, "max_latency_ms", False)
         _positive(checkpoint_ms, "checkpoint_ms", False)
@@ -1307,7 +1331,9 @@ class Subscriber:
             raise InvalidInput("Subscriber used in a forked child: create one in the child")
         if not self._subs:
             raise InvalidInput("nothing subscribed: call subscribe() first")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # as a local run(): None or inf for ever, 0 or less not waiting; NaN, str refused
+        deadline_ns = _timeout_ns(timeout, "run()")
+        deadline = None if deadline_ns is None else deadline_ns / 1e9
         _warm_up()
         main = threading.current_thread() is threading.main_thread()
         old = {}

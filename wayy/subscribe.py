@@ -70,7 +70,7 @@ from wayy.errors import (CorruptData, InvalidInput, NotRunning, WayyError, impor
                          translate)
 from wayy.manifest import read_database_id
 from wayy.names import shard_of
-from wayy.times import TimeRangeError, datetime64_ns_scalar
+from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar
 
 log = logging.getLogger("wayy.subscribe")
 
@@ -485,6 +485,8 @@ def _checkpoint_path(db, spec: str) -> str:
         if os.path.isdir(path):
             raise InvalidInput(f"checkpoint {path} is a directory; name a file in it, e.g. "
                                f"{os.path.join(path, 'strategy.json')}", path=path)
+        if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a fifo
+            raise InvalidInput(f"checkpoint {path} is not a regular file", path=path)
         return path
     if not CHECKPOINT_NAME_RE.match(spec) or spec.startswith("."):
         raise InvalidInput(f"checkpoint name {spec!r}: use 1-64 characters [A-Za-z0-9._-] "
@@ -536,6 +538,10 @@ class _Checkpoint:
             return None
         try:
             doc = json.loads(raw)
+            if isinstance(doc, dict) and "wayy_remote_checkpoint" in doc:
+                raise InvalidInput(f"checkpoint {self.path} is a remote subscriber's "
+                                   f"(wayy.remote), not a local one's: give each its own "
+                                   f"file", path=self.path)
             if not isinstance(doc, dict) or doc.get("wayy_checkpoint") != CHECKPOINT_FORMAT:
                 raise ValueError("not a wayy checkpoint of format "
                                  f"{CHECKPOINT_FORMAT}")
@@ -552,6 +558,8 @@ class _Checkpoint:
                 raise ValueError("bad cursors")
             for key in ("db_path", "prefix", "shards"):
                 doc[key]  # noqa: B018  (presence)
+        except InvalidInput:  # another kind of checkpoint: not damage (an InvalidInput is
+            raise             # a ValueError, which the next clauses would take for damage)
         except UnicodeDecodeError:
             raise CorruptData(f"checkpoint {self.path} is corrupt (not UTF-8 JSON text); "
                               f"delete it to start over", path=self.path) from None
@@ -809,8 +817,10 @@ class Subscription:
             if isinstance(from_ts, bool) or not isinstance(from_ts, (int, np.integer)):
                 raise InvalidInput(f"from_ts must be int ns since the epoch or "
                                    f"numpy.datetime64, got {from_ts!r}")
-            # beyond int64 either way: from the first row, or from the next one (live)
-            from_ts = min(max(int(from_ts), 0), _INT64_MAX)
+            if not -_INT64_MAX - 1 <= int(from_ts) <= _INT64_MAX:
+                # as the remote subscriber and `wayy tail` say: no stored time is out there
+                raise InvalidInput(f"from_ts {from_ts} is outside {RANGE_TEXT}")
+            from_ts = max(int(from_ts), 0)  # before 1970: from the first row
             hist = self.db.history
             hist.refresh()
             for f in self._follows:

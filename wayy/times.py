@@ -8,6 +8,7 @@ instead of silently meaning another one.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 
 import numpy as np
@@ -18,6 +19,22 @@ RANGE_TEXT = "1677-09-21 .. 2262-04-11, what int64 nanoseconds since 1970 can ho
 _NS_PER = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
            "h": 3600 * 10**9, "D": 86400 * 10**9, "W": 7 * 86400 * 10**9}
 _FINER = ("ps", "fs", "as")  # finer than ns: converting only shrinks the values
+
+
+def seconds(value, what: str, *, zero: bool = True, forever: bool = False) -> float:
+    """A duration argument in seconds, checked: a real number (not a bool or a string), not
+    NaN, not negative, 0 only if ``zero``, infinite only if ``forever``. InvalidInput naming
+    ``what`` otherwise -- a NaN or negative wait must not become a hang or a busy loop."""
+    from wayy.errors import InvalidInput
+
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
+                                                            np.floating))
+    t = float(value) if ok else math.nan
+    if math.isnan(t) or t < 0 or (t == 0 and not zero) or (math.isinf(t) and not forever):
+        kind = "a positive" if not zero else "a non-negative"
+        kind += " number of seconds" + ("" if forever else " (finite)")
+        raise InvalidInput(f"{what} must be {kind}, got {value!r}")
+    return t
 
 
 class TimeRangeError(ValueError):

@@ -105,6 +105,39 @@ def test_status_heartbeat_age_is_never_negative(db_factory, monkeypatch):
     assert s["heartbeat_age_s"] == 0.0 and s["writer_uptime_s"] == 0.0
 
 
+def test_status_supervisor_uptime_is_never_below_a_writers(db_factory, monkeypatch):
+    """A status read that takes a while (8 shards to attach on a busy machine) read the
+    database's uptime from a clock read before the shards': it showed writers older than
+    their database. Here the writer started with the database, and attaching is slow."""
+    import time
+
+    from wayy import status
+    from wayy.manifest import read_manifest
+
+    path = db_factory("--shards", "1", "--feed", "none").path
+    started = read_manifest(path).started_ns
+    data_attach = status.ShardData.attach
+
+    def slow_attach(*a):  # after the control counters are read: as a slow read of shard k
+        time.sleep(0.3)
+        return data_attach(*a)
+
+    from shm.layout import control as C
+
+    ctl_attach = status.Control.attach
+
+    def started_with_the_database(*a):
+        ctl = ctl_attach(*a)
+        ctl.counters = ctl.counters.copy()
+        ctl.counters[C.C_WRITER_START_NS] = started
+        return ctl
+
+    monkeypatch.setattr(status.ShardData, "attach", slow_attach)
+    monkeypatch.setattr(status.Control, "attach", started_with_the_database)
+    st = status.read_status(path, redis=False)
+    assert st["uptime_s"] >= st["shards"][0]["writer_uptime_s"] > 0.3
+
+
 def test_status_rate_after_a_real_roll_is_never_negative(db_factory):
     import time
 

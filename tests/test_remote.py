@@ -571,6 +571,32 @@ def test_wayy_tail_runs_on_until_ctrl_c_after_ticks_came(env):
     assert len(lines) == 2 and " 2 x 1 " in lines[1], out
 
 
+def test_wayy_tail_into_a_closed_pipe_ends_quietly(env):
+    """`wayy tail ... | head -1`: once the reader is gone, tail ends (as a filter killed by
+    SIGPIPE: status 141) instead of logging a BrokenPipeError traceback per tick for ever."""
+    p = wayy.Producer(env.path)
+    for i in range(50):
+        p.publish("trades", symbol="TPIPE", price=1.0 + i, size=1.0)
+    p.close()
+    wait_published(env, "ticks:TPIPE", 50)
+    r, w = os.pipe()
+    proc = subprocess.Popen(wayy_cmd("tail", "ticks:TPIPE", "--remote", env.url,
+                                     "--from-seq", "0"), stdout=w, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    os.close(w)
+    try:
+        with os.fdopen(r) as reader:
+            first = reader.readline()  # one line, then the reader closes: as head -1 does
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "TPIPE" in first
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_wayy_tail_fails_at_once_when_redis_cannot_be_reached():
     """A host that does not resolve, or nothing listening: one clear line and exit 1, not
     a subscriber retrying for ever in silence."""

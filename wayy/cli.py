@@ -405,6 +405,11 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
         raise InvalidInput(f"cannot create database directory {path}: {exc.strerror}",
                            path=path) from None
     log_path = os.path.join(path, "wayy.log")
+    try:  # the child logs there: a directory it cannot write fails here, in one line
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write to the database directory {path} "
+                           f"({exc.filename}: {exc.strerror})", path=path) from None
     try:
         log_from = os.path.getsize(log_path)
     except OSError:
@@ -444,6 +449,11 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
     with os.fdopen(r) as f:
         line = f.readline().strip()
     if line == "ok":
+        from wayy.manifest import lock_holder
+
+        if lock_holder(path) != (True, pid):  # a `wayy stop` came right after it was ready
+            raise WayyError(f"the database at {path} started, then stopped before this "
+                            f"start returned (a `wayy stop`?); see {log_path}", path=path)
         banner()
         click.echo(f"  log:     {log_path}")
         for note in _logged_warnings(log_path, log_from):
@@ -870,10 +880,16 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
     ts = None if from_ts is None else parse_time(from_ts)
     _tail_reachable(remote_url, password)
     seen = [0]
+    closed = [False]
     sub = Subscriber(remote_url, password=password)
 
     def show(tick) -> None:
-        click.echo(json.dumps(tick.to_dict()) if as_json else format_tick(tick))
+        try:
+            click.echo(json.dumps(tick.to_dict()) if as_json else format_tick(tick))
+        except BrokenPipeError:  # `wayy tail ... | head`: the reader is gone, so are we
+            closed[0] = True
+            sub.stop()
+            return
         seen[0] += 1
         if count is not None and seen[0] >= count:
             sub.stop()
@@ -892,6 +908,11 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
         raise
     finally:
         sub.close()
+    if closed[0]:
+        # as a filter killed by SIGPIPE would end; stdout pointed at /dev/null first, or
+        # the interpreter's last flush reports the broken pipe once more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 TAIL_HINT_S = 5.0  # `wayy tail` says why nothing comes after this long

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -29,6 +30,7 @@ from wayy.errors import CorruptData, InvalidInput, NotRunning
 
 MANIFEST_NAME = "wayy.json"
 LOCK_NAME = "wayy.lock"
+LOCK_RETRY_S = 0.25  # how long a start retries a lock held by someone looking at it
 ID_NAME = "wayy.id"
 SHARDS_NAME = "wayy.shards"
 FORMAT_VERSION = 1
@@ -207,11 +209,19 @@ def lock_holder(path: str) -> tuple[bool, int | None]:
 def acquire_lock(path: str) -> int | None:
     """Take the database lock for this process; returns its fd, or None if held elsewhere."""
     fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+    # lock_holder() (wayy status, attach, a script waiting for the start) holds the lock
+    # shared for a moment to look: a start that met one of those looks retries, and is
+    # refused only when the lock stays held
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.001)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -181,6 +181,25 @@ def _const_names(name: str, n: int, allow_empty: bool) -> np.ndarray:
     return arr
 
 
+def _check_name_list(values: list | tuple, what: str) -> None:
+    """InvalidName naming the first name of ``values`` that numpy's conversion would change:
+    one holding a NUL (numpy drops a trailing one: "AB\\0" would be stored as "AB"), or one
+    that is not a str when the others are (5 would become "5"; publish refuses it)."""
+    for empty, nul in (("", "\x00"), (b"", b"\x00")):
+        try:
+            if nul not in empty.join(values):
+                return
+        except TypeError:  # not all of this type
+            continue
+        row = next(i for i, v in enumerate(values) if nul in v)
+        raise InvalidName(f"{what} of row {row} ({values[row]!r}) holds a NUL character")
+    kind = type(values[0])
+    row = next(i for i, v in enumerate(values) if not isinstance(v, (str, bytes))
+               or isinstance(v, str) != issubclass(kind, str))
+    raise InvalidName(f"{what} of row {row} is {type(values[row]).__name__} "
+                      f"{values[row]!r:.40}: names are all str (or all bytes)")
+
+
 def to_name_array(values: object, what: str, n: int) -> np.ndarray:
     """Convert names to a contiguous NUL-padded ``S16`` array, every name checked.
 
@@ -201,6 +220,8 @@ def to_name_array(values: object, what: str, n: int) -> np.ndarray:
         return _const_names(values, n, allow_empty)
     if isinstance(values, str):  # a str subclass: broadcast a plain copy
         return to_name_array(str(values), what, n)
+    if type(values) in (list, tuple):
+        _check_name_list(values, what)
     arr = values if type(values) is np.ndarray else np.asarray(values)
     if arr.ndim != 1:
         raise InvalidName(f"{what} column must be one-dimensional, got shape {arr.shape}")

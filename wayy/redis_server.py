@@ -8,6 +8,7 @@ Everything lives in the database directory, in ``<db>/redis/`` (mode 0700):
                  consumers' credentials survive restarts; deleted = a new one next start
     appendonlydir/  Redis' append-only file: streams survive restarts (replay needs them)
     redis.log    the server's own log
+    port         the port the server last answered on (the next start takes it if free)
 
 The server listens on ``--redis-bind`` (default 127.0.0.1) at ``--redis-port``; port 0 (the
 default) means "the port of the previous start if it is still free, else any free port", so
@@ -45,6 +46,7 @@ REDIS_DIR = "redis"
 PASSWORD_FILE = "password"
 EXTERNAL_PASSWORD_FILE = "external-password"
 CONF_FILE = "redis.conf"
+PORT_FILE = "port"  # the port the server last answered on
 LOG_FILE = "redis.log"
 DEFAULT_BIND = "127.0.0.1"
 _PUBSUB_LIMIT = re.compile(r"^\d+[kmgKMG]?[bB]? \d+[kmgKMG]?[bB]? \d+$")
@@ -139,6 +141,9 @@ def find_binary(override: str | None = None) -> str:
 
 
 # --- URLs ---------------------------------------------------------------------------------
+DEFAULT_PORT = 6379  # what a redis:// URL without a port means
+
+
 def empty_port(netloc: str) -> bool:
     """``host:`` with nothing after the colon: a port left out by mistake, which URL parsers
     read as "no port" (6379, maybe somebody else's Redis), so wayy refuses it."""
@@ -167,13 +172,17 @@ def split_url(url: str) -> tuple[str, str | None]:
     if p.scheme != "unix" and empty_port(p.netloc):
         raise InvalidInput(f"--redis {url!r}: the port after ':' is empty")
     password = urllib.parse.unquote(p.password) if p.password else None
-    if password is None:
+    if password is None and (p.scheme == "unix" or port is not None):
         return url, None
     user = p.username or ""
     host = p.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = (f"{user}@" if user else "") + host + (f":{p.port}" if p.port else "")
+    if p.scheme != "unix":
+        # no port: Redis' default, written out so the banner, the manifest and status show
+        # which server this is (an external one on 6379 may be somebody else's)
+        port = port or DEFAULT_PORT
+    netloc = (f"{user}@" if user else "") + host + (f":{port}" if port else "")
     return urllib.parse.urlunsplit((p.scheme, netloc, p.path, p.query, p.fragment)), password
 
 
@@ -187,7 +196,7 @@ def _connect(url: str, timeout: float) -> tuple[socket.socket, str | None, str |
         q = urllib.parse.parse_qs(p.query)
         db = int(q.get("db", ["0"])[0])
     else:
-        port = 6379 if p.port is None else p.port  # 0 stays 0: refused, never 6379
+        port = DEFAULT_PORT if p.port is None else p.port  # 0 stays 0: refused
         sock = socket.create_connection((p.hostname, port), timeout=timeout)
         db = int(p.path.strip("/") or 0) if p.path.strip("/").isdigit() else 0
     user = urllib.parse.unquote(p.username) if p.username else None
@@ -456,6 +465,16 @@ class EmbeddedRedis:
         return f"redis://{host}:{self.actual_port}/0"
 
     def _previous_port(self) -> int | None:
+        """The port the server last answered on (``redis/port``; a directory from before
+        that file: the config's port line). Not the config's alone: a start that failed
+        (its --redis-port taken) rewrote the config, and consumers hold the old port."""
+        try:
+            with open(os.path.join(self.dir, PORT_FILE)) as f:
+                return int(f.read().strip())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError):
+            return None
         try:
             with open(self.conf_path) as f:
                 for line in f:
@@ -464,6 +483,17 @@ class EmbeddedRedis:
         except (OSError, ValueError, IndexError):
             pass
         return None
+
+    def remember_port(self) -> None:
+        """Record the port the server answered on: the next start takes it again when it is
+        free, so remote consumers keep their URL."""
+        try:
+            tmp = os.path.join(self.dir, PORT_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(f"{self.actual_port}\n")
+            os.replace(tmp, os.path.join(self.dir, PORT_FILE))
+        except OSError as exc:
+            log.warning("cannot record the Redis port in %s: %s", self.dir, exc.strerror)
 
     def prepare(self, new_port: bool = False) -> None:
         """Find the binary, make the directory, the password and the config; pick the port.

@@ -126,7 +126,9 @@ def read_status(path: str, redis: bool = True) -> dict:
         "running": True,
         "path": m.path,
         "supervisor_pid": m.supervisor_pid,
-        "uptime_s": _age_s(now, m.started_ns),
+        # the clock now, not at the start of this read: the shards' uptimes are read later
+        # (attaching 8 shards takes a while) and a writer is never older than its database
+        "uptime_s": _age_s(time.time_ns(), m.started_ns),
         "shards": shards,
         "totals": totals,
         "subscribers": subscribers,

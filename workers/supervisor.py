@@ -220,7 +220,11 @@ class Supervisor:
         except OSError as exc:
             raise InvalidInput(f"cannot create database directory {self.path}: "
                                f"{exc.strerror}") from None
-        self.lock_fd = acquire_lock(self.path)
+        try:
+            self.lock_fd = acquire_lock(self.path)
+        except OSError as exc:  # a read-only directory (or file system)
+            raise InvalidInput(f"cannot write to the database directory {self.path} "
+                               f"({exc.filename}: {exc.strerror})", path=self.path) from None
         if self.lock_fd is None:
             from wayy.manifest import lock_holder
 
@@ -350,6 +354,7 @@ class Supervisor:
             self.redis.prepare(new_port=attempt > 0)
             self.spawn(child)
             if self.redis.wait_ready(REDIS_READY_S, alive=alive):
+                self.redis.remember_port()
                 break
             if alive():
                 log.warning("embedded Redis not answering after %.0fs; continuing "
@@ -600,6 +605,9 @@ class Supervisor:
                 self.prepare()
                 self.start_children()
                 self.wait_ready()
+                if not self.running:  # a `wayy stop` (SIGTERM) or Ctrl-C came during the start
+                    raise WayyError(f"the database at {self.path} was stopped during its "
+                                    f"start", path=self.path)
             except WayyError as exc:
                 if on_ready:
                     on_ready(str(exc))

@@ -178,7 +178,6 @@ class ShardWriter:
         c[C.C_ROWS_TRADES] = st[ingest.S_TRADES]
         c[C.C_ROWS_QUOTES] = st[ingest.S_QUOTES]
         self.ring.hdr32[L.WRITER_PID_I32] = os.getpid()
-        c[C.C_STATE] = C.STATE_RUNNING
         c[C.C_POLLING] = 1 if self._poll_long_ns else 0
         if self._poll_long_ns and POLL_GOVERNOR:
             self._governor = _PollGovernor(c)
@@ -230,6 +229,9 @@ class ShardWriter:
             elif self.roll_cfg.daily:
                 self.roll("day")  # on failure: retried from idle, like any day roll
         inbound.set_accepting(self.ring.hdr32, 1, L.REFUSE_NONE)
+        # "running" (status, the start banner, feeds and tests wait for it) only once
+        # producers are accepted: set before, a producer could meet "writer starting"
+        self.ctl.counters[C.C_STATE] = C.STATE_RUNNING
         log.info("shard %d writer %d running: %d trades, %d quotes, next seq %d", self.shard,
                  os.getpid(), st[0], st[1], st[ingest.S_NEXT_SEQ])
 

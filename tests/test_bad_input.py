@@ -244,9 +244,10 @@ def test_closed_handles_and_bad_paths_are_clear_errors(shared_db):
             wayy.attach(bad)
         with pytest.raises(wayy.InvalidInput, match="non-empty str or path"):
             wayy.Producer(bad)
-    for t in (math.nan, -1, "1", math.inf):
+    for t in (math.nan, -1, "1", True):
         with pytest.raises(wayy.InvalidInput, match="Producer timeout"):
             wayy.Producer(shared_db.path, timeout=t)
+    wayy.Producer(shared_db.path, timeout=math.inf).close()  # for ever: allowed
     with wayy.Producer(shared_db.path) as p:
         for t in (math.nan, -1, "1"):
             with pytest.raises(wayy.InvalidInput, match="flush\\(\\) timeout"):

@@ -232,7 +232,7 @@ class Producer:
         ``timeout`` is how long a publish waits for room in a full inbound ring (or for a
         restarting writer) before raising Backpressure / WriterUnavailable.
         """
-        timeout = seconds(timeout, "Producer timeout")
+        timeout = seconds(timeout, "Producer timeout", forever=True)
         path = check_db_path(path, "the Producer's database directory")
         with translate(path):
             self.manifest = read_manifest(path)
@@ -680,7 +680,7 @@ class Producer:
         counts are per shard, so they may include rows other producers published.
         """
         self._check_open()
-        limit = self.timeout if timeout is None else seconds(timeout, "flush() timeout")
+        limit = self.timeout if timeout is None else seconds(timeout, "flush() timeout", forever=True)
         deadline = time.monotonic() + limit
         # what was claimed in each ring so far (this producer's ticks and maybe others'):
         # committed once the writer has released the ring up to there

@@ -151,7 +151,9 @@ def empty_port(netloc: str) -> bool:
 
 
 def split_url(url: str) -> tuple[str, str | None]:
-    """``(url without its password, password)``: the first may be shown and stored anywhere."""
+    """``(url without its password, password)``: the first may be shown and stored anywhere.
+    A redis:// URL without a port gets Redis' default written out (and one with an empty
+    port, ``host:``, is refused)."""
     try:
         p = urllib.parse.urlsplit(url)
         host = p.hostname

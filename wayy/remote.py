@@ -61,8 +61,8 @@ import numpy as np
 from wayy import wire
 from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
-from wayy.redis_server import empty_port
 from wayy.names import shard_of
+from wayy.redis_server import empty_port
 from wayy.subscribe import Batch, Tick, _timeout_ns
 from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar, iso_ns, seconds
 

@@ -58,6 +58,7 @@ import numpy as np
 
 from shm.layout import shard as S
 from shm.layout import tables as T
+from shm.segment import pid_alive
 from wayy import wire
 from wayy.channels import TABLE_KINDS
 from wayy.errors import InvalidInput, NotRunning, WayyError
@@ -1110,15 +1111,7 @@ class Broker:
         started by hand beside a running one must not overwrite the running one's status
         before it learns (at attach) that it is refused."""
         pid = self._status_owner()
-        if pid is None or pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid != os.getpid() and pid_alive(pid)
 
     def _drop_status(self) -> None:
         """A refused broker removes the status file it wrote (status would list it)."""

@@ -234,6 +234,7 @@ def test_closed_handles_and_bad_paths_are_clear_errors(shared_db):
     p.publish("trades", symbol="CLS", price=1.0, size=1.0)
     p.close()
     for call in (lambda: p.publish("trades", symbol="CLS", price=1.0, size=1.0),
+                 lambda: p.max_batch_rows("trades"),
                  lambda: p.publish_batch("trades", {"symbol": ["CLS"], "price": [1.0],
                                                     "size": [1.0]}),
                  lambda: p.flush()):
@@ -254,6 +255,10 @@ def test_closed_handles_and_bad_paths_are_clear_errors(shared_db):
                 p.flush(timeout=t)
     with pytest.raises(wayy.InvalidInput, match="window must be an int"):
         wayy.ops.mavg(np.ones(3), 2**64)
+    with pytest.raises(wayy.InvalidInput, match="periods must be an int"):
+        wayy.ops.pct_change(np.ones(3), 2**63)
+    with wayy.Producer(shared_db.path) as p, pytest.raises(wayy.UnknownTable):
+        p.publish(["trades"], symbol="CLS", price=1.0, size=1.0)  # (was TypeError)
 
 
 @pytest.mark.parametrize("shards", [1, 2])
@@ -501,7 +506,8 @@ def test_the_venue_stream_is_refused_at_publish(shared_db):
 @pytest.mark.parametrize("edit", [{"shards": "two"}, {"capacity": None}, {"shards": 0},
                                   {"wal": "yes"}, {"extra": 1}, {"redis_url": 5}, None, [],
                                   "x", {"wire": "xml"}, {"fsync_interval_ms": float("nan")},
-                                  {"capacity": -5}])
+                                  {"capacity": -5}, {"shards": 2}, {"path": "/tmp"},
+                                  {"redis_url": "redis://127.0.0.1/0"}])
 def test_a_damaged_manifest_is_corrupt_data_not_a_type_error(db_factory, edit):
     """wayy.json of a running database edited to a wrong type, a value out of range or an
     unknown field: attach, Producer and `wayy status` fail with CorruptData in one line,

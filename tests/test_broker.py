@@ -764,6 +764,25 @@ def test_start_warns_when_redis_refuses_the_password(db_factory, redis_srv, tmp_
     assert "WRONGPASS" in line and "not-the-password" not in r.stdout
 
 
+def test_status_says_when_a_server_without_password_refuses_one(db_factory, tmp_path):
+    """A server with no password answers AUTH with "called without any password
+    configured": the brokers cannot publish, and status says the credentials are refused
+    (it read "details unavailable")."""
+    from redisutil import redis_server
+
+    pw = tmp_path / "pw"
+    pw.write_text("a-password\n")
+    pw.chmod(0o600)
+    with redis_server(tmp_path / "redis") as srv:  # no requirepass
+        db = db_factory("--shards", "1", "--feed", "none", "--redis",
+                        f"redis://127.0.0.1:{srv.port}/0", "--redis-password-file", str(pw))
+        r = subprocess.run(wayy_cmd("status", "--db", db.path), capture_output=True,
+                           text=True, timeout=60, cwd=REPO)
+        line = next(x for x in r.stdout.splitlines() if x.startswith("redis:"))
+        assert "REFUSES this database's credentials" in line, line
+        assert "without any password configured" in line
+
+
 @pytest.mark.parametrize("args, words", [
     (("--password-file", "/nonexistent/pw"), "--password-file /nonexistent/pw: No such file"),
     (("--shards", "x"), "--shards must be comma-separated shard numbers"),

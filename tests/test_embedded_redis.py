@@ -389,6 +389,13 @@ def test_a_start_refused_its_redis_port_keeps_the_port_consumers_know(tmp_path):
         assert read_manifest(d).redis_url == first
     finally:
         run_cli("stop", "--db", d)
+    with open(os.path.join(d, "redis", "port"), "w") as f:
+        f.write("99999\n")  # edited by hand: no port a server can bind (was a crash)
+    r = run_cli("start", "--db", d, *QUIET, "--detach")
+    try:
+        assert r.returncode == 0, r.stderr
+    finally:
+        run_cli("stop", "--db", d)
 
 
 # --- the pieces, without a database -----------------------------------------------------------

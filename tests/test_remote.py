@@ -447,11 +447,15 @@ def test_bad_arguments(env):
                      ({"timeout": math.nan}, "timeout"), ({"timeout": "5"}, "timeout"),
                      ({"timeout": None}, "timeout"), ({"max_rows": 0}, "max_rows"),
                      ({"max_rows": 1.5}, "max_rows"), ({"reconnect_max_s": math.inf},
-                                                        "reconnect_max_s")):
+                                                        "reconnect_max_s"),
+                     ({"timeout": 1e12}, "timeout must be at most")):  # (OverflowError)
         with pytest.raises(InvalidInput, match=what):
             Subscriber(env.url, **kw)
     with pytest.raises(InvalidInput, match="checkpoint must be a file path"):
         sub.subscribe("ticks:A", print, checkpoint=5)
+    for bad in ("", "a\x00b"):  # ("" was "checkpoint <cwd> is a directory")
+        with pytest.raises(InvalidInput, match="non-empty file path without a NUL"):
+            sub.subscribe("ticks:A", print, checkpoint=bad)
     sub.subscribe("ticks:A", print)
     with pytest.raises(InvalidInput, match="already subscribed"):
         sub.subscribe("ticks:A", print)

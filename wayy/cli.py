@@ -625,7 +625,10 @@ def format_status(st: dict) -> str:
 
 def _auth_refused(error: str) -> bool:
     """Whether a Redis error reply refuses the credentials (or asks for some)."""
-    return error.startswith(("WRONGPASS", "NOAUTH")) or "invalid password" in error
+    # (and a server with no password refuses one: "ERR AUTH <password> called without any
+    # password configured for the default user")
+    return (error.startswith(("WRONGPASS", "NOAUTH")) or "invalid password" in error
+            or "without any password configured" in error)
 
 
 def _format_redis(r: dict | None) -> list[str]:

@@ -123,8 +123,17 @@ def read_manifest(path: str) -> Manifest:
     if bad:
         raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is damaged: {bad}", path=path)
     m = Manifest(**data)
-    if m.prefix != db_prefix(real):
-        raise CorruptData(f"manifest at {path} names segments of another path", path=path)
+    if m.prefix != db_prefix(real) or m.path != real:
+        raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is damaged: it names another "
+                          f"path ({m.path})", path=path)
+    try:  # the count the database was created with (one small file, not the WAL listing)
+        with open(os.path.join(real, SHARDS_NAME), "rb") as f:
+            created = int(f.read(64).strip())
+    except (OSError, ValueError):
+        created = None
+    if created is not None and created != m.shards:
+        raise CorruptData(f"manifest {real}/{MANIFEST_NAME} is damaged: shards is "
+                          f"{m.shards}, the database has {created} ({SHARDS_NAME})", path=path)
     return m
 
 
@@ -161,6 +170,11 @@ def _bad_fields(data: object) -> str | None:
                if k not in data]
     if missing:
         return f"no {', '.join(missing)}"
+    url = data.get("redis_url")
+    if url is not None and not _explicit_redis_url(url):
+        # status sends the database's password to the server it names: never to one a
+        # hand edit left implicit (a redis:// URL without its port means 6379)
+        return f"redis_url is {url!r}, not redis://HOST:PORT/DB or unix:///PATH"
     for k, v in data.items():
         if v is None or isinstance(v, (bool, str)):
             choices = _FIELD_CHOICES.get(k)
@@ -172,6 +186,20 @@ def _bad_fields(data: object) -> str | None:
         if not (low <= v <= high) or (isinstance(v, float) and not math.isfinite(v)):
             return f"{k} is {v!r}"
     return None
+
+
+def _explicit_redis_url(url: str) -> bool:
+    """A URL as the supervisor writes it: unix:///path, or redis://host:port[/db]."""
+    import urllib.parse
+
+    try:
+        p = urllib.parse.urlsplit(url)
+        port = p.port
+    except ValueError:
+        return False
+    if p.scheme == "unix":
+        return bool(p.path)
+    return p.scheme == "redis" and bool(p.hostname) and port is not None and port > 0
 
 
 # what the supervisor can have written (an edited value outside them would misguide readers)

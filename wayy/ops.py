@@ -337,8 +337,8 @@ def pct_change(x: ArrayLike, periods: int = 1) -> NDArray[np.float64]:
     Raises ``InvalidInput`` (a ``ValueError``) if ``periods`` is not an int or
     ``x`` is not 1-D.
     """
-    if not _is_int(periods):
-        raise InvalidInput(f"periods must be an int, got {periods!r}")
+    if not _is_int(periods) or not -(1 << 62) <= int(periods) <= 1 << 62:  # type: ignore
+        raise InvalidInput(f"periods must be an int of -2**62 .. 2**62, got {periods!r}")
     a = _as_1d(x)
     return _pct_change_kernel(a, int(periods))  # type: ignore[call-overload]
 

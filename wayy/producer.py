@@ -346,10 +346,8 @@ class Producer:
 
     def _publish_fields(self, table: str, fields: dict) -> None:
         """The general path of publish: every check in Python, with precise errors."""
-        fn = self._one.get(table)
-        if fn is None:
-            table_id(table)
-        t = table_id(table)
+        t = table_id(table)  # first: an unhashable table (a list) is UnknownTable too
+        fn = self._one[T.TABLE_NAMES[t]]
         missing = sorted(_REQUIRED[t] - set(fields))
         unknown = sorted(set(fields) - _ALLOWED[t])
         if missing or unknown:
@@ -562,6 +560,7 @@ class Producer:
 
     def max_batch_rows(self, table: str) -> int:
         """Rows that fit one inbound record: the largest batch that is visible atomically."""
+        self._check_open()
         row_bytes = T.INBOUND_ROW_BYTES[table_id(table)]
         return (self._rings[0].max_record - L.REC_HEADER_BYTES) // row_bytes
 

@@ -470,21 +470,21 @@ class EmbeddedRedis:
         """The port the server last answered on (``redis/port``; a directory from before
         that file: the config's port line). Not the config's alone: a start that failed
         (its --redis-port taken) rewrote the config, and consumers hold the old port."""
+        port = None
         try:
             with open(os.path.join(self.dir, PORT_FILE)) as f:
-                return int(f.read().strip())
+                port = int(f.read().strip())
         except FileNotFoundError:
-            pass
+            try:
+                with open(self.conf_path) as f:
+                    port = next((int(line.split()[1]) for line in f
+                                 if line.startswith("port ")), None)
+            except (OSError, ValueError, IndexError):
+                pass
         except (OSError, ValueError):
-            return None
-        try:
-            with open(self.conf_path) as f:
-                for line in f:
-                    if line.startswith("port "):
-                        return int(line.split()[1])
-        except (OSError, ValueError, IndexError):
             pass
-        return None
+        # either file may have been edited by hand: only a port a server can bind
+        return port if port is not None and 0 < port < 65536 else None
 
     def remember_port(self) -> None:
         """Record the port the server answered on: the next start takes it again when it is

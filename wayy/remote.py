@@ -78,6 +78,7 @@ RECONNECT_MIN_S = 0.05
 # decoder allocate a million rows
 MAX_ROWS = 1 << 17
 MAX_ROWS_LIMIT = 1 << 24  # what max_rows= may raise it to
+MAX_WAIT_S = 86_400.0  # the longest timeout= / reconnect_max_s= (a day)
 RECONNECT_MAX_S = 5.0
 ERROR_LOG_FIRST = 10
 ERROR_LOG_EVERY = 1000
@@ -394,7 +395,11 @@ class _Checkpoint:
     """A remote subscription's position file: locked while used, written atomically."""
 
     def __init__(self, path: str) -> None:
-        self.path = os.path.abspath(os.fspath(path))
+        spec = os.fspath(path)
+        if not spec or "\x00" in spec:
+            raise InvalidInput(f"checkpoint must be a non-empty file path without a NUL byte, "
+                               f"got {spec!r}")
+        self.path = os.path.abspath(spec)
         if os.path.isdir(self.path):
             raise InvalidInput(f"checkpoint {self.path} is a directory; name a file in it, "
                                f"e.g. {os.path.join(self.path, 'strategy.json')}",
@@ -917,6 +922,9 @@ class Subscriber:
         # a socket timeout of 0 never connects, a NaN one never returns: refused here
         timeout = seconds(timeout, "timeout", zero=False)
         reconnect_max_s = seconds(reconnect_max_s, "reconnect_max_s", zero=False)
+        for what, v in (("timeout", timeout), ("reconnect_max_s", reconnect_max_s)):
+            if v > MAX_WAIT_S:  # a socket takes no longer timeout (OverflowError at connect)
+                raise InvalidInput(f"{what} must be at most {MAX_WAIT_S:,.0f} s, got {v!r}")
         if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) \
                 or not 1 <= max_rows <= MAX_ROWS_LIMIT:
             raise InvalidInput(f"max_rows must be an int of 1 .. {MAX_ROWS_LIMIT:,}, "

@@ -463,6 +463,45 @@ def test_per_tick_subscriber_overtaken_by_a_roll_mid_pass_gets_each_row_once(db_
     db.close()
 
 
+def test_a_callback_stalled_across_a_roll_and_a_lap_is_told_of_the_overrun(db_factory):
+    """A per-tick callback stalls while the shard rolls and the change ring wraps past the
+    subscriber's place. The rows the roll overtook come back from history -- and the lap
+    is an overrun like any other: on_overrun and the counter tell it (an outside check saw
+    it passed over in silence when the roll came early in the stall)."""
+    d = db_factory("--shards", "1", "--feed", "none", "--no-redis")
+    db = wayy.attach(d.path)
+    _publish_alternating(d.path, "RLP", 20, 100.0)
+    wait_for(lambda: len(db["quotes"]) == 20, what="first rows committed")
+    n = 66_000  # more commits than the change ring holds records (65,536)
+    got: list = []
+    overruns: list = []
+
+    def cb(t):
+        got.append(t.seq)
+        if len(got) == 1:  # the stall: a roll, then the ring wraps
+            assert run_cli("roll", "--db", d.path).returncode == 0
+            p = wayy.Producer(d.path)
+            for i in range(n):
+                p.publish("trades", symbol="RLP", price=1.0 + i, size=1.0)
+                p.flush(10.0)
+            p.close()
+
+    sub = db.subscribe(["ticks:RLP", "quotes:RLP"], callback=cb, from_seq=0,
+                       on_overrun=overruns.append)
+    try:
+        deadline = time.monotonic() + 120
+        while len(got) < 40 + n and time.monotonic() < deadline:
+            db.run(timeout=0.5)
+        want = sorted(db["trades"].between(symbol="RLP")["seq"].tolist()
+                      + db["quotes"].between(symbol="RLP")["seq"].tolist())
+        assert got == want and len(got) == 40 + n
+        assert len(overruns) == 1 and sub.stats()["overruns"] == 1, overruns
+        assert overruns[0].from_seq == 1 and overruns[0].to_seq == 40 + n
+    finally:
+        sub.stop()
+        db.close()
+
+
 def test_broker_holding_views_across_a_roll_publishes_every_row_once(db_factory, tmp_path):
     """The broker collects zero-copy views and encodes them later. Here (a broker run in
     this process) a roll, and rows that reuse the memory, come right after it collected:

@@ -896,7 +896,7 @@ class Subscription:
             if nr and f.gen[0] != f.stv[K.F_GEN]:
                 # a roll reset the segment during the call: its rows may be overwritten, so
                 # take them again (the backfill finds them in history)
-                K.begin(f.st, f.hdr, f.seg8, f.data.off, nxt0)
+                self._begin_again(f, nxt0)
                 continue
             if nr:
                 work += nr
@@ -1031,6 +1031,18 @@ class Subscription:
         if self.callback is not None:
             self._cur[f.k][0] = self._cur[f.k][1] = nxt
 
+    def _begin_again(self, f: _Follow, seq: int) -> None:
+        """Follow shard f.k again from ``seq`` after a roll overtook rows read from memory
+        (they come back from history, then the ring from its tail). When the ring also
+        overwrote this subscriber's place meanwhile (a callback that stalled across the
+        roll), that is an overrun like any other: counted and told, not passed over."""
+        st = f.st
+        pos = int(st[K.F_POS] if st[K.F_BF_END] < 0 else st[K.F_BF_RESUME])
+        K.begin(st, f.hdr, f.seg8, f.data.off, seq)
+        if int(f.tail[0]) - pos > f.ring.capacity:
+            st[K.F_OVERRUNS] += 1
+            self._overrun(f)
+
     def _overrun(self, f: _Follow) -> None:
         n = int(f.st[K.F_OVERRUNS])
         info = Overrun(f.k, int(f.st[K.F_NEXT]), int(f.st[K.F_BF_END]), n)
@@ -1117,7 +1129,7 @@ class Subscription:
                 # of earlier runs ran): they may be new rows. Take them again from the first
                 # seq not yet delivered (the backfill finds them in history)
                 cursor = resume
-                K.begin(f.st, f.hdr, f.seg8, f.data.off, resume)
+                self._begin_again(f, resume)
                 break
             try:
                 for row in rows:
@@ -1169,7 +1181,7 @@ class Subscription:
         gen = f.stv[K.F_GEN]
         read = [list(self._run_rows(f, run)) for run in f.runs[:nr].tolist()]
         if f.gen[0] != gen:  # a roll overtook the reads: take these rows again (history)
-            K.begin(f.st, f.hdr, f.seg8, f.data.off, nxt0)
+            self._begin_again(f, nxt0)
             return
         for rows in read:
             for row in rows:

@@ -367,6 +367,7 @@ def test_taken_redis_port_fails_the_start_and_says_why(tmp_path):
     assert not os.path.exists(tmp_path / "db" / "wayy.json")
 
 
+@pytest.mark.slow
 def test_a_start_refused_its_redis_port_keeps_the_port_consumers_know(tmp_path):
     """A database whose Redis ran on P, started once with a --redis-port that is taken (the
     start fails), then normally: Redis is back on P. The failed start had rewritten the

@@ -463,6 +463,7 @@ def test_per_tick_subscriber_overtaken_by_a_roll_mid_pass_gets_each_row_once(db_
     db.close()
 
 
+@pytest.mark.slow
 def test_a_callback_stalled_across_a_roll_and_a_lap_is_told_of_the_overrun(db_factory):
     """A per-tick callback stalls while the shard rolls and the change ring wraps past the
     subscriber's place. The rows the roll overtook come back from history -- and the lap

@@ -405,6 +405,7 @@ def test_a_batch_bigger_than_a_table_is_refused_before_any_row_is_written(db_fac
         db.close()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(db_factory, tmp_path):
     db_run = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
     r = run_cli("start", "--db", db_run.path, "--feed", "none", "--capacity", "2048")
@@ -649,6 +650,7 @@ def test_a_start_is_not_refused_by_someone_looking_at_its_lock(tmp_path):
         run_cli("stop", "--db", str(d))
 
 
+@pytest.mark.slow
 def test_db_paths_that_cannot_be_meant_are_refused(tmp_path):
     """--db "" (the current directory, by accident), a name with a newline, a symlink to
     nowhere (a start would create its target): one line, exit 2, nothing created."""

@@ -656,6 +656,7 @@ def test_a_key_in_the_way_of_a_stream_is_reported_not_fatal(db_factory, redis_sr
     late.stop()
 
 
+@pytest.mark.slow
 def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, brokers):
     """Two databases publishing into one Redis would mix their ticks on the same channels
     and overwrite each other's cursors: the second one's broker is refused, says why, and
@@ -681,6 +682,7 @@ def test_a_second_database_on_the_same_redis_is_refused(db_factory, redis_srv, b
     assert c.hget(BROKER_CURSORS_KEY, OWNER_FIELD).decode().endswith(os.path.realpath(db1.path))
 
 
+@pytest.mark.slow
 def test_a_second_database_on_another_db_number_of_the_same_redis_is_refused(
         db_factory, redis_srv, brokers):
     """Redis pub/sub ignores database numbers: a database publishing under /3 of a server

@@ -118,6 +118,7 @@ def test_failed_roll_is_reported_at_once_and_loses_nothing(db_factory):
     assert run_cli("verify", "--db", d.path).returncode == 0
 
 
+@pytest.mark.slow
 def test_roll_ends_with_one_line_when_the_database_stops_meanwhile(db_factory):
     d = db_factory("--shards", "1", "--feed", "none", "--capacity", "2048")
     writer = d.status()["shards"][0]["writer_pid"]

@@ -304,6 +304,7 @@ def test_seq_continues_above_history_whatever_became_of_the_wal(db_factory, wal_
         db.close()
     assert "(history holds up to 9)" in d2.log()
 
+@pytest.mark.slow
 def test_mid_file_corruption_is_reported_and_nothing_after_it_trusted(db_factory, tmp_path):
     d, before = _stopped_db_with_rows(db_factory, batches=60)
     from shm import wal
@@ -558,6 +559,7 @@ def small_wal_disk(tmp_path):
         subprocess.run(["umount", "-l", wal_dir], capture_output=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount(), reason="needs permission to mount a small tmpfs")
 def test_full_disk_stops_ingest_with_a_clear_error_and_resumes(db_factory, tmp_path):
     with small_wal_disk(tmp_path) as (_path, wal_dir):

@@ -689,6 +689,7 @@ def test_a_server_that_is_not_redis_is_refused_in_one_line(payload, tmp_path):
         srv.close()
 
 
+@pytest.mark.slow
 def test_run_with_a_timeout_returns_in_time_from_a_silent_server():
     """A server that accepts and never answers: run(timeout=1) returns after about a
     second (the handshake waits no longer than the time run() has left), not after the
@@ -707,6 +708,7 @@ def test_run_with_a_timeout_returns_in_time_from_a_silent_server():
         srv.close()
 
 
+@pytest.mark.slow
 def test_start_and_status_with_a_redis_url_that_is_not_redis(tmp_path):
     """`wayy start --redis URL` at a service that is not Redis runs the database (local
     subscribers do not need Redis), says so in its banner, and `wayy status` reports the

@@ -679,7 +679,8 @@ class Producer:
         counts are per shard, so they may include rows other producers published.
         """
         self._check_open()
-        limit = self.timeout if timeout is None else seconds(timeout, "flush() timeout", forever=True)
+        limit = (self.timeout if timeout is None
+                 else seconds(timeout, "flush() timeout", forever=True))
         deadline = time.monotonic() + limit
         # what was claimed in each ring so far (this producer's ticks and maybe others'):
         # committed once the writer has released the ring up to there

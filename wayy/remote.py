@@ -919,12 +919,11 @@ class Subscriber:
     def __init__(self, url: str, username: str | None = None, password: str | None = None, *,
                  timeout: float = 5.0, name: str | None = None, max_rows: int = MAX_ROWS,
                  reconnect_max_s: float = RECONNECT_MAX_S) -> None:
-        # a socket timeout of 0 never connects, a NaN one never returns: refused here
-        timeout = seconds(timeout, "timeout", zero=False)
-        reconnect_max_s = seconds(reconnect_max_s, "reconnect_max_s", zero=False)
-        for what, v in (("timeout", timeout), ("reconnect_max_s", reconnect_max_s)):
-            if v > MAX_WAIT_S:  # a socket takes no longer timeout (OverflowError at connect)
-                raise InvalidInput(f"{what} must be at most {MAX_WAIT_S:,.0f} s, got {v!r}")
+        # a socket timeout of 0 never connects, a NaN one never returns, a huge one is an
+        # OverflowError at connect: refused here
+        timeout = seconds(timeout, "timeout", zero=False, most=MAX_WAIT_S)
+        reconnect_max_s = seconds(reconnect_max_s, "reconnect_max_s", zero=False,
+                                  most=MAX_WAIT_S)
         if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) \
                 or not 1 <= max_rows <= MAX_ROWS_LIMIT:
             raise InvalidInput(f"max_rows must be an int of 1 .. {MAX_ROWS_LIMIT:,}, "

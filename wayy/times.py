@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from wayy.errors import InvalidInput
+
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)  # also numpy's NaT
 RANGE_TEXT = "1677-09-21 .. 2262-04-11, what int64 nanoseconds since 1970 can hold"
@@ -21,12 +23,12 @@ _NS_PER = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
 _FINER = ("ps", "fs", "as")  # finer than ns: converting only shrinks the values
 
 
-def seconds(value, what: str, *, zero: bool = True, forever: bool = False) -> float:
+def seconds(value, what: str, *, zero: bool = True, forever: bool = False,
+            most: float = math.inf) -> float:
     """A duration argument in seconds, checked: a real number (not a bool or a string), not
-    NaN, not negative, 0 only if ``zero``, infinite only if ``forever``. InvalidInput naming
-    ``what`` otherwise -- a NaN or negative wait must not become a hang or a busy loop."""
-    from wayy.errors import InvalidInput
-
+    NaN, not negative, 0 only if ``zero``, infinite only if ``forever``, at most ``most``.
+    InvalidInput naming ``what`` otherwise -- a NaN or negative wait must not become a hang
+    or a busy loop."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer,
                                                             np.floating))
     t = float(value) if ok else math.nan
@@ -34,6 +36,8 @@ def seconds(value, what: str, *, zero: bool = True, forever: bool = False) -> fl
         kind = "a positive" if not zero else "a non-negative"
         kind += " number of seconds" + ("" if forever else " (finite)")
         raise InvalidInput(f"{what} must be {kind}, got {value!r}")
+    if t > most:
+        raise InvalidInput(f"{what} must be at most {most:,.0f} s, got {t!r}")
     return t
 
 

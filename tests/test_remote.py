@@ -575,28 +575,43 @@ def test_wayy_tail_runs_on_until_ctrl_c_after_ticks_came(env):
     assert len(lines) == 2 and " 2 x 1 " in lines[1], out
 
 
-def test_wayy_tail_into_a_closed_pipe_ends_quietly(env):
+@pytest.mark.parametrize("channel_goes_on", [True, False], ids=["live", "quiet"])
+def test_wayy_tail_into_a_closed_pipe_ends_quietly(env, channel_goes_on):
     """`wayy tail ... | head -1`: once the reader is gone, tail ends (as a filter killed by
-    SIGPIPE: status 141) instead of logging a BrokenPipeError traceback per tick for ever."""
+    SIGPIPE: status 141) instead of logging a BrokenPipeError traceback per tick for ever --
+    also on a quiet channel, where no further tick comes to fail a write."""
+    sym = "TPIPEL" if channel_goes_on else "TPIPEQ"
     p = wayy.Producer(env.path)
-    for i in range(50):
-        p.publish("trades", symbol="TPIPE", price=1.0 + i, size=1.0)
-    p.close()
-    wait_published(env, "ticks:TPIPE", 50)
-    r, w = os.pipe()
-    proc = subprocess.Popen(wayy_cmd("tail", "ticks:TPIPE", "--remote", env.url,
-                                     "--from-seq", "0"), stdout=w, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
-    os.close(w)
     try:
-        with os.fdopen(r) as reader:
-            first = reader.readline()  # one line, then the reader closes: as head -1 does
-        _out, err = proc.communicate(timeout=60)
+        for i in range(50):
+            p.publish("trades", symbol=sym, price=1.0 + i, size=1.0)
+        p.flush()
+        wait_published(env, f"ticks:{sym}", 50)
+        r, w = os.pipe()
+        proc = subprocess.Popen(wayy_cmd("tail", f"ticks:{sym}", "--remote", env.url,
+                                         "--from-seq", "0"), stdout=w, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO)
+        os.close(w)
+        try:
+            with os.fdopen(r) as reader:
+                # live: one line, then the reader closes, as head -1 does, and ticks go on;
+                # quiet: tail has written all it will write before the reader closes
+                lines = [reader.readline() for _ in range(1 if channel_goes_on else 50)]
+            if channel_goes_on:
+                for i in range(200):
+                    p.publish("trades", symbol=sym, price=100.0 + i, size=1.0)
+                    p.flush()
+                    if proc.poll() is not None:
+                        break
+                    time.sleep(0.01)
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "TPIPE" in first
+        p.close()
+    assert all(sym in line for line in lines), lines
     assert proc.returncode == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 

@@ -899,11 +899,17 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
 
     rsub = sub.subscribe(channel, show, from_ts=ts, from_seq=from_seq)
     try:
-        sub.run(timeout=TAIL_HINT_S)
-        if not sub._stopping:  # (stopped: --count reached, or Ctrl-C)
-            if not seen[0]:
-                _tail_hint(remote_url, password, rsub.stream, channel)
-            sub.run()  # until Ctrl-C or --count
+        # until Ctrl-C or --count, or until the reader of a pipe is gone -- also while no
+        # tick comes to fail a write (`wayy tail ... | head -1` on a quiet channel)
+        hint_at = time.monotonic() + TAIL_HINT_S
+        while not sub._stopping and not closed[0]:
+            sub.run(timeout=TAIL_READER_CHECK_S)
+            if _reader_gone(sys.stdout):
+                closed[0] = True
+            elif hint_at and time.monotonic() >= hint_at and not sub._stopping:
+                hint_at = 0.0
+                if not seen[0]:
+                    _tail_hint(remote_url, password, rsub.stream, channel)
     except RedisRefused as exc:
         if password is None and "NOAUTH" in str(exc):
             raise RedisRefused(f"{exc} (give --password-file or set WAYY_REDIS_PASSWORD)") \
@@ -920,6 +926,22 @@ def tail(channel: str, remote_url: str | None, db: str, password: str | None,
 
 TAIL_HINT_S = 5.0  # `wayy tail` says why nothing comes after this long
 TAIL_CONNECT_S = 5.0  # `wayy tail` gives up when Redis cannot be reached at start
+TAIL_READER_CHECK_S = 0.5  # how often `wayy tail` looks whether its pipe's reader is gone
+
+
+def _reader_gone(stream) -> bool:
+    """True once the reader of the pipe (or socket) behind ``stream`` has closed it. Asks
+    poll() for no event: POLLERR / POLLHUP come regardless, and a terminal, file or
+    /dev/null reports nothing."""
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    p = select.poll()
+    p.register(fd, 0)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _fd, ev in p.poll(0))
 
 
 def _tail_reachable(url: str, password: str | None) -> None:

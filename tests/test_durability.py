@@ -4,12 +4,14 @@ is detected and reported, and a full disk stops ingest cleanly until space retur
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import multiprocessing as mp
 import os
 import random
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -534,9 +536,9 @@ def test_flush_raises_for_rows_a_writer_refused(db_factory):
         db.close()
         p.close()
 
+@functools.lru_cache(maxsize=None)
 def _can_mount() -> bool:
-    probe = "/tmp/wayy-mount-probe"
-    os.makedirs(probe, exist_ok=True)
+    probe = tempfile.mkdtemp(prefix="wayy-mount-probe-")  # each pytest process its own
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe],
                         capture_output=True).returncode == 0
     if ok:

@@ -320,8 +320,8 @@ def test_kernels_stay_in_bounds(tmp_path):
     env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(cache))
     try:
         r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-             "extreme or hostile or truncation or fuzz or unusual or every_row"],
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", __file__,
+             "-k", "extreme or hostile or truncation or fuzz or unusual or every_row"],
             env=env, capture_output=True, text=True, timeout=600,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -583,6 +583,59 @@ def test_a_database_directory_it_cannot_write_is_one_line(tmp_path, detach):
         run_cli("stop", "--db", str(d))  # were it started after all
 
 
+def test_a_stop_that_comes_once_the_writers_are_ready_is_an_ordinary_stop(tmp_path):
+    """A stop that reaches the supervisor after every writer accepts ticks, but before the
+    supervisor looked (a busy machine), stops a database that started: exit 0, not "stopped
+    during its start" (a test saw every writer running, stopped, and got exit 1)."""
+    import signal
+    import subprocess
+
+    from tests.conftest import wayy_cmd
+    from wayy.errors import NotRunning
+    from wayy.manifest import lock_holder
+    from wayy.status import read_status
+
+    d = str(tmp_path / "db")
+    start = subprocess.Popen(wayy_cmd("start", "--db", d, "--shards", "2", "--feed", "none",
+                                      "--no-redis"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    sup = None
+    try:
+        wait_for(lambda: lock_holder(d)[0] or start.poll() is not None, 60,
+                 what="the supervisor holding the lock")
+        sup = lock_holder(d)[1]
+
+        def children() -> int:
+            n = 0
+            for task in os.listdir(f"/proc/{sup}/task"):
+                with open(f"/proc/{sup}/task/{task}/children") as f:
+                    n += len(f.read().split())
+            return n
+
+        wait_for(lambda: children() >= 2, 60, what="both writers forked")
+        os.kill(sup, signal.SIGSTOP)  # the supervisor looks no more; the writers go on
+
+        def all_running() -> bool:
+            try:
+                return all(s["state"] == "running" for s in read_status(d, redis=False)["shards"])
+            except NotRunning:
+                return False
+
+        wait_for(all_running, 60, what="every writer running")
+        os.kill(sup, signal.SIGTERM)  # pending until it runs again
+        os.kill(sup, signal.SIGCONT)
+        out, err = start.communicate(timeout=60)
+        assert start.returncode == 0, (out, err)
+        assert "stopped during its start" not in err, err
+        assert not lock_holder(d)[0]
+    finally:
+        if sup is not None and start.poll() is None:
+            os.kill(sup, signal.SIGCONT)
+        if start.poll() is None:
+            start.kill()
+        run_cli("stop", "--db", d)
+
+
 def test_a_start_stopped_before_it_was_ready_says_so(tmp_path):
     """`wayy stop` while a detached start is still starting: the start must not print its
     "running" banner with exit status 0 for a database that is gone."""

@@ -469,8 +469,10 @@ class Supervisor:
             if not child.pid:
                 self.spawn(child)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until every writer accepts input; raise WayyError if one fails first."""
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until every writer accepts input (True), or a stop came first (False);
+        raise WayyError if one fails first. Writers that are all ready when a stop comes
+        make a start that succeeded: the stop then is an ordinary one."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.reap(restart=False)
@@ -485,7 +487,9 @@ class Supervisor:
             if all(self.controls[c.shard].counters[C.C_STATE] == C.STATE_RUNNING
                    and self.controls[c.shard].counters[C.C_WRITER_PID] == c.pid
                    for c in writers):
-                return
+                return True
+            if not self.running:
+                return False
             time.sleep(0.005)
         raise WayyError(f"writers not ready after {timeout:g}s", path=self.path)
 
@@ -604,12 +608,13 @@ class Supervisor:
             try:
                 self.prepare()
                 self.start_children()
-                self.wait_ready()
-                if not self.running:  # a `wayy stop` (SIGTERM) or Ctrl-C came during the start
+                if not self.wait_ready():  # a `wayy stop` (SIGTERM) or Ctrl-C came first
                     raise WayyError(f"the database at {self.path} was stopped during its "
                                     f"start", path=self.path)
             except WayyError as exc:
                 if on_ready:
+                    if self.lock_fd is not None:
+                        self.shutdown()  # the start reports its failure once all is gone
                     on_ready(str(exc))
                     on_ready = None
                 raise

@@ -5,6 +5,7 @@ SIGKILL, a stalling subscriber that Redis disconnects, hostile messages, `wayy t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -311,7 +312,9 @@ def test_subscriber_sigkilled_and_restarted_from_checkpoint(env, tmp_path):
 # --- faults --------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_stalling_subscriber_disconnected_by_redis_backfills(db_factory, tmp_path, brokers):
+def test_stalling_subscriber_disconnected_by_redis_backfills(db_factory, tmp_path, brokers,
+                                                             caplog):
+    caplog.set_level(logging.WARNING, logger="wayy.remote")
     db = db_factory(*DB_ARGS)
     with redis_server(tmp_path / "redis", password=PASSWORD) as srv:
         # JSON on the wire (130 bytes a tick): enough bytes to fill the kernel's socket
@@ -350,6 +353,9 @@ def test_stalling_subscriber_disconnected_by_redis_backfills(db_factory, tmp_pat
         assert sub.stats()["reconnects"] >= 1
         with open(os.path.join(srv.dir, "redis.log")) as f:  # Redis says why it closed us
             assert "overcoming of output buffer limits" in f.read()
+        # and the subscriber's log names the likely reason, not only "connection closed"
+        assert any("client-output-buffer-limit pubsub" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_hostile_messages_are_rejected_and_counted(env):

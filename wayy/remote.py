@@ -307,10 +307,16 @@ class RedisLink:
             n = self.sock.recv_into(self._buf)
         except socket.timeout as exc:
             raise self._lost("timed out waiting for a reply") from exc
+        except ConnectionResetError as exc:
+            err = self._lost(exc)
+            err.closed_by_server = self  # (the subscriber asks why: see Subscriber._down)
+            raise err from exc
         except OSError as exc:
             raise self._lost(exc) from exc
         if n == 0:
-            raise self._lost("connection closed by the server")
+            err = self._lost("connection closed by the server")
+            err.closed_by_server = self
+            raise err
         self.reader.feed(self._view, 0, n)
 
     def read_reply(self):
@@ -1177,6 +1183,19 @@ class Subscriber:
 
     def _down(self, exc: BaseException) -> None:
         was = self._connected
+        if was and getattr(exc, "closed_by_server", None) is self._ps and self._cmd.connected:
+            # the server closed the pub/sub connection: if it still answers on the other,
+            # it dropped this subscriber, most likely for its output-buffer limit
+            try:
+                self._cmd.limit(1.0)
+                if self._cmd.call("PING") in (b"PONG", "PONG"):
+                    exc = RedisUnavailable(
+                        f"{exc}, while it still answers on the command connection: Redis "
+                        f"drops a subscriber that falls too far behind "
+                        f"(client-output-buffer-limit pubsub) or that CLIENT KILL named; "
+                        f"the missed rows come from the streams")
+            except (WayyError, OSError):
+                pass
         self._connected = False
         self._ps.close()
         self._cmd.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ import wayy
 from shm import inbound
 from shm.layout import inbound as L
 from shm.layout import tables as T
-from shm.segment import db_prefix
+from shm.segment import db_prefix, list_segments
 from shm.shard import InboundRing, segment_name
 from tests.conftest import REPO, run_cli, wait_for
 
@@ -631,6 +632,69 @@ def test_a_stop_that_comes_once_the_writers_are_ready_is_an_ordinary_stop(tmp_pa
     finally:
         if sup is not None and start.poll() is None:
             os.kill(sup, signal.SIGCONT)
+        if start.poll() is None:
+            start.kill()
+        run_cli("stop", "--db", d)
+
+
+def _sigint_as_a_terminal_gives_it() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (a test runner's worker may ignore it)
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
+def test_ctrl_c_while_the_command_still_imports_is_quiet(tmp_path, delay):
+    """Ctrl-C in the first moments of `wayy` (numba still importing): exit 130 -- or, once
+    a start runs, its own stop -- never a KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+
+    d = str(tmp_path / "db")
+    proc = subprocess.Popen([sys.executable, "-m", "workers.launch", "start", "--db", d,
+                             "--shards", "1", "--feed", "none", "--no-redis"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=_sigint_as_a_terminal_gives_it)
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        run_cli("stop", "--db", d)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode in (130, 1, 0), (proc.returncode, err)
+
+
+def test_ctrl_c_during_a_detached_start_cancels_it(tmp_path):
+    """Ctrl-C (or SIGTERM) to `wayy start --detach` while it waits for the database: the
+    start is cancelled -- one line, exit 1, nothing left running -- instead of the command
+    dying in silence while the database comes up behind it."""
+    import signal
+    import subprocess
+
+    from tests.conftest import wayy_cmd
+    from wayy.manifest import lock_holder
+
+    d = str(tmp_path / "db")
+    start = subprocess.Popen(wayy_cmd("start", "--db", d, "--shards", "1", "--feed", "none",
+                                      "--no-redis", "--detach"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             preexec_fn=_sigint_as_a_terminal_gives_it)
+    try:
+        wait_for(lambda: lock_holder(d)[0] or start.poll() is not None, 60,
+                 what="the supervisor holding the lock")
+        assert start.poll() is None, "started before the Ctrl-C could be sent"
+        start.send_signal(signal.SIGINT)
+        out, err = start.communicate(timeout=60)
+        assert start.returncode == 1, (out, err)
+        assert "the start was cancelled (SIGINT)" in err and "running at" not in out, (out, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not lock_holder(d)[0]
+        assert not list_segments(db_prefix(d))
+    finally:
         if start.poll() is None:
             start.kill()
         run_cli("stop", "--db", d)

@@ -446,8 +446,34 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
         finally:
             os._exit(code)
     os.close(w)
-    with os.fdopen(r) as f:
-        line = f.readline().strip()
+    interrupted = []
+
+    def cancel(signum, _frame) -> None:
+        # Ctrl-C / SIGTERM while the database starts in the background cancels the start,
+        # as it would in the foreground: without this the start went on unseen
+        interrupted.append(signum)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    old_handlers = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        with os.fdopen(r) as f:
+            line = f.readline().strip()
+    finally:
+        for sig in old_handlers:
+            # started: the few lines left to print do not undo it (a signal now would end
+            # this command with 130 / 143 while the database runs on)
+            signal.signal(sig, signal.SIG_IGN if not interrupted else old_handlers[sig])
+    if interrupted:
+        try:
+            os.waitpid(pid, 0)  # stopping (or it had just said ready): once it has stopped all
+        except ChildProcessError:
+            pass
+        raise WayyError(f"the start was cancelled ({signal.Signals(interrupted[0]).name}): "
+                        f"the database at {path} is not running", path=path)
     if line == "ok":
         from wayy.manifest import lock_holder
 

@@ -553,3 +553,42 @@ def test_kernels_cached_tells_a_cold_cache_from_a_warm_one(tmp_path):
                              os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False False"
+
+
+def test_a_stop_sent_right_after_a_child_is_forked_is_not_lost():
+    """The supervisor stops a child it has just forked (a stop during the start): the
+    SIGTERM must end the child, not meet the supervisor's inherited handler in the child's
+    first moments and be lost (the writer then ran on until killed after 5 s)."""
+    import types
+
+    from workers.supervisor import Child, Supervisor
+
+    stopped = []
+    old = signal.signal(signal.SIGTERM, lambda *_a: stopped.append(1))  # as the supervisor's
+    sup = types.SimpleNamespace(lock_fd=None, pid=os.getpid(),
+                                _write_exit_reason=lambda *_a: None)
+    pids = []
+    try:
+        for _ in range(20):
+            child = Child(name="sleeper", target=lambda: time.sleep(30))
+            Supervisor.spawn(sup, child)
+            pids.append(child.pid)
+            os.kill(child.pid, signal.SIGTERM)  # at once, as shutdown() does
+        for pid in pids:
+            deadline = time.monotonic() + 10
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                assert time.monotonic() < deadline, "a child ran on after its SIGTERM"
+                time.sleep(0.01)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    assert not stopped  # the test's own process got none of them

@@ -415,11 +415,15 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
     except OSError:
         log_from = 0
     r, w = os.pipe()
+    # Ctrl-C / SIGTERM from the fork on waits (blocked) until the parent can cancel the start
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     pid = os.fork()
     if pid == 0:
         os.close(r)
         code = 0
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.setsid()
             log_fd = os.open(os.path.join(path, "wayy.log"),
                              os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -459,6 +463,7 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
 
     old_handlers = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)
                     if signal.getsignal(sig) is not signal.SIG_IGN}
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     try:
         with os.fdopen(r) as f:
             line = f.readline().strip()

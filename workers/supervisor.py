@@ -163,6 +163,9 @@ class Child:
     restart_at: float = 0.0
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _set_parent_death_signal() -> None:
     """Ask the kernel to SIGTERM this child when the supervisor dies (even by SIGKILL)."""
     try:
@@ -271,6 +274,7 @@ class Supervisor:
         from workers import writer
 
         writer.warm_up()
+        self._stop_if_asked()
         if not in_disk_cache(subscribers.follow_mem):
             # first start on this machine: compile the subscriber kernels too (~20 s), so a
             # strategy's first subscribe loads them instead of stalling that long; later
@@ -282,8 +286,10 @@ class Supervisor:
             if not in_disk_cache(wire._encode_groups):
                 # and the broker's codec (~20 s), or it would compile after "ready" and
                 # publish nothing meanwhile
+                self._stop_if_asked()
                 wire.warm_up()
                 wire.warm_up_group_encoder()
+        self._stop_if_asked()
         self._start_redis()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
                  ring_capacity=cfg.ring_capacity, max_symbols=cfg.max_symbols,
@@ -411,8 +417,13 @@ class Supervisor:
 
     def spawn(self, child: Child) -> None:
         """Fork ``child``; the child never returns into the caller's code."""
+        # a stop sent right after the fork (a shutdown during the start) must not meet the
+        # supervisor's handler in the child, which would only set a flag in its copy: the
+        # signals wait, blocked, until the child has its own handling
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             child.pid = pid
             child.started = time.monotonic()
             return
@@ -426,6 +437,7 @@ class Supervisor:
                 os._exit(1)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             child.target()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -549,6 +561,13 @@ class Supervisor:
     def stop(self, *_args) -> None:
         self.running = False
 
+    def _stop_if_asked(self) -> None:
+        """Between the long steps of a start (a first start compiles for a minute): a stop
+        that came meanwhile ends the start here rather than after every step."""
+        if not self.running:
+            raise WayyError(f"the database at {self.path} was stopped during its start",
+                            path=self.path)
+
     # --- stop -----------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop feeds, writers, brokers (they publish what the writers committed), then
@@ -608,9 +627,9 @@ class Supervisor:
             try:
                 self.prepare()
                 self.start_children()
+                self._stop_if_asked()
                 if not self.wait_ready():  # a `wayy stop` (SIGTERM) or Ctrl-C came first
-                    raise WayyError(f"the database at {self.path} was stopped during its "
-                                    f"start", path=self.path)
+                    self._stop_if_asked()
             except WayyError as exc:
                 if on_ready:
                     if self.lock_fd is not None:

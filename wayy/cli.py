@@ -397,7 +397,7 @@ def _redis_banner(path: str) -> str:
 
 
 def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
-    from workers.supervisor import Supervisor
+    from workers.supervisor import STOP_SIGNALS, Supervisor
 
     try:  # here too, not only in the supervisor: the log file goes in it before the fork
         os.makedirs(path, exist_ok=True)
@@ -416,8 +416,7 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
         log_from = 0
     r, w = os.pipe()
     # Ctrl-C / SIGTERM from the fork on waits (blocked) until the parent can cancel the start
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -461,7 +460,7 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
         except ProcessLookupError:
             pass
 
-    old_handlers = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)
+    old_handlers = {sig: signal.signal(sig, cancel) for sig in STOP_SIGNALS
                     if signal.getsignal(sig) is not signal.SIG_IGN}
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     try:

@@ -281,9 +281,12 @@ class RedisLink:
     def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else -1
 
-    def _lost(self, exc: BaseException | str) -> RedisUnavailable:
+    def _lost(self, exc: BaseException | str, by_server: bool = False) -> RedisUnavailable:
         self.close()
-        return RedisUnavailable(f"lost the Redis connection to {self.where}: {exc}")
+        err = RedisUnavailable(f"lost the Redis connection to {self.where}: {exc}")
+        if by_server:  # closed or reset by the server: the subscriber asks why (_down)
+            err.closed_by_server = self
+        return err
 
     def _check(self) -> None:
         if self.sock is None:
@@ -308,15 +311,11 @@ class RedisLink:
         except socket.timeout as exc:
             raise self._lost("timed out waiting for a reply") from exc
         except ConnectionResetError as exc:
-            err = self._lost(exc)
-            err.closed_by_server = self  # (the subscriber asks why: see Subscriber._down)
-            raise err from exc
+            raise self._lost(exc, by_server=True) from exc
         except OSError as exc:
             raise self._lost(exc) from exc
         if n == 0:
-            err = self._lost("connection closed by the server")
-            err.closed_by_server = self
-            raise err
+            raise self._lost("connection closed by the server", by_server=True)
         self.reader.feed(self._view, 0, n)
 
     def read_reply(self):

@@ -627,9 +627,8 @@ class Supervisor:
             try:
                 self.prepare()
                 self.start_children()
-                self._stop_if_asked()
                 if not self.wait_ready():  # a `wayy stop` (SIGTERM) or Ctrl-C came first
-                    self._stop_if_asked()
+                    self._stop_if_asked()  # (raises)
             except WayyError as exc:
                 if on_ready:
                     if self.lock_fd is not None:

@@ -1016,14 +1016,13 @@ class Broker:
             return None
         if not isinstance(listing, bytes) or not isinstance(me, int):
             return None
-        clients = client_list(listing)
-        my_age = next((int(c.get("age", 0)) for c in clients if c.get("id") == str(me)), 0)
-        for c in clients:
+        for c in client_list(listing):
             theirs = broker_database(c)
             if theirs is None or theirs == mine or c.get("id") == str(me):
                 continue  # not a broker, or one of this database (another index)
-            age = int(c.get("age", 0))
-            if age > my_age or (age == my_age and theirs < mine):  # the older one stays
+            # the one connected first stays: Redis numbers connections in order (an age in
+            # whole seconds ties for two brokers connected within a second)
+            if int(c.get("id", me)) < me:
                 return f"id {theirs}, database number {c.get('db', '?')}"
         return None
 

@@ -732,6 +732,35 @@ def test_a_start_stopped_before_it_was_ready_says_so(tmp_path):
         run_cli("stop", "--db", d)
 
 
+def test_a_look_at_a_lock_just_taken_waits_for_its_pid(tmp_path):
+    """A start writes its pid into the lock file just after taking the lock; `wayy stop`
+    (or a script) looking in between got "held, pid unknown" -- and stop said "no database
+    is running" while one was starting. The look waits a moment for the pid."""
+    import subprocess
+
+    from wayy.manifest import lock_holder
+
+    d = tmp_path / "db"
+    d.mkdir()
+    lock = d / "wayy.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.3)
+os.pwrite(fd, f"{{os.getpid()}}\\n".encode(), 0)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert lock_holder(str(d)) == (True, holder.pid)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert lock_holder(str(d)) == (False, None)
+
+
 def test_a_start_is_not_refused_by_someone_looking_at_its_lock(tmp_path):
     """`wayy status`, attach and scripts waiting for a start look at the database lock by
     holding it shared for a moment; a start meeting such a look was refused as "already

@@ -31,6 +31,7 @@ from wayy.errors import CorruptData, InvalidInput, NotRunning
 MANIFEST_NAME = "wayy.json"
 LOCK_NAME = "wayy.lock"
 LOCK_RETRY_S = 0.25  # how long a start retries a lock held by someone looking at it
+PID_WAIT_S = 1.0  # how long a look at a held lock waits for its holder's pid to be written
 ID_NAME = "wayy.id"
 SHARDS_NAME = "wayy.shards"
 FORMAT_VERSION = 1
@@ -223,11 +224,17 @@ def lock_holder(path: str) -> tuple[bool, int | None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            except ValueError:
-                pid = None
-            return True, pid
+            # held: a start writes its pid just after taking the lock (acquire_lock), so a
+            # look in between waits a moment for it rather than answer "held, pid unknown"
+            deadline = time.monotonic() + PID_WAIT_S
+            while True:
+                try:
+                    pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+                except ValueError:
+                    pid = None
+                if pid is not None or time.monotonic() >= deadline:
+                    return True, pid
+                time.sleep(0.001)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False, None
     finally:

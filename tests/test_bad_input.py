@@ -703,6 +703,63 @@ def test_ctrl_c_during_a_detached_start_cancels_it(tmp_path):
         run_cli("stop", "--db", d)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_first_start_cancelled_while_compiling_says_it_waits(tmp_path, detach):
+    """Ctrl-C during a first start's kernel compile (which numba cannot interrupt): a line
+    at once says the stop waits for the compile, instead of a minute of silence; then the
+    start ends as cancelled, leaving nothing behind. An empty numba cache makes it a first
+    start."""
+    import signal
+    import subprocess
+    import threading
+
+    from tests.conftest import wayy_cmd
+    from wayy.manifest import lock_holder
+
+    d = str(tmp_path / "db")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    args = ["start", "--db", d, "--shards", "1", "--feed", "none", "--no-redis"]
+    proc = subprocess.Popen(wayy_cmd(*args, *(["--detach"] if detach else [])),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=env, preexec_fn=_sigint_as_a_terminal_gives_it)
+    lines: list[tuple[float, str]] = []
+
+    def collect() -> None:
+        for line in proc.stderr:
+            lines.append((time.monotonic(), line))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("compiling kernels" in x for _, x in lines), 120,
+                 what="the first-start notice")
+        wait_for(lambda: lock_holder(d)[0] or proc.poll() is not None, 120,
+                 what="the supervisor holding the lock")
+        time.sleep(1.0)  # into the compile (it lasts tens of seconds)
+        assert proc.poll() is None, "the start ended before the Ctrl-C"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: any("compile in progress is done" in x for _, x in lines), 10,
+                 what="the line saying the stop waits for the compile")
+        said = next(t for t, x in lines if "compile in progress is done" in x)
+        assert said - sent < 10
+        proc.wait(timeout=280)
+        reader.join(10)
+        err = "".join(x for _, x in lines)
+        assert proc.returncode == 1, err
+        assert ("the start was cancelled (SIGINT)" if detach
+                else "was stopped during its start") in err, err
+        assert "Traceback" not in err, err
+        assert not lock_holder(d)[0]
+        assert not list_segments(db_prefix(d))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        run_cli("stop", "--db", d)
+
+
 def test_a_start_stopped_before_it_was_ready_says_so(tmp_path):
     """`wayy stop` while a detached start is still starting: the start must not print its
     "running" banner with exit status 0 for a database that is gone."""

@@ -299,7 +299,8 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
 
     from workers.writer import kernels_cached
 
-    if not kernels_cached():
+    first = not kernels_cached()
+    if first:
         click.echo("wayy: first start on this machine: compiling kernels (a minute or more; "
                    "later starts take a second or two)", err=True)
     if not detach:
@@ -307,7 +308,7 @@ def start(db: str, shards: int | None, capacity: int | None, ring_bytes: int | N
         sup = Supervisor(cfg)
         sup.run(on_ready=lambda err: banner() if err is None else None)
         return
-    _start_detached(cfg, path, level, fmt, banner)
+    _start_detached(cfg, path, level, fmt, banner, compiling=first)
 
 
 def _damage_notes(path: str, since_ns: int) -> list[str]:
@@ -396,7 +397,8 @@ def _redis_banner(path: str) -> str:
     return out
 
 
-def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
+def _start_detached(cfg, path: str, level: int, fmt: str, banner,
+                    compiling: bool = False) -> None:
     from workers.supervisor import STOP_SIGNALS, Supervisor
 
     try:  # here too, not only in the supervisor: the log file goes in it before the fork
@@ -454,6 +456,9 @@ def _start_detached(cfg, path: str, level: int, fmt: str, banner) -> None:
     def cancel(signum, _frame) -> None:
         # Ctrl-C / SIGTERM while the database starts in the background cancels the start,
         # as it would in the foreground: without this the start went on unseen
+        if not interrupted and compiling:
+            click.echo("wayy: cancelling the start once the kernel compile in progress is "
+                       "done (up to a minute)", err=True)
         interrupted.append(signum)
         try:
             os.kill(pid, signal.SIGTERM)

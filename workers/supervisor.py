@@ -185,6 +185,7 @@ class Supervisor:
         self.prefix = db_prefix(self.path)
         self.children: list[Child] = []
         self.running = True
+        self._compiling = False  # a first start's kernel compile, which a stop cannot cut
         self.lock_fd: int | None = None
         self._segments: list = []
         self.change_rings: list[ChangeRingWriter] = []
@@ -273,22 +274,28 @@ class Supervisor:
         from shm.jit import in_disk_cache
         from workers import writer
 
-        writer.warm_up()
-        self._stop_if_asked()
-        if not in_disk_cache(subscribers.follow_mem):
-            # first start on this machine: compile the subscriber kernels too (~20 s), so a
-            # strategy's first subscribe loads them instead of stalling that long; later
-            # starts skip this (loading them here would cost every start a second)
-            subscribers.warm_up()
-        if not cfg.no_redis:
-            from wayy import wire
+        try:
+            self._compiling = not writer.kernels_cached()
+            writer.warm_up()
+            self._stop_if_asked()
+            if not in_disk_cache(subscribers.follow_mem):
+                # first start on this machine: compile the subscriber kernels too (~20 s), so
+                # a strategy's first subscribe loads them instead of stalling that long;
+                # later starts skip this (loading them here would cost every start a second)
+                self._compiling = True
+                subscribers.warm_up()
+            if not cfg.no_redis:
+                from wayy import wire
 
-            if not in_disk_cache(wire._encode_groups):
-                # and the broker's codec (~20 s), or it would compile after "ready" and
-                # publish nothing meanwhile
-                self._stop_if_asked()
-                wire.warm_up()
-                wire.warm_up_group_encoder()
+                if not in_disk_cache(wire._encode_groups):
+                    # and the broker's codec (~20 s), or it would compile after "ready" and
+                    # publish nothing meanwhile
+                    self._stop_if_asked()
+                    self._compiling = True
+                    wire.warm_up()
+                    wire.warm_up_group_encoder()
+        finally:
+            self._compiling = False
         self._stop_if_asked()
         self._start_redis()
         Manifest(path=self.path, prefix=self.prefix, shards=cfg.shards, capacity=cfg.capacity,
@@ -559,6 +566,11 @@ class Supervisor:
             time.sleep(0.05)
 
     def stop(self, *_args) -> None:
+        """The SIGTERM / SIGINT handler: stop supervising (the main loop shuts down)."""
+        if self.running and self._compiling:
+            # numba cannot be interrupted inside a compile: say why nothing happens yet
+            log.warning("stopping once the kernel compile in progress is done (a first start "
+                        "on this machine; up to a minute)")
         self.running = False
 
     def _stop_if_asked(self) -> None:

@@ -430,6 +430,52 @@ def test_run_returning_by_its_timeout_writes_the_checkpoint(fake, tmp_path):
     sub.stop()
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_checkpoint_ms_and_status_within_a_long_pass(fake, tmp_path, batch):
+    """A backlog delivered to a slow callback is one long pass: the checkpoint_ms checkpoint
+    and the registry's heartbeat and counters (`wayy status`) are kept up inside it, not
+    only once it ends (a SIGKILL there repeated the whole backlog; status showed 0 delivered
+    and a stale heartbeat)."""
+    f = fake(nshards=1)
+    f.append("trades", ["AAPL"] * 5000)
+    path = str(tmp_path / "long.json")
+    db = f.attach()
+    heads = [(int(d.snapshot()[S.COMMIT_NEXT_SEQ]), T0) for d in f.data]
+    seen: dict = {}
+    count = [0]
+
+    def look() -> None:
+        seen["at"] = count[0]
+        seen["cursor"] = (json.load(open(path))["cursors"][0][0] if os.path.exists(path)
+                          else None)
+        seen["status"] = read_subscribers(f.prefix, heads, time.time_ns())[0]
+        sub.stop()
+
+    def on_tick(_t) -> None:
+        count[0] += 1
+        time.sleep(0.0005)
+        if count[0] == 600:
+            look()
+
+    def on_batch(b) -> None:
+        count[0] += len(b)
+        time.sleep(0.005)
+        if count[0] >= 600 and not seen:
+            look()
+
+    sub = db.subscribe("trades", callback=on_batch if batch else on_tick, from_seq=0,
+                       checkpoint=path, checkpoint_ms=50,
+                       **({"batch_size": 10, "max_latency_ms": 1000} if batch else {}))
+    db.run(timeout=30)  # (a stop in batch mode still delivers the batches pending)
+    assert seen["at"] == 600, seen
+    assert seen["cursor"] is not None and 0 < seen["cursor"] <= 600, seen
+    st = seen["status"]
+    assert 0 < st["delivered"] <= 600, st
+    if not batch:  # rows read ahead inside the pass but not yet delivered are lag
+        assert st["lag_rows"] >= 5000 - 600, st
+    assert st["heartbeat_age_s"] < 1.0 and not st["silent"], st
+
+
 def test_checkpoint_by_name_lives_under_the_database(fake):
     f = fake(nshards=1)
     db = f.attach()
@@ -825,6 +871,31 @@ def test_status_registry_shows_live_subscribers_and_forgets_stopped_ones(fake):
     assert r["delivered"] == 4 and r["lag_rows"] == 0
     sub.stop()
     assert read_subscribers(f.prefix, heads, time.time_ns()) == []
+
+
+def test_a_subscriber_that_stopped_reporting_is_named_silent(fake):
+    """A subscriber whose heartbeat is older than 5 s (SIGSTOP, a callback stuck, or not
+    polling) is `silent`, and `wayy status` says so on a line of its own."""
+    from shm.layout import subscribers as RL
+    from wayy.cli import format_status
+
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("ticks:AAPL", callback=lambda t: None)
+    sub._housekeep(time.monotonic_ns())
+    heads = [(int(d.snapshot()[S.COMMIT_NEXT_SEQ]), T0) for d in f.data]
+    (r,) = read_subscribers(f.prefix, heads, time.time_ns())
+    assert not r["silent"]
+    sub._slot.i64[RL.HEARTBEAT_NS_I64] = time.time_ns() - 12 * 10**9
+    (r,) = read_subscribers(f.prefix, heads, time.time_ns())
+    assert r["silent"] and r["heartbeat_age_s"] >= 12
+    st = {"path": f.path, "supervisor_pid": 1, "uptime_s": 1.0, "shards": [],
+          "totals": {"symbols": 0, "trades": 0, "quotes": 0, "rate": 0, "rate_known": True,
+                     "rejects": {}},
+          "durability": {}, "subscribers": [r]}
+    text = format_status(st)
+    assert f"subscriber pid {os.getpid()} has not reported for 12 s" in text, text
+    sub.stop()
 
 
 def test_change_ring_writer_attach_continues_the_ring(fake):

@@ -654,6 +654,11 @@ def format_status(st: dict) -> str:
             lines.append(f"{s['pid']:>7} {s['mode']:<5} {s['idle']:<7} {s['delivered']:>12,} "
                          f"{s['lag_rows']:>9,} {s['lag_s']:>7.3f} {s['overruns']:>8,} "
                          f"{s['errors']:>6,}  {s['channels']}")
+        for s in subs:
+            if s.get("silent"):
+                lines.append(f"subscriber pid {s['pid']} has not reported for "
+                             f"{s['heartbeat_age_s']:.0f} s (stopped, stuck in a callback, or "
+                             f"not in run() / poll()): its figures are that old")
     lines.extend(_format_redis(st.get("redis")))
     return "\n".join(lines)
 

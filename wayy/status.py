@@ -26,6 +26,9 @@ _RATE_SETTLE_NS = 2_500_000_000
 
 # a running writer refreshes its heartbeat at least once a second, idle or not
 WRITER_SILENT_S = 5.0
+# a subscriber in run() / poll() refreshes its heartbeat every 50 ms, also inside a long
+# pass; older than this, it is stopped (SIGSTOP), stuck in a callback, or not polling
+SUBSCRIBER_SILENT_S = 5.0
 
 
 def _age_s(now: int, then: int) -> float:
@@ -377,6 +380,7 @@ def read_subscribers(prefix: str, heads: list[tuple[int, int]], now: int) -> lis
                 "state": RL.STATE_NAMES[state] if 0 <= state < len(RL.STATE_NAMES) else "?",
                 "uptime_s": _age_s(now, claimed_ns),
                 "heartbeat_age_s": _age_s(now, heartbeat_ns),
+                "silent": _age_s(now, heartbeat_ns) > SUBSCRIBER_SILENT_S,
                 "delivered": int(i64[RL.DELIVERED_I64]),
                 "items": int(i64[RL.ITEMS_I64]),
                 "lag_rows": lag_rows,

@@ -697,6 +697,7 @@ class Subscription:
         now = time.monotonic_ns()
         self._ckpt_due = now + self._checkpoint_ns
         self._house_due = now
+        self._pass_due = now
         self._alive_due = now + ALIVE_CHECK_NS
         self._next_flush = 1 << 62
         self._slot = None
@@ -1156,6 +1157,15 @@ class Subscription:
                         self._items += delivered + n
                         delivered = n = 0
                         self.save_checkpoint()
+                    elif not n & 15 and time.monotonic_ns() >= self._pass_due:
+                        # a long pass (a backlog, a slow callback): the heartbeat and the
+                        # checkpoint_ms checkpoint do not wait for its end
+                        self._cur[k][0] = self._cur[k][1] = tick[9] + 1
+                        self._delivered += delivered + n
+                        self._items += delivered + n
+                        self._since_ckpt += delivered + n
+                        delivered = n = 0
+                        self._house_in_pass()
                     if self._stopping:
                         cursor = tick[9] + 1
                         break
@@ -1322,6 +1332,8 @@ class Subscription:
         self._cur[f.k][t] = cursor
         if self._every_due():
             self.save_checkpoint()
+        elif time.monotonic_ns() >= self._pass_due:
+            self._house_in_pass()
 
     def _emit(self, acc: _Acc, n: int) -> None:
         f, t = acc.f, acc.t
@@ -1449,6 +1461,7 @@ class Subscription:
 
     def _housekeep(self, now: int) -> None:
         self._house_due = now + HOUSEKEEP_NS
+        self._set_pass_due()
         self._publish_status(time.time_ns(), RL.STATE_RUNNING)
         if self._ckpt is not None and (
                 now >= self._ckpt_due or self._every_due()):
@@ -1462,6 +1475,23 @@ class Subscription:
                     self.stopped_reason = "database stopped"
                     self._stopping = True
 
+    def _set_pass_due(self) -> None:
+        """When a pass still delivering must stop to housekeep (_house_in_pass)."""
+        self._pass_due = (min(self._house_due, self._ckpt_due) if self._ckpt is not None
+                          else self._house_due)
+
+    def _house_in_pass(self) -> None:
+        """Within a pass that delivers for long: the registry heartbeat and counters (what
+        `wayy status` shows) and the checkpoint_ms checkpoint, which would otherwise wait
+        for the pass to end. The caller has brought cursors and counters up to date."""
+        now = time.monotonic_ns()
+        if now >= self._house_due:
+            self._house_due = now + HOUSEKEEP_NS
+            self._publish_status(time.time_ns(), RL.STATE_RUNNING)
+        if self._ckpt is not None and now >= self._ckpt_due:
+            self.save_checkpoint()
+        self._set_pass_due()
+
     def _publish_status(self, wall_ns: int, state: int) -> None:
         s = self._slot
         if s is None:
@@ -1472,13 +1502,18 @@ class Subscription:
         i64[RL.ITEMS_I64] = self._items
         i64[RL.ERRORS_I64] = self._errors
         over = back = lost = gaps = 0
+        # per tick to a callback, the cursor is what was delivered: inside a long pass the
+        # rows read ahead (F_NEXT) are still lag
+        ticks = not self.batch_mode and self.callback is not None
         for f in self._follows:
             st = f.st
             over += int(st[K.F_OVERRUNS])
             back += int(st[K.F_BACKFILLED])
             lost += int(st[K.F_LOST])
             gaps += int(st[K.F_GAPS])
-            s.shards[f.k, RL.SHARD_NEXT_SEQ] = st[K.F_NEXT]
+            done = self._cur[f.k][0]
+            s.shards[f.k, RL.SHARD_NEXT_SEQ] = (min(int(st[K.F_NEXT]), done)
+                                                if ticks and done >= 0 else st[K.F_NEXT])
             s.shards[f.k, RL.SHARD_LAST_TS] = st[K.F_LAST_TS]
         i64[RL.OVERRUNS_I64] = over
         i64[RL.BACKFILLED_I64] = back
@@ -1501,6 +1536,7 @@ class Subscription:
         if self._ckpt is None or self._ckpt_failed:
             return
         self._ckpt_due = time.monotonic_ns() + self._checkpoint_ns
+        self._set_pass_due()
         self._since_ckpt = 0
         cursors = self.cursors()
         try:

@@ -22,9 +22,12 @@ import argparse
 import sys
 import time
 
-import numpy as np
+try:
+    import numpy as np
 
-import wayy
+    import wayy
+except KeyboardInterrupt:  # Ctrl-C while numba loads (a second or so): no traceback
+    sys.exit(130)
 
 
 class Throttle:
@@ -132,4 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before db.run() took it over (attaching, subscribing)
+        sys.exit(130)

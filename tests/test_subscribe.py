@@ -1243,6 +1243,27 @@ def test_examples_run_against_wayy_start(db_factory):
         assert int(line.split(": ")[1].split()[0]) > 0, line  # saw ticks
 
 
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9, 1.2])
+def test_ctrl_c_at_any_moment_of_the_example_is_quiet(db_factory, delay):
+    """Ctrl-C while the example still imports, attaches or subscribes: exit 130 (or, once
+    db.run() has it, a clean stop and 0), never a KeyboardInterrupt traceback."""
+    dbr = db_factory("--shards", "1", "--feed", "synthetic:rate=1000,symbols=5,seed=3")
+    p = subprocess.Popen([sys.executable, "examples/strategies.py", "--db", dbr.path,
+                          "--checkpoint"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert p.returncode in (130, 0), (p.returncode, err)
+
+
 def test_a_restarted_writer_continues_the_ring_and_nothing_is_lost(db_factory):
     dbr = db_factory("--shards", "1", "--feed", "none")
     db = wayy.attach(dbr.path)

@@ -192,7 +192,7 @@ def test_checkpoint_resumes_exactly_once(env, tmp_path):
     doc = json.load(open(ck))
     assert doc["channel"] == "ticks:CKA" and doc["positions"] == {
         str(want[0][0]): want[len(want) // 2 - 1][1]}
-    with pytest.raises(InvalidInput, match="in use"):  # one subscriber per checkpoint
+    with pytest.raises(InvalidInput, match="in use by another subscription of this process"):
         Subscriber(env.url).subscribe("ticks:CKA", print, checkpoint=ck)
     sub.close()
     produce(env.path, 300, 100, ["CKA"], seed=8)

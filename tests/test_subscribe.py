@@ -545,9 +545,21 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     db = f.attach()
     p = str(tmp_path / "c.json")
     held = db.subscribe("trades", checkpoint=p)
-    with pytest.raises(InvalidInput, match="in use by another subscriber"):
+    with pytest.raises(InvalidInput, match="in use by another subscription of this process"):
         db.subscribe("trades", checkpoint=p)
     held.stop()
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0); "
+        "print('held', flush=True); sys.stdin.read()"), p + ".lock"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(InvalidInput, match=rf"in use by another subscriber \(pid {other.pid}\)"):
+            db.subscribe("trades", checkpoint=p)
+    finally:
+        other.stdin.close()
+        other.wait(10)
     for junk in (b"{not json", b"[]", b'{"wayy_checkpoint": 1}', b"[" * 100000 + b"]" * 100000):
         open(p, "wb").write(junk)
         with pytest.raises(CorruptData, match="corrupt"):
@@ -586,8 +598,12 @@ def test_bad_checkpoints_are_refused(fake, tmp_path):
     doc.pop("crc32")
     doc["crc32"] = _payload_crc(doc)
     json.dump(doc, open(p + "4", "w"))
-    with pytest.raises(InvalidInput, match="past the database's next seq"):
+    with pytest.raises(InvalidInput, match="past the database's next seq.*checkpoint is from "
+                                           "another run"):
         db.subscribe("trades", checkpoint=p + "4")
+    with pytest.raises(InvalidInput, match="past the database's next seq.*from_seq names a "
+                                           "row not yet written"):
+        db.subscribe("trades", from_seq=10**12)
     # one table's cursor past the end is refused too, not only the lower of the two
     f.append("quotes", ["A"] * 3)
     both = db.subscribe(["trades", "quotes"], checkpoint=p + "6", from_seq=0)

@@ -63,7 +63,7 @@ from wayy.channels import TABLE_KINDS, Channel, format_channel, parse_channel
 from wayy.errors import CorruptData, InvalidInput, RedisRefused, RedisUnavailable, WayyError
 from wayy.names import shard_of
 from wayy.redis_server import empty_port
-from wayy.subscribe import Batch, Tick, _timeout_ns
+from wayy.subscribe import Batch, Tick, _checkpoint_in_use, _timeout_ns
 from wayy.times import RANGE_TEXT, TimeRangeError, datetime64_ns_scalar, iso_ns, seconds
 
 log = logging.getLogger("wayy.remote")
@@ -429,8 +429,7 @@ class _Checkpoint:
                 pid = "?"
             os.close(self._fd)
             self._fd = -1
-            raise InvalidInput(f"checkpoint {self.path} is in use by another subscriber "
-                               f"(pid {pid})", path=self.path) from None
+            raise InvalidInput(_checkpoint_in_use(self.path, pid), path=self.path) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
         self.last: dict | None = None

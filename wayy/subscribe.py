@@ -494,6 +494,14 @@ def _checkpoint_path(db, spec: str) -> str:
     return os.path.join(db.path, CHECKPOINT_DIR, spec + ".json")
 
 
+def _checkpoint_in_use(path: str, pid: str) -> str:
+    """Why a checkpoint file's lock is refused: held by ``pid`` (this process, or another)."""
+    if pid == str(os.getpid()):
+        return (f"checkpoint {path} is in use by another subscription of this process: "
+                f"give each subscription a checkpoint of its own")
+    return f"checkpoint {path} is in use by another subscriber (pid {pid})"
+
+
 def _payload_crc(body: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
@@ -521,8 +529,7 @@ class _Checkpoint:
                 pid = "?"
             os.close(self._lock_fd)
             self._lock_fd = -1
-            raise InvalidInput(f"checkpoint {path} is in use by another subscriber (pid {pid})",
-                               path=path) from None
+            raise InvalidInput(_checkpoint_in_use(path, pid), path=path) from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
         self.last_cursors: list | None = None
@@ -748,8 +755,9 @@ class Subscription:
                 if top > hwm:
                     raise InvalidInput(
                         f"start seq {top} of shard {f.k} is past the database's next seq {hwm}: "
-                        f"the checkpoint or from_seq is from another run of this database "
-                        f"(recreated without its history?)", shard=f.k, path=db.path)
+                        + ("the checkpoint is from another run of this database (recreated "
+                           "without its history?)" if floor is not None else
+                           "from_seq names a row not yet written"), shard=f.k, path=db.path)
                 self.hwm[f.k] = hwm
                 nxt = int(f.st[K.F_NEXT])
                 if floor is not None:

@@ -102,6 +102,10 @@ def test_default_start_runs_a_private_embedded_redis(db_factory):
     r = db.status()["redis"]
     assert r["enabled"] and r["up"] and r["embedded"] and r["url"] == m.redis_url
     assert r["connected_clients"] >= 1 and r["used_memory"] > 0 and r["aof_enabled"]
+    # its pid (from INFO), a child of the supervisor: what to signal to test a Redis crash
+    with open(f"/proc/{r['pid']}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    assert ppid == db.status()["supervisor_pid"]
     # the supervisor runs a broker against it; status reads its cursors from Redis
     wayy.Producer(db.path).publish("trades", symbol="AAPL", price=1.5, size=1)
 
@@ -116,6 +120,7 @@ def test_default_start_runs_a_private_embedded_redis(db_factory):
     assert [b["index"] for b in brokers] == [0] and brokers[0]["alive"]
     out = run_cli("status", "--db", db.path)
     assert out.returncode == 0 and f"redis: up {m.redis_url}" in out.stdout
+    assert f"(embedded, pid {r['pid']}, v" in out.stdout
     assert "broker-0 pid" in out.stdout and "shard 0=0" in out.stdout
 
 

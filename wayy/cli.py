@@ -692,6 +692,8 @@ def _format_redis(r: dict | None) -> list[str]:
     elif "error" in r:  # it answered, but we may not look inside (credentials unreadable)
         lines = [f"redis: up {r['url']} ({kind}); details unavailable: {r['error']}"]
     else:
+        if r.get("embedded") and r.get("pid"):
+            kind = f"embedded, pid {r['pid']}"
         lines = [f"redis: up {r['url']} ({kind}, v{r.get('version')}), memory "
                  f"{r.get('used_memory_human')}, {r.get('connected_clients')} client(s), "
                  f"wire {r.get('wire')}"]

@@ -346,6 +346,8 @@ def info(url: str, password: str | None = None, timeout: float = 0.5) -> dict:
         up=True,
         rtt_ms=round((time.perf_counter() - t0) * 1e3, 3),
         version=fields.get("redis_version"),
+        # (of the server's machine: the embedded server's is a child of the supervisor)
+        pid=int(fields["process_id"]) if fields.get("process_id", "").isdigit() else None,
         uptime_s=int(fields.get("uptime_in_seconds", 0)),
         used_memory=int(fields.get("used_memory", 0)),
         used_memory_human=fields.get("used_memory_human"),

@@ -744,6 +744,17 @@ def test_another_database_under_another_database_number_is_flagged(db_factory, r
     assert "redis: up" in r.stdout and "REFUSED" not in r.stdout
 
 
+def test_start_warns_when_redis_cannot_be_reached(db_factory):
+    """--redis URL with nothing listening: the database runs (local subscribers need no
+    Redis), and the start banner says at once that Redis cannot be reached."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    db = db_factory("--shards", "1", "--feed", "none", "--redis", url)
+    wait_for(lambda: "shard(s) running at" in db.log(), 30, what="the start banner")
+    log = db.log()
+    assert f"WARNING: Redis at {url} cannot be reached" in log, log
+    assert "brokers retry" in log
+
+
 def test_start_warns_when_redis_refuses_the_password(db_factory, redis_srv, tmp_path):
     """A wrong password for --redis: the database runs (local subscribers need no Redis),
     and the start banner says at once that Redis refuses the credentials."""

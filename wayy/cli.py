@@ -383,8 +383,13 @@ def _redis_banner(path: str) -> str:
             return out + (f"  WARNING: Redis at {redact(m.redis_url)} refuses this "
                           f"database's credentials ({exc}); its brokers publish nothing "
                           f"until it accepts them (see --redis-password-file)\n")
-        except (OSError, ConnectionError, ValueError):
-            pass  # down or not Redis: the brokers log it, and wayy status says so
+        except (OSError, ConnectionError, ValueError) as exc:
+            # down, or not Redis: the database runs; say so now rather than leave it to be
+            # found in `wayy status` (the brokers retry, and publish once it answers)
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            return out + (f"  WARNING: Redis at {redact(m.redis_url)} cannot be reached "
+                          f"({why}); the database runs, and its brokers retry and publish "
+                          f"once it answers (wayy status shows it)\n")
         cursors = broker_cursors(m, password)
         other = foreign_owner(m, cursors) if cursors is not None else None
         if other is None:

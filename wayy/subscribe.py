@@ -705,6 +705,9 @@ class Subscription:
         self._ckpt_due = now + self._checkpoint_ns
         self._house_due = now
         self._pass_due = now
+        # run(timeout=)'s deadline: a long pass stops there (_yielding) and goes on next run
+        self._yield_at = 1 << 62
+        self._yielding = False
         self._alive_due = now + ALIVE_CHECK_NS
         self._next_flush = 1 << 62
         self._slot = None
@@ -898,7 +901,7 @@ class Subscription:
     def _pump(self, f: _Follow) -> int:
         work = 0
         for _ in range(8):  # bounded, so other shards and deadlines get their turn
-            if self._stopping:
+            if self._stopping or self._yielding:
                 return work
             nxt0 = f.stv[K.F_NEXT]
             code, nr, nu = f.call(*f.args)
@@ -913,7 +916,7 @@ class Subscription:
                     self._accumulate(f, nr)
                 elif self.callback is not None:
                     self._deliver_ticks(f, nr, nxt0)
-                    if self._stopping:
+                    if self._stopping or self._yielding:
                         return work
                 else:
                     self._queue_ticks(f, nr, nxt0)
@@ -1174,6 +1177,12 @@ class Subscription:
                         self._since_ckpt += delivered + n
                         delivered = n = 0
                         self._house_in_pass()
+                        if self._yielding:
+                            # run()'s deadline: the rows read but not delivered are read
+                            # again from here by the next pass
+                            cursor = tick[9] + 1
+                            self._begin_again(f, cursor)
+                            break
                     if self._stopping:
                         cursor = tick[9] + 1
                         break
@@ -1186,7 +1195,7 @@ class Subscription:
                     self._cur[k][0] = self._cur[k][1] = tick[9]
                 raise
             delivered += n
-            if self._stopping:
+            if self._stopping or self._yielding:
                 break
         self._cur[k][0] = self._cur[k][1] = cursor
         self._delivered += delivered
@@ -1250,7 +1259,7 @@ class Subscription:
         nxt_flush = 1 << 62
         size = self.batch_size
         for acc in self._accs.values():
-            while acc.n and not self._stopping_hard():
+            while acc.n and not self._stopping_hard() and not self._yielding:
                 due = everything or now - acc.since_ns >= self.max_latency_ns
                 if size and acc.n >= size:
                     self._emit(acc, size)
@@ -1485,8 +1494,8 @@ class Subscription:
 
     def _set_pass_due(self) -> None:
         """When a pass still delivering must stop to housekeep (_house_in_pass)."""
-        self._pass_due = (min(self._house_due, self._ckpt_due) if self._ckpt is not None
-                          else self._house_due)
+        self._pass_due = min(self._house_due, self._yield_at,
+                             self._ckpt_due if self._ckpt is not None else 1 << 62)
 
     def _house_in_pass(self) -> None:
         """Within a pass that delivers for long: the registry heartbeat and counters (what
@@ -1498,6 +1507,8 @@ class Subscription:
             self._publish_status(time.time_ns(), RL.STATE_RUNNING)
         if self._ckpt is not None and now >= self._ckpt_due:
             self.save_checkpoint()
+        if now >= self._yield_at:
+            self._yielding = True
         self._set_pass_due()
 
     def _publish_status(self, wall_ns: int, state: int) -> None:
@@ -1510,24 +1521,35 @@ class Subscription:
         i64[RL.ITEMS_I64] = self._items
         i64[RL.ERRORS_I64] = self._errors
         over = back = lost = gaps = 0
-        # per tick to a callback, the cursor is what was delivered: inside a long pass the
-        # rows read ahead (F_NEXT) are still lag
-        ticks = not self.batch_mode and self.callback is not None
+        done = self._processed()
         for f in self._follows:
             st = f.st
             over += int(st[K.F_OVERRUNS])
             back += int(st[K.F_BACKFILLED])
             lost += int(st[K.F_LOST])
             gaps += int(st[K.F_GAPS])
-            done = self._cur[f.k][0]
-            s.shards[f.k, RL.SHARD_NEXT_SEQ] = (min(int(st[K.F_NEXT]), done)
-                                                if ticks and done >= 0 else st[K.F_NEXT])
+            s.shards[f.k, RL.SHARD_NEXT_SEQ] = done[f.k]
             s.shards[f.k, RL.SHARD_LAST_TS] = st[K.F_LAST_TS]
         i64[RL.OVERRUNS_I64] = over
         i64[RL.BACKFILLED_I64] = back
         i64[RL.LOST_I64] = lost
         i64[RL.GAPS_I64] = gaps
         s.i32[RL.STATE_I32] = state
+
+    def _processed(self) -> dict[int, int]:
+        """Per followed shard, the seq below which every row is processed: with a callback,
+        delivered (rows read ahead inside a long pass, or waiting in a batch, are still
+        lag); when polled, read."""
+        out = {}
+        cur = self.cursors() if self.callback is not None else None
+        for f in self._follows:
+            nxt = int(f.st[K.F_NEXT])
+            if cur is not None:
+                done = [cur[f.k][t] for t in (0, 1) if not f.rules[t].empty()]
+                if done and min(done) >= 0:
+                    nxt = min(nxt, min(done))
+            out[f.k] = nxt
+        return out
 
     def cursors(self) -> list[list[int]]:
         """Per shard, per table (trades, quotes): the next seq to deliver (-1: shard not
@@ -1682,6 +1704,7 @@ class Subscription:
         while q and type(q[0]) is _Mark:
             self._apply_mark(q.popleft())
         q.clear()
+        self._yield_at, self._yielding = 1 << 62, False
         try:
             if self.batch_mode and self.callback is not None and self.error is None:
                 self._stopping = False  # let the flush deliver
@@ -1723,6 +1746,7 @@ class Subscription:
         per-shard processed seq and lag (rows committed but not yet processed)."""
         shards = {}
         over = back = lost = gaps = 0
+        done = self._processed()
         for f in self._follows:
             st = f.st
             over += int(st[K.F_OVERRUNS])
@@ -1730,7 +1754,7 @@ class Subscription:
             lost += int(st[K.F_LOST])
             gaps += int(st[K.F_GAPS])
             head = int(K.committed_next_seq(f.seg8))
-            shards[f.k] = {"next_seq": int(st[K.F_NEXT]), "lag_rows": head - int(st[K.F_NEXT]),
+            shards[f.k] = {"next_seq": done[f.k], "lag_rows": head - done[f.k],
                            "hwm_at_subscribe": self.hwm.get(f.k)}
         return {"channels": self.channel_names, "delivered": self._delivered,
                 "items": self._items, "overruns": over, "backfilled": back,
@@ -1967,8 +1991,13 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
     if main:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
+    outer = {}
     for s in subs:
         s._running = True
+        outer[id(s)] = s._yield_at
+        if deadline is not None:
+            s._yield_at = min(s._yield_at, deadline)
+            s._set_pass_due()
     idle_fn = idle.idle
     me = get_ident()
     known = db._subs_made if db is not None else 0
@@ -2022,6 +2051,9 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
     finally:
         for s in subs:
             s._running = False
+            s._yield_at = outer.get(id(s), 1 << 62)  # (a nested run's: the outer deadline)
+            s._yielding = False
+            s._set_pass_due()
         for sig, h in old.items():
             signal.signal(sig, h)
 

@@ -55,6 +55,16 @@ def wayy_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "wayy.cli", *args]
 
 
+def interpreter_start_s() -> float:
+    """Seconds for this interpreter to start and import a first module of the repo, now (on a
+    slow machine most of 0.2 s): a signal sent sooner meets Python's own start-up, before any
+    wayy code can handle it. Also byte-compiles workers/launch.py, as an install would."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import workers.launch"], cwd=REPO, check=True,
+                   timeout=60)
+    return time.monotonic() - t0
+
+
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(wayy_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)

@@ -19,15 +19,19 @@ seen twice, none missed) when the script is run again.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
-try:
-    import numpy as np
+# Until db.run() takes Ctrl-C over, it is only noted: numba loads kernels (importing wayy,
+# subscribing) through C callbacks that would swallow a KeyboardInterrupt raised inside them
+# -- the script then ran on as if no Ctrl-C had come.
+_ctrl_c: list[int] = []
+signal.signal(signal.SIGINT, lambda *_: _ctrl_c.append(1))
 
-    import wayy
-except KeyboardInterrupt:  # Ctrl-C while numba loads (a second or so): no traceback
-    sys.exit(130)
+import numpy as np  # noqa: E402
+
+import wayy  # noqa: E402
 
 
 class Throttle:
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             # one subscription that follows both channels: one callback, both symbols
             db.subscribe(["ticks:AAPL", "ticks:MSFT"], callback=pair_ratio(db, out),
                          idle=args.idle, checkpoint=ck)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _ctrl_c:  # while starting: nothing delivered yet
+        db.close()
+        return 130
     print(f"running {', '.join(chosen)} against {args.db} "
           f"({'Ctrl-C' if args.seconds is None else f'{args.seconds:g}s'} to stop)", flush=True)
     db.run(timeout=args.seconds)  # Ctrl-C stops cleanly (checkpoints are written)
@@ -137,5 +145,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C before db.run() took it over (attaching, subscribing)
+    except KeyboardInterrupt:  # Ctrl-C between the check above and db.run()
         sys.exit(130)

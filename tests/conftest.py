@@ -65,6 +65,29 @@ def interpreter_start_s() -> float:
     return time.monotonic() - t0
 
 
+def sigint_as_a_terminal_gives_it() -> None:
+    """preexec_fn: SIGINT's default action in the child (a test runner's worker may ignore
+    it), as a process started from a terminal has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ctrl_c_after_start(argv: list[str], delay: float, **popen_kw) -> tuple[int, str]:
+    """Run ``argv`` (in the repo), Ctrl-C it ``delay`` seconds after Python itself has
+    started (interpreter_start_s), and return its exit status and stderr once it ends."""
+    delay += interpreter_start_s()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, preexec_fn=sigint_as_a_terminal_gives_it, **popen_kw)
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(wayy_cmd(*args), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)

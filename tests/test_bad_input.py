@@ -18,7 +18,7 @@ from shm.layout import inbound as L
 from shm.layout import tables as T
 from shm.segment import db_prefix, list_segments
 from shm.shard import InboundRing, segment_name
-from tests.conftest import REPO, run_cli, wait_for
+from tests.conftest import REPO, run_cli, sigint_as_a_terminal_gives_it, wait_for
 
 T0 = 1_700_000_000_000_000_000
 GOOD = {"symbol": "GOOD", "price": 10.0, "size": 5.0}
@@ -640,39 +640,22 @@ def test_a_stop_that_comes_once_the_writers_are_ready_is_an_ordinary_stop(tmp_pa
         run_cli("stop", "--db", d)
 
 
-def _sigint_as_a_terminal_gives_it() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (a test runner's worker may ignore it)
-
-
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4])
 def test_ctrl_c_while_the_command_still_imports_is_quiet(tmp_path, delay):
     """Ctrl-C in the first moments of `wayy` (numba still importing): exit 130 -- or, once
     a start runs, its own stop -- never a KeyboardInterrupt traceback. ``delay`` counts from
     when Python itself has started (before that no code of wayy runs to catch it)."""
-    import signal
-    import subprocess
-
-    from tests.conftest import interpreter_start_s
+    from tests.conftest import ctrl_c_after_start
 
     d = str(tmp_path / "db")
-    delay += interpreter_start_s()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.launch", "start", "--db", d,
-                             "--shards", "1", "--feed", "none", "--no-redis"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            preexec_fn=_sigint_as_a_terminal_gives_it)
     try:
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        rc, err = ctrl_c_after_start([sys.executable, "-m", "workers.launch", "start", "--db",
+                                      d, "--shards", "1", "--feed", "none", "--no-redis"],
+                                     delay)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         run_cli("stop", "--db", d)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert proc.returncode in (130, 1, 0), (proc.returncode, err)
+    assert rc in (130, 1, 0), (rc, err)
 
 
 def test_ctrl_c_during_a_detached_start_cancels_it(tmp_path):
@@ -689,7 +672,7 @@ def test_ctrl_c_during_a_detached_start_cancels_it(tmp_path):
     start = subprocess.Popen(wayy_cmd("start", "--db", d, "--shards", "1", "--feed", "none",
                                       "--no-redis", "--detach"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                             preexec_fn=_sigint_as_a_terminal_gives_it)
+                             preexec_fn=sigint_as_a_terminal_gives_it)
     try:
         wait_for(lambda: lock_holder(d)[0] or start.poll() is not None, 60,
                  what="the supervisor holding the lock")
@@ -726,7 +709,7 @@ def test_a_first_start_cancelled_while_compiling_says_it_waits(tmp_path, detach)
     args = ["start", "--db", d, "--shards", "1", "--feed", "none", "--no-redis"]
     proc = subprocess.Popen(wayy_cmd(*args, *(["--detach"] if detach else [])),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=env, preexec_fn=_sigint_as_a_terminal_gives_it)
+                            cwd=REPO, env=env, preexec_fn=sigint_as_a_terminal_gives_it)
     lines: list[tuple[float, str]] = []
 
     def collect() -> None:

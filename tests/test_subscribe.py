@@ -1298,24 +1298,14 @@ def test_ctrl_c_at_any_moment_of_the_example_is_quiet(db_factory, delay):
     """Ctrl-C while the example still imports, attaches or subscribes: exit 130 (or, once
     db.run() has it, a clean stop and 0), never a KeyboardInterrupt traceback. ``delay``
     counts from when Python itself has started."""
-    from tests.conftest import interpreter_start_s
+    from tests.conftest import ctrl_c_after_start
 
-    delay += interpreter_start_s()
     dbr = db_factory("--shards", "1", "--feed", "synthetic:rate=1000,symbols=5,seed=3")
-    p = subprocess.Popen([sys.executable, "examples/strategies.py", "--db", dbr.path,
-                          "--checkpoint"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        time.sleep(delay)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    rc, err = ctrl_c_after_start([sys.executable, "examples/strategies.py", "--db", dbr.path,
+                                  "--checkpoint"], delay,
+                                 env={**os.environ, "PYTHONPATH": REPO})
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert p.returncode in (130, 0), (p.returncode, err)
+    assert rc in (130, 0), (rc, err)
 
 
 def test_a_restarted_writer_continues_the_ring_and_nothing_is_lost(db_factory):

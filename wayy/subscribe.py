@@ -704,7 +704,6 @@ class Subscription:
         now = time.monotonic_ns()
         self._ckpt_due = now + self._checkpoint_ns
         self._house_due = now
-        self._pass_due = now
         # run(timeout=)'s deadline: a long pass stops there (_yielding) and goes on next run
         self._yield_at = 1 << 62
         self._yielding = False
@@ -1168,7 +1167,7 @@ class Subscription:
                         self._items += delivered + n
                         delivered = n = 0
                         self.save_checkpoint()
-                    elif not n & 15 and time.monotonic_ns() >= self._pass_due:
+                    elif not n & 15 and time.monotonic_ns() >= self._pass_due():
                         # a long pass (a backlog, a slow callback): the heartbeat and the
                         # checkpoint_ms checkpoint do not wait for its end
                         self._cur[k][0] = self._cur[k][1] = tick[9] + 1
@@ -1349,7 +1348,7 @@ class Subscription:
         self._cur[f.k][t] = cursor
         if self._every_due():
             self.save_checkpoint()
-        elif time.monotonic_ns() >= self._pass_due:
+        elif time.monotonic_ns() >= self._pass_due():
             self._house_in_pass()
 
     def _emit(self, acc: _Acc, n: int) -> None:
@@ -1478,7 +1477,6 @@ class Subscription:
 
     def _housekeep(self, now: int) -> None:
         self._house_due = now + HOUSEKEEP_NS
-        self._set_pass_due()
         self._publish_status(time.time_ns(), RL.STATE_RUNNING)
         if self._ckpt is not None and (
                 now >= self._ckpt_due or self._every_due()):
@@ -1492,10 +1490,10 @@ class Subscription:
                     self.stopped_reason = "database stopped"
                     self._stopping = True
 
-    def _set_pass_due(self) -> None:
+    def _pass_due(self) -> int:
         """When a pass still delivering must stop to housekeep (_house_in_pass)."""
-        self._pass_due = min(self._house_due, self._yield_at,
-                             self._ckpt_due if self._ckpt is not None else 1 << 62)
+        return min(self._house_due, self._yield_at,
+                   self._ckpt_due if self._ckpt is not None else 1 << 62)
 
     def _house_in_pass(self) -> None:
         """Within a pass that delivers for long: the registry heartbeat and counters (what
@@ -1509,7 +1507,6 @@ class Subscription:
             self.save_checkpoint()
         if now >= self._yield_at:
             self._yielding = True
-        self._set_pass_due()
 
     def _publish_status(self, wall_ns: int, state: int) -> None:
         s = self._slot
@@ -1566,7 +1563,6 @@ class Subscription:
         if self._ckpt is None or self._ckpt_failed:
             return
         self._ckpt_due = time.monotonic_ns() + self._checkpoint_ns
-        self._set_pass_due()
         self._since_ckpt = 0
         cursors = self.cursors()
         try:
@@ -1997,7 +1993,6 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
         outer[id(s)] = s._yield_at
         if deadline is not None:
             s._yield_at = min(s._yield_at, deadline)
-            s._set_pass_due()
     idle_fn = idle.idle
     me = get_ident()
     known = db._subs_made if db is not None else 0
@@ -2053,7 +2048,6 @@ def _run_claimed(subs: list[Subscription], deadline: int | None, db, claimed: li
             s._running = False
             s._yield_at = outer.get(id(s), 1 << 62)  # (a nested run's: the outer deadline)
             s._yielding = False
-            s._set_pass_due()
         for sig, h in old.items():
             signal.signal(sig, h)
 

@@ -33,6 +33,7 @@ from shm.layout import control as C
 from shm.layout import inbound as L
 from shm.layout import shard as S
 from shm.layout import tables as T
+from shm.wal_kernels import encode_record, write_all
 
 # writer state words
 S_TRADES = 0
@@ -935,4 +936,101 @@ def writer_pass(mem, now_ns, max_bytes, min_row_bytes, page, apply):
         apply_pass(hdr64, state, now_ns, _m_i64(mem, M_CH_HDR), _m_i64(mem, M_CH_SLOTS),
                    _m_i32(mem, M_CH_WCTL), batches, nb, ring64, ring8,
                    _m_i64(mem, M_COUNTERS))
+    return nb
+
+
+# The WAL side of writer_pass_logged: an int64 table, W_* below, built by the writer's log
+# (workers.shard_log.ShardLog.pass_log_table) over its open WAL file, and refreshed by it
+# whenever the log moved by another path. With it, a small pass is drained, appended to the
+# WAL and committed in one compiled call: the Python assembly around the append (~5 us of
+# a one-tick pass) is out of the latency path.
+W_FD = 0  # the WAL's file descriptor (O_APPEND)
+W_SCRATCH = 1  # the record buffer: address, bytes
+W_SCRATCH_LEN = 2
+W_SHARD = 3
+W_NSYM = 4  # symbols and venues whose names are in the log: a pass that interned more
+W_NVEN = 5  #   takes the Python path, which logs names before rows
+W_MAX_ROWS = 6  # passes with more rows take the Python path (raw records of at most this)
+W_NEXT_SEQ = 7  # in/out: the log's next seq
+W_LAST_SEQ = 8  # + t, in/out: the last seq logged of table t, -1 for none
+W_REC_TYPE = 10  # + t: table t's record type (shm.layout.wal REC_*)
+W_NCOLS = 12  # + t: table t's columns in record order
+W_STATUS = 14  # out: WS_*
+W_NEED = 15  # out: bytes of the pass's records
+W_DONE = 16  # out: bytes write() took of them
+W_PASS_NEXT_SEQ = 17  # out: W_NEXT_SEQ and W_LAST_SEQ + t as the pass's records leave them
+W_PASS_LAST_SEQ = 18  # + t  (copied there once write() took them all)
+WAL_MAX_COLUMNS = 4 + T.MAX_VALUE_COLUMNS  # ts, symbol, venue, values, seq
+W_ADDRS = 20  # + t * WAL_MAX_COLUMNS + c: column c's base address
+W_SIZES = W_ADDRS + 2 * WAL_MAX_COLUMNS  # + t * WAL_MAX_COLUMNS + c: its item size
+W_WORDS = W_SIZES + 2 * WAL_MAX_COLUMNS
+
+WS_IDLE = 0  # nothing consumed
+WS_LOGGED = 1  # appended to the WAL and committed
+WS_PYTHON = 2  # drained, neither logged nor committed: the caller logs and commits
+WS_WRITE_FAILED = 3  # write() took W_DONE of W_NEED bytes; nothing committed
+
+
+@numba.njit(cache=True, nogil=True)
+def writer_pass_logged(mem, wal, now_ns, max_bytes, min_row_bytes, page):
+    """``writer_pass`` with the WAL: drain, then -- when the pass interned no new name and
+    holds at most wal[W_MAX_ROWS] rows that continue the log's seqs -- write its raw records
+    (trades, then quotes) with one write() and commit it. Durability before visibility: the
+    commit happens only once write() took every byte. wal[W_STATUS] says what was done;
+    returns the batches drained."""
+    state = _m_i64(mem, M_STATE)
+    pos = state[S_IN_POS]
+    lo = (state[S_TRADES], state[S_QUOTES])
+    nb = writer_pass(mem, now_ns, max_bytes, min_row_bytes, page, False)
+    if state[S_IN_POS] == pos:
+        wal[W_STATUS] = WS_IDLE
+        return nb
+    wal[W_STATUS] = WS_PYTHON
+    if state[S_NSYM] > wal[W_NSYM] or state[S_NVEN] > wal[W_NVEN]:
+        return nb
+    hi = (state[S_TRADES], state[S_QUOTES])
+    if hi[0] - lo[0] + hi[1] - lo[1] > wal[W_MAX_ROWS]:
+        return nb
+    out = numba.carray(as_pointer(wal[W_SCRATCH]), wal[W_SCRATCH_LEN], np.uint8)
+    total = 0
+    last = (wal[W_LAST_SEQ], wal[W_LAST_SEQ + 1])
+    for t in range(2):
+        n = hi[t] - lo[t]
+        if n == 0:
+            continue
+        k = wal[W_NCOLS + t]
+        a = W_ADDRS + t * WAL_MAX_COLUMNS
+        addrs = wal[a:a + k]
+        sizes = wal[W_SIZES + t * WAL_MAX_COLUMNS:W_SIZES + t * WAL_MAX_COLUMNS + k]
+        seq = numba.carray(as_pointer(addrs[k - 1]), hi[t], np.int64)
+        first = seq[lo[t]]
+        span = seq[hi[t] - 1] - first
+        if first <= last[t] or span < n - 1:
+            return nb  # out of order: the Python path says so
+        r = encode_record(out[total:], wal[W_REC_TYPE + t], wal[W_SHARD], addrs, sizes, lo[t],
+                          n, first, span)
+        if r < 0:
+            return nb
+        total += r
+    wal[W_PASS_NEXT_SEQ] = wal[W_NEXT_SEQ]
+    for t in range(2):
+        wal[W_PASS_LAST_SEQ + t] = last[t]
+        if hi[t] > lo[t]:
+            s = numba.carray(as_pointer(wal[W_ADDRS + t * WAL_MAX_COLUMNS + wal[W_NCOLS + t]
+                                            - 1]), hi[t], np.int64)[hi[t] - 1]
+            wal[W_PASS_LAST_SEQ + t] = s
+            wal[W_PASS_NEXT_SEQ] = max(wal[W_PASS_NEXT_SEQ], s + 1)
+    done = write_all(wal[W_FD], wal[W_SCRATCH], total)
+    wal[W_NEED] = total
+    wal[W_DONE] = done
+    if done < total:
+        wal[W_STATUS] = WS_WRITE_FAILED
+        return nb
+    wal[W_NEXT_SEQ] = wal[W_PASS_NEXT_SEQ]
+    wal[W_LAST_SEQ] = wal[W_PASS_LAST_SEQ]
+    wal[W_LAST_SEQ + 1] = wal[W_PASS_LAST_SEQ + 1]
+    apply_pass(_m_hdr64(mem), state, now_ns, _m_i64(mem, M_CH_HDR), _m_i64(mem, M_CH_SLOTS),
+               _m_i32(mem, M_CH_WCTL), _m_batches(mem), nb, _m_i64(mem, M_RING64),
+               _m_u8(mem, M_RING8), _m_i64(mem, M_COUNTERS))
+    wal[W_STATUS] = WS_LOGGED
     return nb

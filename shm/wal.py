@@ -391,6 +391,41 @@ class WalWriter:
         self._after_batch()
         return need
 
+    def compiled_append_target(self, min_bytes: int) -> "tuple[int, np.ndarray] | None":
+        """The file descriptor and a record buffer of at least ``min_bytes`` for records that
+        a compiled pass assembles and write()s itself (ingest.writer_pass_logged), which then
+        reports them with ``note_appended``; None when this log's policy must act after each
+        append ("batch" flushes it, an inline "interval" may) or it cannot append now."""
+        if self._failed is not None or self._fd is None or self._pid != _PID[0] \
+                or self._after_batch is not _nothing:
+            return None
+        if self._scratch is None or len(self._scratch) < min_bytes:
+            self._scratch = np.empty(max(min_bytes, 1 << 16), np.uint8)
+        return self._fd, self._scratch
+
+    def last_seqs(self) -> dict[int, int]:
+        """The last seq appended per record type (table), as ``note_appended`` takes them."""
+        return dict(self._last_seq)
+
+    def note_appended(self, nbytes: int) -> None:
+        """Account for ``nbytes`` of whole batch records that a compiled pass wrote to this
+        log's file (see ``compiled_append_target``); their seqs come with ``note_seqs``
+        before anything else appends."""
+        self.end += nbytes
+
+    def note_seqs(self, last_seqs: "dict[int, int]", next_seq: int) -> None:
+        """The last seq per record type (table) and the next seq that records written by a
+        compiled pass leave (see ``note_appended``)."""
+        self._last_seq.update(last_seqs)
+        self.next_seq = next_seq
+
+    def complete_write(self, buf: memoryview, done: int) -> None:
+        """Write the rest of records of which a compiled pass's write() took only ``done``
+        bytes (the errno comes with the next call), or raise WalWriteError with the file cut
+        back to where they began. ``end`` moves past them on success."""
+        self._check_usable()
+        self._write(buf, done)
+
     def append_symbol(self, symbol_id: int, name: str) -> int:
         """Record that `symbol_id` names `name` (ASCII, 1-16 bytes); return bytes written."""
         return self._append_name(L.REC_SYMBOL, symbol_id, name)

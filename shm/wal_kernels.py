@@ -343,10 +343,17 @@ def write_record(fd, out, rtype, shard, addrs, itemsizes, lo, n, first_seq, seq_
     total = encode_record(out, rtype, shard, addrs, itemsizes, lo, n, first_seq, seq_span)
     if total < 0:
         return -1
-    base = out.ctypes.data
+    return write_all(fd, out.ctypes.data, total)
+
+
+@numba.njit(cache=True, nogil=True)
+def write_all(fd, addr, total):
+    """write() ``total`` bytes at ``addr`` to ``fd`` until all are written or a call writes
+    nothing (an error: the caller's own write() of the rest reports it, with its errno).
+    Returns the bytes written."""
     done = 0
     while done < total:
-        r = _syscall4(_SYS_WRITE, fd, base + done, total - done, 0)
+        r = _syscall4(_SYS_WRITE, fd, addr + done, total - done, 0)
         if r <= 0:
             break
         done += r

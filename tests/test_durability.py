@@ -711,3 +711,95 @@ def test_a_full_venue_table_is_reported_as_venues_full(db_factory):
         assert len(db["trades"]) == n - 2
     st = d.status()["shards"][0]["rejects"]
     assert st["venues_full"] == 2 and st["symbols_full"] == 0
+
+
+@pytest.mark.parametrize("room", [0, 30])
+def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(tmp_path,
+                                                                               room, caplog):
+    """The writer appends small passes to the WAL and commits them in one compiled call
+    (ingest.writer_pass_logged). When that write() fails at once (room 0) or after part of
+    the records (room 30, then EFBIG), the pass is not committed, the WAL is cut back to
+    its last whole record, the shard refuses ticks; once the file may grow, the same rows
+    are logged once and committed. Passes logged by the Python path in between (new names,
+    a pass of 300 rows) continue the same seqs."""
+    import logging
+    import resource
+
+    from benchmarks.bench_ingest import _single_shard_db
+    from shm import inbound, wal
+    from shm.layout import control as C
+    from shm.layout import inbound as L
+    from shm.layout import wal as WL
+    from shm.shard import InboundRing
+    from workers.shard_log import WalConfig, wal_path
+    from workers.writer import WAL_RETRY_S, ShardWriter
+
+    d = str(tmp_path)
+    with _single_shard_db(d, 1 << 16, writer=False) as prefix:
+        ring = InboundRing.attach(prefix, 0)
+        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
+        w = ShardWriter(prefix, 0, d, WalConfig(enabled=True, fsync="interval"))
+        w.on_start()
+        p = wayy.Producer(d, timeout=0.5)
+        db = wayy.attach(d)
+        price = [0.0]
+
+        def tick(symbol: str = "A") -> None:
+            price[0] += 1
+            p.publish("trades", symbol=symbol, price=price[0], size=1.0, ts=T0)
+            while w.do_work():
+                pass
+
+        try:
+            for i in range(40):
+                tick("AB"[i % 2] if i < 10 else "A")
+            assert isinstance(w._walt, np.ndarray)  # small passes take the compiled path
+            end = w.log.writer.end
+            assert os.path.getsize(wal_path(d, 0)) == end
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            try:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (end + room, hard))
+                price[0] += 1
+                p.publish("trades", symbol="A", price=price[0], size=1.0, ts=T0)
+                with caplog.at_level(logging.ERROR, logger="wayy.writer"):
+                    assert w.do_work() == 0
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                signal.signal(signal.SIGXFSZ, old_handler)
+            assert "File too large" in caplog.text  # the kernel's own EFBIG, not a mock
+            assert len(db["trades"]) == 40  # not committed
+            assert os.path.getsize(wal_path(d, 0)) == end == w.log.writer.end
+            assert int(w.ctl.counters[C.C_STATE]) == C.STATE_DEGRADED
+            assert int(ring.hdr32[L.ACCEPTING_I32]) == 0
+            time.sleep(WAL_RETRY_S + 0.1)
+            while w.do_work():
+                pass
+            assert len(db["trades"]) == 41
+            assert int(w.ctl.counters[C.C_STATE]) == C.STATE_RUNNING
+            n = 300  # the Python path, after compiled passes
+            p.publish_batch("trades", {"ts": np.full(n, T0), "symbol": "A",
+                                       "price": price[0] + 1 + np.arange(n),
+                                       "size": np.ones(n)})
+            price[0] += n
+            while w.do_work():
+                pass
+            for i in range(20):  # compiled again, and a new name in between
+                tick("C" if i == 10 else "A")
+            assert isinstance(w._walt, np.ndarray)
+        finally:
+            p.close()
+            rows = db["trades"].between()
+            db.close()
+            w.on_close()
+            ring.close()
+        assert len(rows["price"]) == 41 + n + 20
+        np.testing.assert_array_equal(np.sort(rows["price"]), np.arange(1.0, price[0] + 1))
+        found = wal.scan(wal_path(d, 0), 0)
+        assert found.damage is None, found.damage
+        rec = found.records[found.records["type"] == WL.REC_TRADES]
+        assert int(rec["row_count"].sum()) == len(rows["price"])
+        # every record continues the one before: no seq twice, none missing
+        np.testing.assert_array_equal(rec["first_seq"][1:],
+                                      rec["first_seq"][:-1] + rec["row_count"][:-1])
+        assert found.next_seq == int(rows["seq"].max()) + 1

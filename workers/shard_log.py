@@ -103,6 +103,7 @@ class ShardLog:
         self.created_ns: int | None = None  # when the WAL file began (first start or roll)
         self.stats: dict = {}
         self._raw: dict = {}  # (id(data), table) -> (column addresses, item sizes, columns)
+        self._compiled: tuple | None = None  # pass_log_table's table, a view of it, scratch
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
 
     # --- start ----------------------------------------------------------------------------
@@ -344,6 +345,63 @@ class ShardLog:
         columns = {wn: cols[cn][lo:hi] for wn, cn in zip(
             _WAL_NAMES[t], ("ts", "symbol", "venue", *T.VALUE_COLUMNS[t], "seq"))}
         self.writer.append_batch(_REC[t], int(cols["seq"][lo]), columns)
+
+    # --- the compiled pass's appends ------------------------------------------------------
+    def pass_log_table(self, data: ShardData, max_rows: int) -> np.ndarray | None:
+        """The WAL table (ingest.W_*) with which ingest.writer_pass_logged appends passes of
+        at most ``max_rows`` rows to this log itself, or None when passes are logged from
+        Python (compressed records, the "batch" policy, a log that cannot append). Build it
+        again whenever the log moved by another path (names, a big pass, a roll, a reopen):
+        it holds the log's ends and counts as of now."""
+        max_rows = min(max_rows, SMALL_PASS_ROWS)
+        if self.compress or self.writer is None or max_rows <= 0:
+            return None
+        row = max(WL.ROW_SIZE[_REC[t]] for t in (T.TRADES, T.QUOTES))
+        target = self.writer.compiled_append_target(
+            2 * (WL.RECORD_HEADER_SIZE + WL.padded(max_rows * row)))
+        if target is None:
+            return None
+        fd, scratch = target
+        w = np.zeros(ingest.W_WORDS, np.int64)
+        w[ingest.W_FD] = fd
+        w[ingest.W_SCRATCH] = scratch.ctypes.data
+        w[ingest.W_SCRATCH_LEN] = scratch.size
+        w[ingest.W_SHARD] = self.shard
+        w[ingest.W_NSYM] = self.logged_symbols
+        w[ingest.W_NVEN] = self.logged_venues
+        w[ingest.W_MAX_ROWS] = max_rows
+        w[ingest.W_NEXT_SEQ] = self.writer.next_seq or 0
+        last = self.writer.last_seqs()
+        for t in (T.TRADES, T.QUOTES):
+            addrs, sizes = self._raw_cols(data, t)
+            w[ingest.W_LAST_SEQ + t] = last.get(_REC[t], -1)
+            w[ingest.W_REC_TYPE + t] = _REC[t]
+            w[ingest.W_NCOLS + t] = len(addrs)
+            a = t * ingest.WAL_MAX_COLUMNS
+            w[ingest.W_ADDRS + a:ingest.W_ADDRS + a + len(addrs)] = addrs
+            w[ingest.W_SIZES + a:ingest.W_SIZES + a + len(sizes)] = sizes
+        # the scratch buffer is the WalWriter's; the table holds only its address
+        self._compiled = (w, memoryview(w), scratch)
+        return w
+
+    def seqs_logged(self, after_pass: bool = False) -> None:
+        """Hand the log's seqs that writer_pass_logged keeps in its table (as its passes
+        left them; ``after_pass``: as the last pass's records leave them) to the WalWriter:
+        the passes account only for the bytes they write (``WalWriter.note_appended``), and
+        whatever appends by another path needs the seqs first."""
+        _, wv, _ = self._compiled
+        nxt = ingest.W_PASS_NEXT_SEQ if after_pass else ingest.W_NEXT_SEQ
+        last = ingest.W_PASS_LAST_SEQ if after_pass else ingest.W_LAST_SEQ
+        self.writer.note_seqs({_REC[t]: wv[last + t] for t in (T.TRADES, T.QUOTES)
+                               if wv[last + t] >= 0}, wv[nxt])
+
+    def finish_pass_write(self) -> None:
+        """After writer_pass_logged's write() took only part of a pass (WS_WRITE_FAILED):
+        write the rest, or raise WalWriteError with the log cut back to before the pass."""
+        _, wv, scratch = self._compiled
+        self.seqs_logged()
+        self.writer.complete_write(memoryview(scratch)[:wv[ingest.W_NEED]], wv[ingest.W_DONE])
+        self.seqs_logged(after_pass=True)
 
     def _raw_cols(self, data: ShardData, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Table t's columns in WAL record order for WalWriter.append_rows: their addresses

@@ -216,6 +216,13 @@ class ShardWriter:
         self._pass_tail = (MAX_BYTES_PER_PASS, _MIN_ROW_BYTES, _PAGE, self.log is None)
         self._pass = inbound.entry_point(ingest.writer_pass, self._mem, 0, *self._pass_tail)
         self._writer_apply = inbound.entry_point(ingest.writer_apply, self._mem, 0, 0)
+        self._pass_tail3 = self._pass_tail[:3]
+        # writer_pass_logged's WAL table: None to build (again) before the next pass, False
+        # for none (passes are logged from Python)
+        self._walt: "np.ndarray | bool | None" = self._build_walt()
+        self._pass_logged = inbound.entry_point(
+            ingest.writer_pass_logged, self._mem, np.zeros(ingest.W_WORDS, np.int64), 0,
+            *self._pass_tail3)
         self._tail_hint = r.hdr64  # a plain read of tail, only to skip idle passes cheaply
         # requests made while no writer ran are answered by this one's first idle pass
         self._roll_req = memoryview(r.hdr64)
@@ -323,13 +330,25 @@ class ShardWriter:
         trades0 = sv[ingest.S_TRADES]
         quotes0 = sv[ingest.S_QUOTES]
         now = time.time_ns()
-        # map the pages this pass may write (one call per column, cheaper than a fault per
-        # page) unless the prefault thread has already, drain, and with no WAL commit
-        nb = self._pass(self._mem, now, *self._pass_tail)
-        consumed = sv[ingest.S_IN_POS] - start_pos
-        if consumed:
-            if self.log is not None and not self._log_and_apply(nb, now, trades0, quotes0):
+        walt = self._walt
+        if walt is None and self._pending is None:  # the log moved by another path
+            walt = self._walt = self._build_walt()
+        if walt is not None and walt is not False and self._pending is None \
+                and not self.log.failed():
+            # map the pages this pass may write (unless the prefault thread has), drain, and
+            # when the pass is small, append it to the WAL and commit it, in one call
+            nb = self._pass_logged(self._mem, walt, now, *self._pass_tail3)
+            consumed = sv[ingest.S_IN_POS] - start_pos
+            if consumed and not self._logged(nb, now, trades0, quotes0):
                 return 0
+        else:
+            # the same without the WAL append; with no WAL, the commit too
+            nb = self._pass(self._mem, now, *self._pass_tail)
+            consumed = sv[ingest.S_IN_POS] - start_pos
+            if consumed and self.log is not None \
+                    and not self._log_and_apply(nb, now, trades0, quotes0):
+                return 0
+        if consumed:
             if self._fill_rows and (sv[ingest.S_TRADES] >= self._fill_rows
                                     or sv[ingest.S_QUOTES] >= self._fill_rows
                                     or self.ctl.rejects[T.REJECT_FULL] != self._full_seen):
@@ -353,8 +372,51 @@ class ShardWriter:
     # is logged inline: a thread handoff would cost a tick more latency than the append.
     # At most one append is in flight, so records reach the file in pass order.
 
+    def _build_walt(self) -> "np.ndarray | bool":
+        """The WAL table of writer_pass_logged over the log as it is now, or False when
+        passes are logged from Python (no WAL, compressed records, the "batch" policy, a
+        log that cannot append until reopened)."""
+        if self.log is None:
+            return False
+        walt = self.log.pass_log_table(self.data, PIPELINE_MIN_ROWS - 1)
+        if walt is None:
+            return False
+        self._walt_view = memoryview(walt)
+        self._note_logged = self.log.writer.note_appended
+        return walt
+
+    def _drop_walt(self) -> None:
+        """Before the log moves by another path: hand it the seqs the compiled passes left
+        in the table, and build the table again before the next pass."""
+        if self._walt is not None and self._walt is not False:
+            self.log.seqs_logged()
+        self._walt = None
+
+    def _logged(self, nb: int, now: int, trades0: int, quotes0: int) -> bool:
+        """After writer_pass_logged consumed records: account for what it logged and
+        committed, or log and commit the pass here. False: the WAL could not be written."""
+        wv = self._walt_view
+        status = wv[ingest.W_STATUS]
+        if status == ingest.WS_LOGGED:
+            self._note_logged(wv[ingest.W_NEED])
+            if self._wal_retry_at:  # the first pass the WAL took after it could not
+                self._wal_ok()
+            return True
+        if status == ingest.WS_WRITE_FAILED:
+            self._walt = None  # finish_pass_write hands the log its seqs
+            try:
+                self.log.finish_pass_write()
+            except (WalWriteError, OSError) as exc:
+                self._wal_failed(exc)
+                return False
+            self._wal_ok()
+            self._writer_apply(self._mem, now, nb)
+            return True
+        return self._log_and_apply(nb, now, trades0, quotes0)
+
     def _log_and_apply(self, nb: int, now: int, trades0: int, quotes0: int) -> bool:
         """Log this pass and commit it, now or (big passes) once its append completes."""
+        self._drop_walt()
         if self._pending is not None and not self._finish_pending():
             return False
         st = self.state
@@ -534,6 +596,7 @@ class ShardWriter:
         if self._pending is not None and not self._finish_pending():
             failed("the write-ahead log cannot be written")
             return None
+        self._drop_walt()  # the roll starts a new WAL file
         if self.db_path is None:
             failed("this writer has no database directory to roll into")
             return None
@@ -591,6 +654,8 @@ class ShardWriter:
         self._drain_for_stop()
         if self._pending is not None:
             self._finish_pending()
+        if self.log is not None:
+            self._drop_walt()
         self._save_next_seq()
         if self._wal_stage is not None:
             self._wal_stage.stop()
@@ -796,7 +861,7 @@ def kernels_cached() -> bool:
     """Whether numba's on-disk cache already holds the writer's main kernel: False on the
     first start on a machine (or after an upgrade), when warm_up compiles for about a
     minute instead of loading for a second or two."""
-    return in_disk_cache(ingest.writer_pass)
+    return in_disk_cache(ingest.writer_pass) and in_disk_cache(ingest.writer_pass_logged)
 
 
 def warm_up() -> None:
@@ -841,6 +906,8 @@ def warm_up() -> None:
         M.M_COUNTERS: counters})
     ingest.writer_pass(mem, 0, 0, _MIN_ROW_BYTES, _PAGE, True)
     ingest.writer_apply(mem, 0, 0)
+    ingest.writer_pass_logged(mem, np.zeros(ingest.W_WORDS, np.int64), 0, 0, _MIN_ROW_BYTES,
+                              _PAGE)
     ingest.apply_pass(hdr64, st, 0, cr_hdr, cr_slots, cr_wctl, batches, 0, ring, data8,
                       counters)
     ingest.rebuild_htab(seg8, 0, htab)

@@ -879,6 +879,44 @@ def test_one_ring_idle_strategies_wait_in_the_kernel_and_wake_for_each_tick(fake
     assert int(f.rings[0].wctl[CRL.WAITERS_I32]) == 0  # and unregistered after
 
 
+def test_backoff_stops_polling_after_ticks_that_come_further_apart_than_its_poll(fake):
+    """The default strategy polls ~10 us after a delivery, then sleeps. Ticks 20 ms apart
+    are never caught by that poll: after a few misses it sleeps at once, and polls again
+    only now and then (to notice a burst). Every tick is still delivered, in order."""
+    from wayy.subscribe import BACKOFF_MISSES, BACKOFF_PROBE
+
+    f = fake(nshards=1)
+    db = f.attach()
+    got = []
+    n = 40
+
+    def on_tick(t):
+        got.append(t.seq)
+        if len(got) == n:
+            sub.stop()
+
+    def publish():
+        for _ in range(n):
+            time.sleep(0.02)
+            f.append("trades", ["A"])
+
+    sub = db.subscribe("ticks:A", callback=on_tick, idle="backoff")
+    follow = sub._follows[0]
+    polls = []
+    spin_wait = follow.spin_wait
+
+    def counted(*args):
+        polls.append(1)
+        return spin_wait(*args)
+
+    follow.spin_wait = counted
+    threading.Thread(target=publish, daemon=True).start()
+    db.run(timeout=30)
+    assert got == list(range(n)) and not sub.active
+    # a poll after every tick would be n; misses first, then one probe in BACKOFF_PROBE
+    assert BACKOFF_MISSES < len(polls) <= BACKOFF_MISSES + n // BACKOFF_PROBE + 2, polls
+
+
 def test_one_ring_block_keeps_batch_deadlines_and_does_not_spin_on_a_closed_ring(fake):
     f = fake(nshards=1)
     db = f.attach()

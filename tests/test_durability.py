@@ -803,3 +803,61 @@ def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(t
         np.testing.assert_array_equal(rec["first_seq"][1:],
                                       rec["first_seq"][:-1] + rec["row_count"][:-1])
         assert found.next_seq == int(rows["seq"].max()) + 1
+
+
+def test_a_failed_pass_with_new_names_says_where_the_wal_ends_and_retries_are_told(
+        tmp_path, caplog, monkeypatch):
+    """A pass that logged a new symbol's name record and then failed on its rows is cut
+    back whole: the error names the end the log has after that (it named the end after
+    the name record), and a retry that fails again is logged too (at most once a
+    WAL_RETELL_S, here 0), with the count of retries."""
+    import logging
+    import resource
+
+    from benchmarks.bench_ingest import _single_shard_db
+    from shm import inbound
+    from shm.layout import inbound as L
+    from shm.shard import InboundRing
+    from workers import writer as writer_mod
+    from workers.shard_log import WalConfig, wal_path
+    from workers.writer import WAL_RETRY_S, ShardWriter
+
+    monkeypatch.setattr(writer_mod, "WAL_RETELL_S", 0.0)
+    d = str(tmp_path)
+    with _single_shard_db(d, 1 << 16, writer=False) as prefix:
+        ring = InboundRing.attach(prefix, 0)
+        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
+        w = ShardWriter(prefix, 0, d, WalConfig(enabled=True, fsync="interval"))
+        w.on_start()
+        p = wayy.Producer(d, timeout=0.5)
+        try:
+            p.publish("trades", symbol="A", price=1.0, size=1.0, ts=T0)
+            while w.do_work():
+                pass
+            end = w.log.writer.end
+            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+            old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            try:
+                # room for the name record of NEW, not for its row's record
+                resource.setrlimit(resource.RLIMIT_FSIZE, (end + 100, hard))
+                p.publish("trades", symbol="NEW", price=2.0, size=1.0, ts=T0)
+                with caplog.at_level(logging.ERROR, logger="wayy.writer"):
+                    assert w.do_work() == 0
+                    assert f"cut back to {end}, with the pass's name records" in caplog.text
+                    assert os.path.getsize(wal_path(d, 0)) == end
+                    time.sleep(WAL_RETRY_S + 0.1)
+                    assert w.do_work() == 0
+                    assert "the WAL still cannot be written (1 retries)" in caplog.text
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                signal.signal(signal.SIGXFSZ, old_handler)
+            time.sleep(WAL_RETRY_S + 0.1)
+            while w.do_work():
+                pass
+            db = wayy.attach(d)
+            assert sorted(db["trades"].between()["symbol"].tolist()) == ["A", "NEW"]
+            db.close()
+        finally:
+            p.close()
+            w.on_close()
+            ring.close()

@@ -327,11 +327,18 @@ class ShardLog:
                 self._append_table(data, T.TRADES, trades0, t1)
             if q1 > quotes0:
                 self._append_table(data, T.QUOTES, quotes0, q1)
-        except WalWriteError:
+        except WalWriteError as exc:
             # all of the pass or none of it: the rows are drained again once space returns
             self.logged_symbols, self.logged_venues = names
             w.rewind(mark)
-            raise
+            if exc.truncated_to is None or exc.truncated_to == mark[0]:
+                raise
+            # the name records the pass logged before the failed append went too: say
+            # where the log ends now, not where that append had cut it back to
+            raise WalWriteError(
+                str(exc).replace(f"cut back to {exc.truncated_to}",
+                                 f"cut back to {mark[0]}, with the pass's name records"),
+                exc.path, exc.errno, truncated_to=mark[0]) from exc
 
     def _append_table(self, data: ShardData, t: int, lo: int, hi: int) -> None:
         cols = data.cols[t]

@@ -66,6 +66,7 @@ POLL_GOVERNOR = os.environ.get("WAYY_POLL_GOVERNOR", "1") != "0"  # 0: always po
 STALL_DEAD_CHECK_S = 0.2  # a claim unfinished this long: is its producer alive?
 STALL_ZERO_HEADER_S = 5.0  # a claim with no header at all this long: pad over it
 WAL_RETRY_S = 0.5  # while the WAL cannot be written, try again this often
+WAL_RETELL_S = 60.0  # ... and say so in the log this often (and whenever the cause changes)
 # on stop: at most this long to commit what producers handed in before the ring closed
 # (within the supervisor's STOP_GRACE_S), and done once no record came for STOP_QUIET_S
 STOP_DRAIN_S = 3.0
@@ -111,6 +112,8 @@ class ShardWriter:
             else WalConfig(enabled=False)
         self.log: ShardLog | None = None
         self._wal_retry_at = 0.0  # while the WAL cannot be written: when to try again
+        self._wal_retries = 0  # failed retries since the WAL could last be written
+        self._wal_told: tuple = (0.0, None)  # when the log last said why, and the cause
         self._pending: _WalJob | None = None  # a pass whose WAL append is in flight
         self._wal_stage: _WalStage | None = None
         # rolls to history need the database directory; without one (a bare writer in a
@@ -466,12 +469,25 @@ class ShardWriter:
                      (ingest.S_IN_POS, S.COMMIT_IN_POS)):
             st[i] = snap[j]
         ingest.repair_after_crash(self.seg8, self.data.off, self.data.hdr64, st)
+        now = time.monotonic()
+        cause = getattr(exc, "errno", None), type(exc)
         if not self._wal_retry_at:
             log.error("shard %d: %s; not accepting ticks until the WAL can be written",
                       self.shard, exc)
             inbound.set_accepting(self.ring.hdr32, 0, L.REFUSE_DISK)
             self.ctl.counters[C.C_STATE] = C.STATE_DEGRADED
-        self._wal_retry_at = time.monotonic() + WAL_RETRY_S
+            self._wal_retries = 0
+            self._wal_told = (now, cause)
+        else:
+            # retried every WAL_RETRY_S: the log says when the cause changes, and that it
+            # persists once every WAL_RETELL_S
+            self._wal_retries += 1
+            told_at, told_cause = self._wal_told
+            if cause != told_cause or now - told_at >= WAL_RETELL_S:
+                log.error("shard %d: the WAL still cannot be written (%d retries): %s",
+                          self.shard, self._wal_retries, exc)
+                self._wal_told = (now, cause)
+        self._wal_retry_at = now + WAL_RETRY_S
 
     def _wal_ok(self) -> None:
         if self._wal_retry_at:

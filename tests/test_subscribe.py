@@ -917,6 +917,43 @@ def test_backoff_stops_polling_after_ticks_that_come_further_apart_than_its_poll
     assert BACKOFF_MISSES < len(polls) <= BACKOFF_MISSES + n // BACKOFF_PROBE + 2, polls
 
 
+def test_backoff_polls_again_once_a_sleep_ends_at_once(fake):
+    """After polls that found nothing, the default strategy sleeps at once; a sleep that
+    ends at once (a tick was already there: a burst) turns its polling back on."""
+    from wayy.subscribe import BACKOFF_MISSES, _Backoff
+
+    f = fake(nshards=1)
+    db = f.attach()
+    sub = db.subscribe("ticks:A", idle="backoff")
+    follow = sub._follows[0]
+    polls = []
+    spin_wait = follow.spin_wait
+
+    def counted(*args):
+        polls.append(1)
+        return spin_wait(*args)
+
+    follow.spin_wait = counted
+    idle = _Backoff()
+    for _ in range(BACKOFF_MISSES):  # after each of these "deliveries", nothing comes
+        idle.idle(1, [sub], 0)
+        idle.idle(0, [sub], 2_000_000)
+    assert idle.misses == BACKOFF_MISSES and len(polls) == BACKOFF_MISSES
+    reset = False
+    for _ in range(5):  # (a preemption inside the timed sleep could hide one: retry)
+        f.append("trades", ["A"])
+        idle.idle(1, [sub], 0)
+        idle.idle(0, [sub], 2_000_000)  # no poll: sleeps, and the tick is already there
+        assert sub.poll(1.0) is not None
+        if idle.misses == 0:
+            reset = True
+            break
+    assert reset and len(polls) == BACKOFF_MISSES
+    idle.idle(1, [sub], 0)
+    idle.idle(0, [sub], 2_000_000)
+    assert len(polls) == BACKOFF_MISSES + 1  # polling again
+
+
 def test_one_ring_block_keeps_batch_deadlines_and_does_not_spin_on_a_closed_ring(fake):
     f = fake(nshards=1)
     db = f.attach()

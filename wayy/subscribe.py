@@ -101,6 +101,7 @@ BACKOFF_SPIN_NS = 10_000  # one followed ring: poll this long in a kernel (no GI
 BACKOFF_SPINS = 10  # several rings: empty passes of the loop (~1 us each) before sleeping
 BACKOFF_MISSES = 4  # polls in a row that found nothing: then sleep at once, ...
 BACKOFF_PROBE = 8  # ... and poll again only every this many times the loop goes idle
+BACKOFF_HIT_NS = 30_000  # ... or as soon as a sleep ends this soon (a wake-up ~10-20 us)
 SPIN_SLICE_NS = 100_000  # "spin" on one ring: kernel polls of at most this, between passes
 PARK_MAX_NS = 100_000_000  # longest sleep: heartbeats, deadlines and signals stay timely
 HOUSEKEEP_NS = 50_000_000  # registry counters and heartbeat at least this often
@@ -1886,10 +1887,10 @@ class _Backoff(_Idle):
     after the cap).
 
     The poll pays only while ticks come closer together than it lasts. After
-    BACKOFF_MISSES polls in a row that found nothing, the subscriber sleeps at once and
-    polls again only every BACKOFF_PROBE-th time (to notice a burst): at a steady 10,000
-    ticks/s a 10 us poll after every tick found nothing and took 10% of a core per
-    subscriber, which on two cores the writer and the other subscribers waited for."""
+    BACKOFF_MISSES polls in a row that found nothing, the subscriber sleeps at once, until a
+    sleep ends within BACKOFF_HIT_NS or a probe poll (every BACKOFF_PROBE-th time) finds a
+    tick: a burst turns polling back on. At a steady 10,000 ticks/s a 10 us poll after
+    every tick found nothing and took 10% of a core per subscriber."""
 
     def __init__(self) -> None:
         self.empty = 0
@@ -1909,7 +1910,11 @@ class _Backoff(_Idle):
             self.skipped += 1
             if self.skipped < BACKOFF_PROBE:
                 self.empty = BACKOFF_SPINS + 1  # no poll until the next work
+                t0 = time.monotonic_ns()
                 _wait_rings(subs, limit_ns)
+                if time.monotonic_ns() - t0 < BACKOFF_HIT_NS:
+                    # woken as soon as that: a burst, which a poll would have caught
+                    self.misses = 0
                 return
             self.skipped = 0
         one = _one_ring(subs)

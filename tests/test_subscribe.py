@@ -510,6 +510,79 @@ def test_run_timeout_holds_within_a_long_pass(fake, batch):
     assert got == want
 
 
+@pytest.mark.parametrize("nshards", [1, 2])
+def test_short_run_timeouts_go_on_where_the_last_run_stopped(fake, nshards):
+    """A per-tick subscriber driven by db.run(timeout=0.001) over a backlog: each run
+    delivers until its deadline, and the rows its follow call read but did not deliver
+    wait for the next run -- they are not read again (every run read up to 32,768 rows
+    again to deliver 16: 100x slower) -- every row once, in order; with two shards, each
+    shard's rows go on where they stopped."""
+    f = fake(nshards=nshards)
+
+    def backlog(sym: str) -> None:
+        for table, n in (("trades", 10_000), ("quotes", 3_000), ("trades", 5_000),
+                         ("quotes", 2_000)):
+            f.append(table, [sym] * n)
+
+    backlog("AAPL")  # shard 1 of 2
+    db = f.attach()
+    got: list[tuple[int, str, int]] = []
+    sub = db.subscribe(["trades", "quotes"], from_seq=0,
+                       callback=lambda t: got.append((t.shard, t.table, t.seq)))
+    calls = []
+    for follow in sub._follows:
+        def counted(*args, call=follow.call):
+            calls.append(1)
+            return call(*args)
+        follow.call = counted
+    db.run(timeout=0.001)  # rows of shard 1 wait for the next run
+    runs = 1
+    if nshards == 2:
+        backlog("S2")  # shard 0: the next run's deadline comes while delivering these
+    total = len(db["trades"]) + len(db["quotes"])
+    while len(got) < total and runs < 100_000:
+        db.run(timeout=0.001)
+        runs += 1
+    assert len(got) == total == len(set(got))
+    for k in range(nshards):  # each shard's seqs once, in order
+        seqs = [s for kk, _, s in got if kk == k]
+        assert seqs == list(range(len(seqs)))
+    assert runs > 3  # the deadline did cut the backlog into several runs
+    # a few follow calls read the backlog (it took one per run: ~1,000 here)
+    assert len(calls) <= 20 * nshards, (len(calls), runs)
+
+
+def test_rows_left_by_a_deadline_wait_when_the_next_deadline_comes_on_another_shard(fake):
+    """Rows a run read and did not deliver (its deadline came) wait for the next run. When
+    that run's deadline comes on another shard first, they wait once more -- they are not
+    delivered in part with the rest passed over. (Slow ticks place the deadlines: a run
+    looks at its deadline every 16 ticks.)"""
+    f = fake(nshards=2)
+    for table in ("trades", "quotes") * 5:
+        f.append(table, ["AAPL"] * 20)  # shard 1: ten runs of 20 rows
+    db = f.attach()
+    got: list[tuple[int, int]] = []
+    slow = {(1, 15), (0, 15)}  # the 16th tick of each shard's first run
+
+    def on_tick(t) -> None:
+        got.append((t.shard, t.seq))
+        if (t.shard, t.seq) in slow:
+            time.sleep(0.01)  # past run()'s deadline: the run stops after this tick
+
+    db.subscribe(["trades", "quotes"], from_seq=0, callback=on_tick)
+    db.run(timeout=0.005)  # shard 1: 16 rows delivered, 4 + nine runs wait
+    assert got == [(1, s) for s in range(16)]
+    for table in ("trades", "quotes") * 5:
+        f.append(table, ["S2"] * 20)  # shard 0: its deadline comes first in the next run
+    for _ in range(1000):
+        if len(got) >= 400:
+            break
+        db.run(timeout=0.005)
+    for k in (0, 1):
+        assert [s for kk, s in got if kk == k] == list(range(200)), k
+    assert len(got) == 400
+
+
 def test_checkpoint_by_name_lives_under_the_database(fake):
     f = fake(nshards=1)
     db = f.attach()

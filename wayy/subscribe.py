@@ -357,6 +357,9 @@ class _Follow:
         # the ring's tail word as a memoryview: one plain read per idle poll, a Python int
         self.tail = memoryview(self.hdr)[CRL.TAIL_I64:CRL.TAIL_I64 + 1]
         self.wait_pos = -1  # poll the kernel while tail > wait_pos (-1: always, backfilling)
+        # per tick: rows a follow call found that run()'s deadline left undelivered; they
+        # are delivered before the next follow call (which would overwrite self.out)
+        self.pending: "_PendingTicks | None" = None
         self.wctl = self.ring.wctl
         # waiting on this one ring: the kernels' entry points, no per-call type dispatch
         self.wait_once = inbound.entry_point(CR.wait_once, self.hdr, self.wctl, 0, 0)
@@ -644,6 +647,22 @@ class _Mark:
         self.cursor = cursor
 
 
+class _PendingTicks:
+    """Per tick: what one follow call found and the callbacks have not had yet -- its runs
+    not yet read, the rows read of the current one -- with the generation they were found
+    in, the next seq not yet delivered, and the shard's next seq after them all."""
+
+    __slots__ = ("runs", "rows", "gen", "resume", "end")
+
+    def __init__(self, runs: list, rows: list | None, gen: int, resume: int,
+                 end: int) -> None:
+        self.runs = runs
+        self.rows = rows
+        self.gen = gen
+        self.resume = resume
+        self.end = end
+
+
 def _first_seq_at_ts_in_history(hist, k: int, from_ts: int) -> int | None:
     """The lowest seq of a row of shard ``k`` in history (either table) with ts >= from_ts,
     taking each table's rows in seq order, as first_seq_at_ts does in memory; None when
@@ -902,6 +921,15 @@ class Subscription:
 
     def _pump(self, f: _Follow) -> int:
         work = 0
+        if f.pending is not None:
+            # rows an earlier pass read and run()'s deadline left: first, and only in a pass
+            # that has time (a pass that yielded on another shard comes back here next run)
+            if self._stopping or self._yielding:
+                return work
+            self._deliver_from(f, f.pending)
+            work += 1
+            if f.pending is not None or self._stopping or self._yielding:
+                return work
         for _ in range(8):  # bounded, so other shards and deadlines get their turn
             if self._stopping or self._yielding:
                 return work
@@ -942,7 +970,7 @@ class Subscription:
                          "from seq %d are read back", f.k, ",".join(self.channel_names),
                          int(f.st[K.F_NEXT]))
         stv = f.stv
-        f.wait_pos = stv[K.F_POS] if stv[K.F_BF_END] < 0 else -1
+        f.wait_pos = stv[K.F_POS] if stv[K.F_BF_END] < 0 and f.pending is None else -1
         if self.batch_mode and not self._stopping:
             self._flush(time.monotonic_ns(), False)
         elif not self.batch_mode and self.callback is None and work and not self._stopping:
@@ -1122,31 +1150,46 @@ class Subscription:
     def _deliver_ticks(self, f: _Follow, nr: int, nxt0: int) -> None:
         """Call the callback for every row of the runs, in seq order; keep the cursor exact.
         ``nxt0``: the shard's next seq before the call that found the runs."""
+        # one run (the low-latency case) straight from the memoryview
+        runs = [f.outv[:K.RUN_WORDS].tolist()] if nr == 1 else f.runs[:nr].tolist()
+        self._deliver_from(f, _PendingTicks(runs, None, f.stv[K.F_GEN], nxt0,
+                                            f.stv[K.F_NEXT]))
+
+    def _deliver_from(self, f: _Follow, p: "_PendingTicks") -> None:
+        """Deliver what ``p`` holds (the runs one follow call found, and the rows of the
+        first of them when already read). When run()'s deadline comes first, the rest
+        waits on ``f.pending`` and the next pass delivers it before any further follow
+        call: a subscriber that calls run() with short timeouts does not read its rows
+        again, nor lose its place."""
         cb = self.callback
         filt = self.filter
         k = f.k
-        cursor = f.stv[K.F_NEXT]
-        gen = f.stv[K.F_GEN]  # the generation the rows were found in (_pump checked it)
-        resume = nxt0  # the next seq not yet delivered (or passed over as not ours)
+        cursor = p.end  # the shard's next seq once every row is delivered
+        gen = p.gen  # the generation the rows were found in (_pump checked it)
+        resume = p.resume  # the next seq not yet delivered (or passed over as not ours)
         delivered = 0
         every = self._checkpoint_every if self._ckpt is not None else None
-        # one run (the low-latency case) straight from the memoryview
-        runs = (f.outv[:K.RUN_WORDS].tolist(),) if nr == 1 else f.runs[:nr].tolist()
-        for run in runs:
+        runs = p.runs
+        rows = p.rows
+        f.pending = None
+        while rows is not None or runs:
+            if rows is None:
+                rows = self._run_rows(f, runs.pop(0))
+                if type(rows) is not list:
+                    rows = list(rows)  # every value read now, before any callback runs
+                if f.gen[0] != gen:
+                    # a roll reused the memory while the rows were read (or while the
+                    # callbacks of earlier runs ran): they may be new rows. Take them again
+                    # from the first seq not yet delivered (the backfill finds them in
+                    # history)
+                    cursor = resume
+                    self._begin_again(f, resume)
+                    break
             tick = None
             n = 0
-            rows = self._run_rows(f, run)
-            if type(rows) is not list:
-                rows = list(rows)  # every value read now, before any callback runs
-            if f.gen[0] != gen:
-                # a roll reused the memory while the rows were read (or while the callbacks
-                # of earlier runs ran): they may be new rows. Take them again from the first
-                # seq not yet delivered (the backfill finds them in history)
-                cursor = resume
-                self._begin_again(f, resume)
-                break
+            left = None  # rows of this run not delivered when run()'s deadline came
             try:
-                for row in rows:
+                for i, row in enumerate(rows):
                     tick = _tick_new(Tick, row)
                     resume = tick[9] + 1
                     if filt is not None:
@@ -1180,10 +1223,9 @@ class Subscription:
                         delivered = n = 0
                         self._house_in_pass()
                         if self._yielding:
-                            # run()'s deadline: the rows read but not delivered are read
-                            # again from here by the next pass
+                            # run()'s deadline: the rest waits for the next pass
                             cursor = tick[9] + 1
-                            self._begin_again(f, cursor)
+                            left = rows[i + 1:]
                             break
                     if self._stopping:
                         cursor = tick[9] + 1
@@ -1197,7 +1239,18 @@ class Subscription:
                     self._cur[k][0] = self._cur[k][1] = tick[9]
                 raise
             delivered += n
-            if self._stopping or self._yielding:
+            rows = None
+            if left is None and runs and self._yielding and not self._stopping:
+                left = []  # (a deadline seen elsewhere: the runs not read wait too)
+                cursor = resume
+            if left is not None:
+                if left or runs:
+                    f.pending = _PendingTicks(runs, left, gen, resume, p.end)
+                    f.wait_pos = -1  # the next pass comes here, whatever the ring does
+                else:
+                    cursor = p.end
+                break
+            if self._stopping:
                 break
         self._cur[k][0] = self._cur[k][1] = cursor
         self._delivered += delivered

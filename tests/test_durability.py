@@ -713,6 +713,47 @@ def test_a_full_venue_table_is_reported_as_venues_full(db_factory):
     assert st["venues_full"] == 2 and st["symbols_full"] == 0
 
 
+@contextlib.contextmanager
+def bare_writer(path: str):
+    """A one-shard database at ``path`` whose writer this process drives (ShardWriter with
+    the WAL, fsync interval) and a Producer: yields (writer, inbound ring, producer)."""
+    from benchmarks.bench_ingest import _single_shard_db
+    from shm import inbound
+    from shm.layout import inbound as L
+    from shm.shard import InboundRing
+    from workers.shard_log import WalConfig
+    from workers.writer import ShardWriter
+
+    with _single_shard_db(path, 1 << 16, writer=False) as prefix:
+        ring = InboundRing.attach(prefix, 0)
+        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
+        w = ShardWriter(prefix, 0, path, WalConfig(enabled=True, fsync="interval"))
+        w.on_start()
+        p = wayy.Producer(path, timeout=0.5)
+        try:
+            yield w, ring, p
+        finally:
+            p.close()
+            w.on_close()
+            ring.close()
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """RLIMIT_FSIZE at ``nbytes`` (SIGXFSZ ignored): a write past it takes what fits, then
+    fails with EFBIG -- the kernel's own failure, not a mock."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
 @pytest.mark.parametrize("room", [0, 30])
 def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(tmp_path,
                                                                                room, caplog):
@@ -723,24 +764,16 @@ def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(t
     are logged once and committed. Passes logged by the Python path in between (new names,
     a pass of 300 rows) continue the same seqs."""
     import logging
-    import resource
 
-    from benchmarks.bench_ingest import _single_shard_db
-    from shm import inbound, wal
+    from shm import wal
     from shm.layout import control as C
     from shm.layout import inbound as L
     from shm.layout import wal as WL
-    from shm.shard import InboundRing
-    from workers.shard_log import WalConfig, wal_path
-    from workers.writer import WAL_RETRY_S, ShardWriter
+    from workers.shard_log import wal_path
+    from workers.writer import WAL_RETRY_S
 
     d = str(tmp_path)
-    with _single_shard_db(d, 1 << 16, writer=False) as prefix:
-        ring = InboundRing.attach(prefix, 0)
-        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
-        w = ShardWriter(prefix, 0, d, WalConfig(enabled=True, fsync="interval"))
-        w.on_start()
-        p = wayy.Producer(d, timeout=0.5)
+    with bare_writer(d) as (w, ring, p):
         db = wayy.attach(d)
         price = [0.0]
 
@@ -756,17 +789,11 @@ def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(t
             assert isinstance(w._walt, np.ndarray)  # small passes take the compiled path
             end = w.log.writer.end
             assert os.path.getsize(wal_path(d, 0)) == end
-            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-            old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            try:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (end + room, hard))
+            with file_size_limit(end + room):
                 price[0] += 1
                 p.publish("trades", symbol="A", price=price[0], size=1.0, ts=T0)
                 with caplog.at_level(logging.ERROR, logger="wayy.writer"):
                     assert w.do_work() == 0
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-                signal.signal(signal.SIGXFSZ, old_handler)
             assert "File too large" in caplog.text  # the kernel's own EFBIG, not a mock
             assert len(db["trades"]) == 40  # not committed
             assert os.path.getsize(wal_path(d, 0)) == end == w.log.writer.end
@@ -788,21 +815,18 @@ def test_a_small_pass_whose_wal_write_fails_is_not_committed_then_goes_in_once(t
                 tick("C" if i == 10 else "A")
             assert isinstance(w._walt, np.ndarray)
         finally:
-            p.close()
             rows = db["trades"].between()
             db.close()
-            w.on_close()
-            ring.close()
-        assert len(rows["price"]) == 41 + n + 20
-        np.testing.assert_array_equal(np.sort(rows["price"]), np.arange(1.0, price[0] + 1))
-        found = wal.scan(wal_path(d, 0), 0)
-        assert found.damage is None, found.damage
-        rec = found.records[found.records["type"] == WL.REC_TRADES]
-        assert int(rec["row_count"].sum()) == len(rows["price"])
-        # every record continues the one before: no seq twice, none missing
-        np.testing.assert_array_equal(rec["first_seq"][1:],
-                                      rec["first_seq"][:-1] + rec["row_count"][:-1])
-        assert found.next_seq == int(rows["seq"].max()) + 1
+    assert len(rows["price"]) == 41 + n + 20
+    np.testing.assert_array_equal(np.sort(rows["price"]), np.arange(1.0, price[0] + 1))
+    found = wal.scan(wal_path(d, 0), 0)
+    assert found.damage is None, found.damage
+    rec = found.records[found.records["type"] == WL.REC_TRADES]
+    assert int(rec["row_count"].sum()) == len(rows["price"])
+    # every record continues the one before: no seq twice, none missing
+    np.testing.assert_array_equal(rec["first_seq"][1:],
+                                  rec["first_seq"][:-1] + rec["row_count"][:-1])
+    assert found.next_seq == int(rows["seq"].max()) + 1
 
 
 def test_a_failed_pass_with_new_names_says_where_the_wal_ends_and_retries_are_told(
@@ -812,52 +836,30 @@ def test_a_failed_pass_with_new_names_says_where_the_wal_ends_and_retries_are_to
     the name record), and a retry that fails again is logged too (at most once a
     WAL_RETELL_S, here 0), with the count of retries."""
     import logging
-    import resource
 
-    from benchmarks.bench_ingest import _single_shard_db
-    from shm import inbound
-    from shm.layout import inbound as L
-    from shm.shard import InboundRing
     from workers import writer as writer_mod
-    from workers.shard_log import WalConfig, wal_path
-    from workers.writer import WAL_RETRY_S, ShardWriter
+    from workers.shard_log import wal_path
+    from workers.writer import WAL_RETRY_S
 
     monkeypatch.setattr(writer_mod, "WAL_RETELL_S", 0.0)
     d = str(tmp_path)
-    with _single_shard_db(d, 1 << 16, writer=False) as prefix:
-        ring = InboundRing.attach(prefix, 0)
-        inbound.set_accepting(ring.hdr32, 1, L.REFUSE_NONE)
-        w = ShardWriter(prefix, 0, d, WalConfig(enabled=True, fsync="interval"))
-        w.on_start()
-        p = wayy.Producer(d, timeout=0.5)
-        try:
-            p.publish("trades", symbol="A", price=1.0, size=1.0, ts=T0)
-            while w.do_work():
-                pass
-            end = w.log.writer.end
-            soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-            old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            try:
-                # room for the name record of NEW, not for its row's record
-                resource.setrlimit(resource.RLIMIT_FSIZE, (end + 100, hard))
-                p.publish("trades", symbol="NEW", price=2.0, size=1.0, ts=T0)
-                with caplog.at_level(logging.ERROR, logger="wayy.writer"):
-                    assert w.do_work() == 0
-                    assert f"cut back to {end}, with the pass's name records" in caplog.text
-                    assert os.path.getsize(wal_path(d, 0)) == end
-                    time.sleep(WAL_RETRY_S + 0.1)
-                    assert w.do_work() == 0
-                    assert "the WAL still cannot be written (1 retries)" in caplog.text
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-                signal.signal(signal.SIGXFSZ, old_handler)
-            time.sleep(WAL_RETRY_S + 0.1)
-            while w.do_work():
-                pass
-            db = wayy.attach(d)
-            assert sorted(db["trades"].between()["symbol"].tolist()) == ["A", "NEW"]
-            db.close()
-        finally:
-            p.close()
-            w.on_close()
-            ring.close()
+    with bare_writer(d) as (w, _ring, p):
+        p.publish("trades", symbol="A", price=1.0, size=1.0, ts=T0)
+        while w.do_work():
+            pass
+        end = w.log.writer.end
+        with file_size_limit(end + 100):  # room for the name record of NEW, not its row
+            p.publish("trades", symbol="NEW", price=2.0, size=1.0, ts=T0)
+            with caplog.at_level(logging.ERROR, logger="wayy.writer"):
+                assert w.do_work() == 0
+                assert f"cut back to {end}, with the pass's name records" in caplog.text
+                assert os.path.getsize(wal_path(d, 0)) == end
+                time.sleep(WAL_RETRY_S + 0.1)
+                assert w.do_work() == 0
+                assert "the WAL still cannot be written (1 retries)" in caplog.text
+        time.sleep(WAL_RETRY_S + 0.1)
+        while w.do_work():
+            pass
+        db = wayy.attach(d)
+        assert sorted(db["trades"].between()["symbol"].tolist()) == ["A", "NEW"]
+        db.close()

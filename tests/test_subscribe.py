@@ -952,6 +952,20 @@ def test_one_ring_idle_strategies_wait_in_the_kernel_and_wake_for_each_tick(fake
     assert int(f.rings[0].wctl[CRL.WAITERS_I32]) == 0  # and unregistered after
 
 
+def _count_polls(sub) -> list:
+    """A list that gets an item for every poll (spin_wait call) of ``sub``'s one ring."""
+    follow = sub._follows[0]
+    polls: list = []
+    spin_wait = follow.spin_wait
+
+    def counted(*args):
+        polls.append(1)
+        return spin_wait(*args)
+
+    follow.spin_wait = counted
+    return polls
+
+
 def test_backoff_stops_polling_after_ticks_that_come_further_apart_than_its_poll(fake):
     """The default strategy polls ~10 us after a delivery, then sleeps. Ticks 20 ms apart
     are never caught by that poll: after a few misses it sleeps at once, and polls again
@@ -974,15 +988,7 @@ def test_backoff_stops_polling_after_ticks_that_come_further_apart_than_its_poll
             f.append("trades", ["A"])
 
     sub = db.subscribe("ticks:A", callback=on_tick, idle="backoff")
-    follow = sub._follows[0]
-    polls = []
-    spin_wait = follow.spin_wait
-
-    def counted(*args):
-        polls.append(1)
-        return spin_wait(*args)
-
-    follow.spin_wait = counted
+    polls = _count_polls(sub)
     threading.Thread(target=publish, daemon=True).start()
     db.run(timeout=30)
     assert got == list(range(n)) and not sub.active
@@ -998,15 +1004,7 @@ def test_backoff_polls_again_once_a_sleep_ends_at_once(fake):
     f = fake(nshards=1)
     db = f.attach()
     sub = db.subscribe("ticks:A", idle="backoff")
-    follow = sub._follows[0]
-    polls = []
-    spin_wait = follow.spin_wait
-
-    def counted(*args):
-        polls.append(1)
-        return spin_wait(*args)
-
-    follow.spin_wait = counted
+    polls = _count_polls(sub)
     idle = _Backoff()
     for _ in range(BACKOFF_MISSES):  # after each of these "deliveries", nothing comes
         idle.idle(1, [sub], 0)
